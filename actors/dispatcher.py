@@ -1,0 +1,81 @@
+"""Dispatcher: groups claimed jobs by model into batches (item cap, text budget, short linger)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aitp.tasks import EmbeddingJob
+from actors.messages import EmbedBatch, FlushBatches, TasksClaimed
+from actors.stage import PipelineContext, Stage
+
+log = logging.getLogger("aitp.dispatcher")
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Dispatcher(Stage):
+    name = "dispatcher"
+
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
+        super().__init__(ctx, orphans)
+        batching = self.settings.batching
+        self.max_items, self.max_chars = batching.max_items, batching.max_text_chars
+        self.linger = batching.linger_ms / 1000
+        self.queues: dict[str, list[EmbeddingJob]] = {}
+        self.flush_scheduled = False
+        self.batches_sent = 0
+
+    def on_start(self) -> None:
+        if self.inherited:   # jobs a previous instance (or the last run) held
+            self._enqueue(self.inherited)
+
+    def on_receive(self, message) -> None:
+        if isinstance(message, TasksClaimed):
+            self._enqueue(message.jobs)
+        elif isinstance(message, FlushBatches):
+            self.flush_scheduled = False
+            for model in list(self.queues):
+                self._cut(model, flush=True)
+
+    def _enqueue(self, jobs: list[EmbeddingJob]) -> None:
+        for job in jobs:
+            self.queues.setdefault(job.model, []).append(job)
+        for model in list(self.queues):
+            self._cut(model, flush=False)
+        if self.queues and not self.flush_scheduled:
+            # A short linger lets a trickle of claims fill a batch instead of costing a call each.
+            self.flush_scheduled = True
+            self.later(self.linger, FlushBatches())
+
+    def _cut(self, model: str, *, flush: bool) -> None:
+        """Send full batches of `model`; with `flush`, the partial rest too."""
+        queue = self.queues[model]
+        while queue:
+            size, chars = 0, 0
+            while size < len(queue) and size < self.max_items:
+                chars += len(queue[size].text)
+                if size and chars > self.max_chars:
+                    break
+                size += 1
+            if size == len(queue) and size < self.max_items and not flush and chars <= self.max_chars:
+                break   # not full yet: wait for the linger
+            batch, queue[:size] = queue[:size], []
+            self.batches_sent += 1
+            self.tell("provider_workers", EmbedBatch(new_batch_id(), model, batch))
+        if not queue:
+            del self.queues[model]
+
+    def release_queued(self) -> list[EmbeddingJob]:
+        """Shutting down: hand back every job not yet sent to a provider."""
+        jobs = [job for queue in self.queues.values() for job in queue]
+        self.queues.clear()
+        return jobs
+
+    def status(self) -> dict:
+        return {"queued": sum(len(q) for q in self.queues.values()), "batches_sent": self.batches_sent}
+
+    def orphans(self) -> list:
+        return [job for queue in self.queues.values() for job in queue]

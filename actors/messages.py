@@ -1,0 +1,125 @@
+"""The messages the stages exchange: small frozen structs named for what happened."""
+
+from __future__ import annotations
+
+import msgspec
+
+from aitp.errors import ProviderError
+from aitp.tasks import EmbeddingJob
+from aitp.task_api import PatchResult
+from aitp.vectors import TaskVector
+
+
+class TakenTask(msgspec.Struct, frozen=True):
+    """A task the poller took: its job and the exact JSON the journal keeps for a resume."""
+
+    job: EmbeddingJob
+    raw: bytes
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    task_id: str
+    reason: str
+    batch_id: str = ""
+
+
+# --- the flow of a task ---
+class Poll(msgspec.Struct, frozen=True):
+    """Poller to itself: fetch the pending list now."""
+
+
+class TasksTaken(msgspec.Struct, frozen=True):
+    """Poller to RateLimiter: tasks to admit and claim."""
+
+    tasks: list[TakenTask]
+
+
+class TasksRejected(msgspec.Struct, frozen=True):
+    """To Reporter: tasks to report `failed`, each with its reason."""
+
+    rejections: list[Rejection]
+
+
+class ClaimAnswered(msgspec.Struct, frozen=True):
+    """A claim PATCH came back (to RateLimiter, from its claim threads)."""
+
+    task: TakenTask
+    result: PatchResult
+    attempt: int
+
+
+class RetryClaim(msgspec.Struct, frozen=True):
+    task: TakenTask
+    attempt: int
+
+
+class TasksClaimed(msgspec.Struct, frozen=True):
+    """RateLimiter to Dispatcher: admitted, journaled and claimed; ready to embed."""
+
+    jobs: list[EmbeddingJob]
+
+
+class FlushBatches(msgspec.Struct, frozen=True):
+    """Dispatcher to itself: the linger is over; send partial batches."""
+
+
+class EmbedBatch(msgspec.Struct, frozen=True):
+    """Dispatcher to ProviderWorkers: one provider call's worth of jobs of one model."""
+
+    batch_id: str
+    model: str
+    jobs: list[EmbeddingJob]
+    attempt: int = 1
+
+
+class CallFinished(msgspec.Struct, frozen=True):
+    """ProviderWorkers to itself: a provider call returned; its slot is free."""
+
+    batch_id: str
+
+
+class CallFailed(msgspec.Struct, frozen=True):
+    batch: EmbedBatch
+    error: ProviderError | Exception
+
+
+class BatchEmbedded(msgspec.Struct, frozen=True):
+    """To Reporter: finished PATCH bodies (or per-task errors) for one batch."""
+
+    batch_id: str
+    model: str
+    results: list[TaskVector]
+
+
+class ReportResults(msgspec.Struct, frozen=True):
+    """Reporter to itself: (re)send these journaled outbox entries."""
+
+    task_ids: list[str]
+    attempt: int = 1
+
+
+class PatchAnswered(msgspec.Struct, frozen=True):
+    task_id: str
+    result: PatchResult
+    attempt: int
+
+
+class TasksSettled(msgspec.Struct, frozen=True):
+    """To Poller: these tasks left the pipeline (reported, released or gone); their credit is free."""
+
+    task_ids: list[str]
+
+
+# --- supervision ---
+class StageFailed(msgspec.Struct, frozen=True):
+    """A stage to the Supervisor: it is stopping on an unhandled error, handing back held work."""
+
+    stage: str
+    error: str
+    orphans: list = []
+
+
+class RefreshToken(msgspec.Struct, frozen=True):
+    """Authenticator to itself: fetch a new token; stale when a newer token came meanwhile."""
+
+    generation: int

@@ -1,0 +1,209 @@
+"""The composition root: builds the shared objects, recovers the last run's journal, starts the
+supervised stages, and shuts them down gracefully."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import msgspec
+import pykka
+
+from aitp.auth import TokenClient
+from aitp.config import Settings
+from aitp.contract import TaskHead, state_body
+from aitp.errors import ProviderError
+from aitp.journal import Journal
+from aitp.providers import provider_for
+from aitp.task_api import NoCredentials, PatchOutcome, TaskApiClient
+from aitp.tasks import HANDLERS, TaskRejected
+from aitp.timers import Scheduler
+from aitp.vector_pool import VectorPool
+from actors.authenticator import ActorCredentials, Authenticator, TokenCell
+from actors.dispatcher import Dispatcher
+from actors.messages import TasksSettled
+from actors.poller import Poller
+from actors.provider_workers import ProviderWorkers
+from actors.rate_limiter import RateLimiter
+from actors.reporter import Reporter
+from actors.stage import PipelineContext, StageDirectory
+from actors.supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger("aitp.pipeline")
+
+# Started downstream first, so that nothing a stage sends has to wait for its receiver.
+STAGES = (("authenticator", Authenticator), ("reporter", Reporter), ("provider_workers", ProviderWorkers),
+          ("dispatcher", Dispatcher), ("rate_limiter", RateLimiter), ("poller", Poller))
+_RELEASE_BODY = state_body("pending")
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop_requested = stop or threading.Event()
+        self.fatal_reason: str | None = None
+        self.ctx: PipelineContext | None = None
+        self.supervisor: pykka.ActorRef | None = None
+        self.started_at = 0.0
+
+    # --- startup ---
+    def start(self) -> bool:
+        """Build and start everything; False when a stop came before the provider was ready."""
+        settings = self.settings
+        provider = provider_for(settings)
+        if not self._prepare(provider):
+            return False
+        journal = Journal(settings.journal_path)
+        directory, cell = StageDirectory(), TokenCell()
+        token_client = None
+        if settings.auth.client_id:
+            token_client = TokenClient(settings.token_url, settings.auth.client_id, settings.auth.client_secret,
+                                       scope=settings.auth.scope, auth_method=settings.auth.client_auth_method,
+                                       timeout=settings.api.request_timeout)
+        credentials = ActorCredentials(cell, directory, settings.api.request_timeout) if token_client \
+            else NoCredentials()
+        workers = settings.workers
+        task_api = TaskApiClient(settings.api.base_url, timeout=settings.api.request_timeout,
+                                 credentials=credentials,
+                                 pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2)
+        vector_pool = VectorPool(workers.process_workers)
+        vector_pool.warm_up()
+        self.ctx = ctx = PipelineContext(
+            settings=settings, directory=directory, scheduler=Scheduler(), journal=journal, task_api=task_api,
+            provider=provider, vector_pool=vector_pool,
+            handlers={name: handler(settings) for name, handler in HANDLERS.items()})
+        extra: dict[str, dict] = {"authenticator": {"client": token_client, "cell": cell}}
+        policies = settings.supervision
+
+        def starter(name: str, stage_class) -> Callable[[list], pykka.ActorRef]:
+            return lambda work: stage_class.start(ctx, work, **extra.get(name, {}))
+
+        specs = [ChildSpec(name, starter(name, stage_class), getattr(policies, name)) for name, stage_class in STAGES]
+        self.supervisor = Supervisor.start(directory, specs, self._recover(), self._fatal,
+                                           ctx.scheduler.call_later)
+        ctx.supervisor = self.supervisor
+        self.started_at = time.monotonic()
+        log.info("pipeline started", extra={"fields": {"mode": settings.processing.mode, "provider": provider.name,
+                                                        "api": settings.api.base_url}})
+        return True
+
+    def _prepare(self, provider) -> bool:
+        """Provider startup (Ollama: list and pull models), retried with backoff until it works."""
+        attempt = 0
+        while not self.stop_requested.is_set():
+            try:
+                provider.prepare()
+                return True
+            except ProviderError as exc:
+                if not exc.retryable:
+                    raise
+                attempt += 1
+                delay = min(30.0, self.settings.processing.retry_backoff_factor * 2 ** attempt)
+                log.error("provider not ready", extra={"fields": {"error": str(exc), "retry_in_s": delay}})
+                self.stop_requested.wait(delay)
+        return False
+
+    def _recover(self) -> dict[str, list]:
+        """What the last run left: claimed tasks are resumed (or dropped when claiming is off, as they
+        are still pending on the server), and the outbox is sent again by the Reporter on start."""
+        assert self.ctx is not None
+        journal, handlers = self.ctx.journal, self.ctx.handlers
+        resumed, in_flight, rejected = [], [entry.task_id for entry in journal.outbox()], []
+        for claim in journal.claims():
+            if not self.settings.api.claim_tasks:
+                journal.drop_claims([claim.task_id])
+                continue
+            task_type = _task_type(claim.task_json)
+            try:
+                resumed.append(handlers[task_type].parse(claim.task_id, claim.task_json))
+            except (KeyError, TaskRejected) as exc:
+                rejected.append((claim.task_id, str(exc)))
+                journal.drop_claims([claim.task_id])
+                continue
+            in_flight.append(claim.task_id)
+        if resumed or in_flight:
+            log.info("resuming the last run", extra={"fields": {"claims": len(resumed), "outbox": len(in_flight) - len(resumed)}})
+        return {"dispatcher": resumed, "poller": in_flight}
+
+    def _fatal(self, reason: str) -> None:
+        self.fatal_reason = reason
+        self.stop_requested.set()
+
+    # --- running ---
+    def wait(self) -> None:
+        self.stop_requested.wait()
+
+    def stage(self, name: str):
+        assert self.ctx is not None
+        ref = self.ctx.directory.ref(name)
+        return ref.proxy() if ref is not None and ref.is_alive() else None
+
+    def status(self) -> dict:
+        out: dict = {}
+        for name, _ in STAGES:
+            proxy = self.stage(name)
+            try:
+                out[name] = proxy.status().get(timeout=5) if proxy else {"state": "down"}
+            except (pykka.ActorDeadError, pykka.Timeout):
+                out[name] = {"state": "down"}
+        if self.supervisor is not None and self.supervisor.is_alive():
+            out["restarts"] = self.supervisor.proxy().restarts().get(timeout=5)
+        return out
+
+    def in_flight(self) -> int:
+        poller = self.stage("poller")
+        return poller.status().get(timeout=5)["in_flight"] if poller else 0
+
+    # --- shutdown ---
+    def shutdown(self) -> None:
+        """Stop polling, let in-flight work finish until the deadline, release what is left."""
+        if self.ctx is None:
+            return
+        ctx, deadline = self.ctx, time.monotonic() + self.settings.shutdown.deadline_seconds
+        poller = self.stage("poller")
+        if poller:
+            poller.stop_polling().get(timeout=5)
+        dispatcher = self.stage("dispatcher")
+        if dispatcher and poller:
+            released = dispatcher.release_queued().get(timeout=5)
+            ctx.directory.tell("poller", TasksSettled([job.task_id for job in released]))
+        while time.monotonic() < deadline and not self.fatal_reason:
+            try:
+                if self.in_flight() == 0:
+                    break
+            except (pykka.ActorDeadError, pykka.Timeout):
+                break
+            time.sleep(0.05)
+        if self.supervisor is not None and self.supervisor.is_alive():
+            self.supervisor.proxy().stop_children().get(timeout=30)
+            self.supervisor.stop()
+        self._release_claims()
+        left = ctx.journal.counts()
+        log.info("pipeline stopped", extra={"fields": {"claims_released_or_kept": left["claims"],
+                                                        "outbox_kept": left["outbox"]}})
+        ctx.scheduler.stop()
+        ctx.vector_pool.close()
+        ctx.task_api.close()
+        ctx.provider.close()
+        ctx.journal.close()
+
+    def _release_claims(self) -> None:
+        """Every claim not finished goes back to `pending`; a claim the API does not take stays in the
+        journal and is resumed at the next start."""
+        assert self.ctx is not None
+        journal, api = self.ctx.journal, self.ctx.task_api
+        for claim in journal.claims():
+            if self.settings.api.claim_tasks:
+                result = api.patch(claim.task_id, _RELEASE_BODY)
+                if result.outcome not in (PatchOutcome.DONE, PatchOutcome.GONE):
+                    log.warning("claim kept for the next start", extra={"fields": {
+                        "task_id": claim.task_id, "status": result.status, "detail": result.detail}})
+                    continue
+            journal.drop_claims([claim.task_id])
+
+
+def _task_type(task_json: bytes) -> str:
+    head = msgspec.json.decode(task_json, type=TaskHead)
+    return head.type if isinstance(head.type, str) else ""

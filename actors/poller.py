@@ -1,0 +1,149 @@
+"""Poller: fetches the pending list, takes what the pipeline has credit for, and never spins."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from aitp.contract import decode_pending
+from aitp.errors import ContractError, TaskApiError
+from aitp.tasks import TaskRejected
+from actors.messages import Poll, Rejection, TakenTask, TasksRejected, TasksSettled, TasksTaken
+from actors.stage import PipelineContext, Stage
+
+log = logging.getLogger("aitp.poller")
+
+# How many left-alone ids to remember, so each is logged once without unbounded memory.
+_SEEN_LIMIT = 100_000
+
+
+class Poller(Stage):
+    name = "poller"
+
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
+        super().__init__(ctx, orphans)
+        self.capacity = self.settings.processing.max_in_flight
+        # Orphans are the ids a previous instance (or the last run, via the journal) had in flight.
+        self.in_flight: set[str] = set(self.inherited)
+        self.settled_at: dict[str, int] = {}      # id -> number of the last poll begun before it settled
+        self.polls_begun = 0
+        self.poll_scheduled = False
+        self.waiting_for_credit = False
+        self.failures_in_a_row = 0
+        self.stopped = False
+        self.left_alone: Counter[str] = Counter()  # by type (or "unusable id"), counted once per task
+        self._seen_left_alone: set[str] = set()
+        self.taken_total = 0
+
+    def on_start(self) -> None:
+        self._schedule(0)
+
+    @property
+    def credit(self) -> int:
+        return self.capacity - len(self.in_flight)
+
+    def _schedule(self, delay: float) -> None:
+        if not self.poll_scheduled and not self.stopped:
+            self.poll_scheduled = True
+            self.later(delay, Poll())
+
+    def on_receive(self, message) -> None:
+        if isinstance(message, Poll):
+            self.poll_scheduled = False
+            self._poll()
+        elif isinstance(message, TasksSettled):
+            self._settle(message.task_ids)
+
+    def _settle(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            if task_id in self.in_flight:
+                self.in_flight.discard(task_id)
+                # A poll already under way may still list it as pending: ignore it there.
+                self.settled_at[task_id] = self.polls_begun
+        # Take the next share when half the capacity is free: a poll costs the whole list.
+        if self.waiting_for_credit and self.credit >= max(1, self.capacity // 2):
+            self.waiting_for_credit = False
+            self._schedule(0)
+
+    def _poll(self) -> None:
+        if self.stopped:
+            return
+        if self.credit <= 0:
+            self.waiting_for_credit = True
+            return
+        self.polls_begun += 1
+        poll_number = self.polls_begun
+        try:
+            pending = decode_pending(self.ctx.task_api.fetch_pending())
+        except (TaskApiError, ContractError) as exc:
+            self.failures_in_a_row += 1
+            delay = self.ctx.backoff(self.failures_in_a_row, getattr(exc, "retry_after", None))
+            log.warning("poll failed", extra={"fields": {"error": str(exc), "retry_in_s": round(delay, 2)}})
+            self._schedule(delay)
+            return
+        self.failures_in_a_row = 0
+        self._note_unusable(pending.unusable)
+        taken, rejected, more_left = self._take(pending.tasks, poll_number)
+        self.settled_at = {k: v for k, v in self.settled_at.items() if v >= poll_number}
+        if taken:
+            self.tell("rate_limiter", TasksTaken(taken))
+        if rejected:
+            self.tell("reporter", TasksRejected(rejected))
+        if more_left:
+            self.waiting_for_credit = True   # a full take: poll again as soon as credit returns
+            if self.credit >= max(1, self.capacity // 2):
+                self.waiting_for_credit = False
+                self._schedule(0)
+        else:
+            self._schedule(self.settings.polling.interval_seconds)
+
+    def _take(self, tasks, poll_number: int) -> tuple[list[TakenTask], list[Rejection], bool]:
+        taken: list[TakenTask] = []
+        rejected: list[Rejection] = []
+        handlers = self.ctx.handlers
+        for task in tasks:
+            if task.id in self.in_flight or self.settled_at.get(task.id, -1) >= poll_number:
+                continue
+            handler = handlers.get(task.type)
+            if handler is None:
+                self._leave_alone(task.id, task.type)
+                continue
+            if self.credit <= 0:
+                return taken, rejected, True
+            self.in_flight.add(task.id)
+            try:
+                job = handler.parse(task.id, task.raw)
+                refusal = self.ctx.provider.refusal(job.model)
+                if refusal:
+                    raise TaskRejected(refusal)
+                taken.append(TakenTask(job=job, raw=task.raw))
+            except TaskRejected as exc:
+                rejected.append(Rejection(task.id, str(exc)))
+        self.taken_total += len(taken)
+        return taken, rejected, False
+
+    def _leave_alone(self, task_id: str, kind: str) -> None:
+        if task_id in self._seen_left_alone or len(self._seen_left_alone) >= _SEEN_LIMIT:
+            return
+        self._seen_left_alone.add(task_id)
+        self.left_alone[kind] += 1
+        log.info("task left alone", extra={"fields": {"task_id": task_id, "type": kind,
+                                                       "why": "no handler for this type"}})
+
+    def _note_unusable(self, descriptions: list[str]) -> None:
+        for description in descriptions:
+            if description not in self._seen_left_alone and len(self._seen_left_alone) < _SEEN_LIMIT:
+                self._seen_left_alone.add(description)
+                self.left_alone["unusable id"] += 1
+                log.warning("task left alone", extra={"fields": {"why": description}})
+
+    # --- asked by the supervisor ---
+    def stop_polling(self) -> None:
+        self.stopped = True
+
+    def status(self) -> dict:
+        return {"in_flight": len(self.in_flight), "credit": self.credit, "polls": self.polls_begun,
+                "taken": self.taken_total, "left_alone": dict(self.left_alone)}
+
+    def orphans(self) -> list:
+        return sorted(self.in_flight)

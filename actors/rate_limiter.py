@@ -1,0 +1,98 @@
+"""RateLimiter: admits taken tasks, journals each claim, PATCHes it `in_progress`, then passes it on."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from aitp.contract import state_body
+from aitp.journal import Claim
+from aitp.rate_limits import AdmitAll, RateLimitBackend
+from aitp.task_api import PatchOutcome
+from actors.messages import ClaimAnswered, RetryClaim, TakenTask, TasksClaimed, TasksSettled, TasksTaken
+from actors.stage import PipelineContext, Stage
+
+log = logging.getLogger("aitp.rate_limiter")
+_CLAIM_BODY = state_body("in_progress")
+
+
+class RateLimiter(Stage):
+    name = "rate_limiter"
+
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None,
+                 backend: RateLimitBackend | None = None) -> None:
+        super().__init__(ctx, orphans)
+        self.backend = backend or AdmitAll()
+        self.claiming = self.settings.api.claim_tasks
+        self.claims_sent = 0
+        self.pool: ThreadPoolExecutor | None = None
+
+    def on_start(self) -> None:
+        # Claims in flight when an earlier instance died still answer through the directory, so
+        # this stage hands no orphans over.
+        self.pool = ThreadPoolExecutor(self.settings.workers.claim_concurrency, thread_name_prefix="aitp-claim")
+
+    def on_stop(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=False)
+
+    def on_failure(self, exception_type, exception_value, traceback) -> None:
+        super().on_failure(exception_type, exception_value, traceback)
+        self.on_stop()   # queued claims still run; the threads end after them
+
+    def on_receive(self, message) -> None:
+        if isinstance(message, TasksTaken):
+            self._admit(message.tasks)
+        elif isinstance(message, ClaimAnswered):
+            self._claim_answered(message)
+        elif isinstance(message, RetryClaim):
+            self._send_claim(message.task, message.attempt)
+
+    def _admit(self, tasks: list[TakenTask]) -> None:
+        admission = self.backend.reserve(len(tasks))
+        admitted, refused = tasks[:admission.granted], tasks[admission.granted:]
+        if refused:   # released untouched: they stay pending on the server and are polled again later
+            self.tell("poller", TasksSettled([task.job.task_id for task in refused]))
+        if not admitted:
+            return
+        self.ctx.journal.record_claims([Claim(task.job.task_id, task.raw) for task in admitted])
+        if not self.claiming:
+            self.tell("dispatcher", TasksClaimed([task.job for task in admitted]))
+            return
+        for task in admitted:
+            self._send_claim(task, 1)
+
+    def _send_claim(self, task: TakenTask, attempt: int) -> None:
+        directory, api = self.ctx.directory, self.ctx.task_api
+
+        def claim() -> None:
+            result = api.patch(task.job.task_id, _CLAIM_BODY)
+            directory.tell(RateLimiter.name, ClaimAnswered(task, result, attempt))
+
+        self.claims_sent += 1
+        assert self.pool is not None
+        self.pool.submit(claim)
+
+    def _claim_answered(self, answer: ClaimAnswered) -> None:
+        task_id = answer.task.job.task_id
+        outcome = answer.result.outcome
+        if outcome is PatchOutcome.DONE:
+            self.tell("dispatcher", TasksClaimed([answer.task.job]))
+            return
+        if outcome is PatchOutcome.RETRY and answer.attempt <= self.settings.processing.max_retries:
+            delay = self.ctx.backoff(answer.attempt, answer.result.retry_after)
+            log.warning("claim failed, retrying", extra={"fields": {
+                "task_id": task_id, "status": answer.result.status, "detail": answer.result.detail,
+                "retry_in_s": round(delay, 2)}})
+            self.later(delay, RetryClaim(answer.task, answer.attempt + 1))
+            return
+        # Gone, refused or out of retries: nothing reached a provider, so the unit goes back.
+        log.warning("claim abandoned", extra={"fields": {"task_id": task_id, "outcome": outcome.value,
+                                                          "status": answer.result.status,
+                                                          "detail": answer.result.detail}})
+        self.backend.refund(1)
+        self.ctx.journal.drop_claims([task_id])
+        self.tell("poller", TasksSettled([task_id]))
+
+    def status(self) -> dict:
+        return {"claims_sent": self.claims_sent, "claiming": self.claiming}

@@ -1,0 +1,110 @@
+"""Reporter: journals every result in the outbox, then PATCHes it, retrying until the API takes it.
+
+A computed vector is never dropped: only an answer from the API (taken, gone, or refused for
+good) removes it from the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from aitp.contract import state_body
+from aitp.journal import OutboxEntry
+from aitp.task_api import PatchOutcome
+from actors.messages import BatchEmbedded, PatchAnswered, ReportResults, TasksRejected, TasksSettled
+from actors.stage import PipelineContext, Stage
+
+log = logging.getLogger("aitp.reporter")
+
+
+class Reporter(Stage):
+    name = "reporter"
+
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
+        super().__init__(ctx, orphans)
+        self.entries: dict[str, OutboxEntry] = {}   # in the outbox and not yet acknowledged
+        self.outcomes: Counter[str] = Counter()
+        self.pool: ThreadPoolExecutor | None = None
+
+    def on_start(self) -> None:
+        self.pool = ThreadPoolExecutor(self.settings.workers.reporter_concurrency, thread_name_prefix="aitp-report")
+        # Whatever the outbox holds (from the last run, or an earlier instance) is sent again: a
+        # repeated PATCH of the same result is harmless, a lost one is not.
+        for entry in self.ctx.journal.outbox():
+            self.entries[entry.task_id] = entry
+            self._send(entry, 1)
+
+    def on_stop(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=False)
+
+    def on_failure(self, exception_type, exception_value, traceback) -> None:
+        super().on_failure(exception_type, exception_value, traceback)
+        self.on_stop()
+
+    def on_receive(self, message) -> None:
+        if isinstance(message, BatchEmbedded):
+            self._store([OutboxEntry(r.task_id, r.body, "succeeded") if r.body is not None
+                         else self._failure(r.task_id, r.error or "no vector", message.batch_id)
+                         for r in message.results])
+        elif isinstance(message, TasksRejected):
+            self._store([self._failure(r.task_id, r.reason, r.batch_id) for r in message.rejections])
+        elif isinstance(message, PatchAnswered):
+            self._answered(message)
+        elif isinstance(message, ReportResults):
+            for task_id in message.task_ids:
+                if task_id in self.entries:
+                    self._send(self.entries[task_id], message.attempt)
+
+    def _failure(self, task_id: str, reason: str, batch_id: str) -> OutboxEntry:
+        # The server keeps no error text, so the reason is logged here as well as sent.
+        log.warning("task failed", extra={"fields": {"task_id": task_id, "batch_id": batch_id, "reason": reason}})
+        return OutboxEntry(task_id, state_body("failed", reason), "failed")
+
+    def _store(self, entries: list[OutboxEntry]) -> None:
+        self.ctx.journal.add_results(entries)
+        for entry in entries:
+            self.entries[entry.task_id] = entry
+            self._send(entry, 1)
+
+    def _send(self, entry: OutboxEntry, attempt: int) -> None:
+        directory, api = self.ctx.directory, self.ctx.task_api
+
+        def patch() -> None:
+            result = api.patch(entry.task_id, entry.body, is_success=entry.state == "succeeded")
+            directory.tell(Reporter.name, PatchAnswered(entry.task_id, result, attempt))
+
+        assert self.pool is not None
+        self.pool.submit(patch)
+
+    def _answered(self, answer: PatchAnswered) -> None:
+        entry = self.entries.get(answer.task_id)
+        if entry is None:
+            return   # answered twice (sent again after a restart): already settled
+        result = answer.result
+        fields = {"task_id": answer.task_id, "state": entry.state, "status": result.status}
+        if result.outcome is PatchOutcome.RETRY:
+            delay = self.ctx.backoff(answer.attempt, result.retry_after)
+            log.warning("report failed, kept in the outbox", extra={"fields": {
+                **fields, "detail": result.detail, "retry_in_s": round(delay, 2)}})
+            self.later(delay, ReportResults([answer.task_id], answer.attempt + 1))
+            return
+        if result.outcome is PatchOutcome.GONE:
+            log.warning("task disappeared before its result was reported", extra={"fields": fields})
+        elif result.outcome is PatchOutcome.REJECTED_AFTER_SUCCESS:
+            log.warning("callback rejected the result; the task stays succeeded",
+                        extra={"fields": {**fields, "detail": result.detail}})
+        elif result.outcome is PatchOutcome.INVALID:
+            log.error("task API refused the report: a bug on our side",
+                      extra={"fields": {**fields, "detail": result.detail}})
+        else:
+            log.debug("task reported", extra={"fields": fields})
+        self.outcomes[f"{entry.state}:{result.outcome.value}"] += 1
+        del self.entries[answer.task_id]
+        self.ctx.journal.acknowledge([answer.task_id])
+        self.tell("poller", TasksSettled([answer.task_id]))
+
+    def status(self) -> dict:
+        return {"outbox": len(self.entries), "outcomes": dict(self.outcomes)}

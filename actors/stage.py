@@ -1,0 +1,119 @@
+"""What every stage shares: the directory to reach the others, the context of shared objects, and
+a base actor that hands its held work to the supervisor when it dies."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from aitp.config import Settings
+from aitp.journal import Journal
+from aitp.providers import Provider
+from aitp.task_api import TaskApiClient
+from aitp.tasks import TaskHandler
+from aitp.timers import Scheduler, backoff_delay
+from aitp.vector_pool import VectorPool
+from actors.messages import StageFailed
+
+log = logging.getLogger("aitp.actors")
+
+
+class StageDirectory:
+    """Name -> current actor. A message for a stage that is down waits here and goes to the
+    restarted stage, so a restart loses no message."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: dict[str, pykka.ActorRef] = {}
+        self._waiting: dict[str, list[Any]] = defaultdict(list)
+        self.closed = False
+
+    def tell(self, name: str, message: Any) -> None:
+        with self._lock:
+            ref = self._refs.get(name)
+            if ref is not None:
+                try:
+                    ref.tell(message)
+                    return
+                except pykka.ActorDeadError:
+                    pass
+            if not self.closed:
+                self._waiting[name].append(message)
+
+    def ref(self, name: str) -> pykka.ActorRef | None:
+        with self._lock:
+            return self._refs.get(name)
+
+    def put(self, name: str, ref: pykka.ActorRef) -> None:
+        """Register a (re)started stage and hand it what waited for it, in order."""
+        with self._lock:
+            self._refs[name] = ref
+            waiting, self._waiting[name] = self._waiting[name], []
+            for message in waiting:
+                ref.tell(message)
+
+    def waiting(self, name: str) -> int:
+        with self._lock:
+            return len(self._waiting[name])
+
+
+@dataclass
+class PipelineContext:
+    """Objects that outlive any one stage instance (so a restart keeps connections and pools)."""
+
+    settings: Settings
+    directory: StageDirectory
+    scheduler: Scheduler
+    journal: Journal
+    task_api: TaskApiClient
+    provider: Provider
+    vector_pool: VectorPool
+    handlers: dict[str, TaskHandler]
+    supervisor: pykka.ActorRef | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        processing = self.settings.processing
+        delay = backoff_delay(attempt, processing.retry_backoff_factor, processing.retry_backoff_max_seconds,
+                              self.rng.random)
+        return max(delay, retry_after or 0.0)
+
+
+class Stage(pykka.ThreadingActor):
+    """Base of every pipeline stage."""
+
+    name: str = "stage"
+
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.inherited = orphans or []
+
+    def tell(self, stage: str, message: Any) -> None:
+        self.ctx.directory.tell(stage, message)
+
+    def later(self, delay: float, message: Any, stage: str | None = None) -> None:
+        """Deliver `message` to `stage` (default: this stage, whichever instance is current) after `delay`."""
+        target = stage or self.name
+        directory = self.ctx.directory
+        self.ctx.scheduler.call_later(delay, lambda: directory.tell(target, message))
+
+    def orphans(self) -> list:
+        """Work this instance holds that would be lost with it; the next instance gets it back."""
+        return []
+
+    def on_failure(self, exception_type, exception_value, traceback) -> None:
+        log.error("stage failed", extra={"fields": {"stage": self.name, "error": repr(exception_value)}})
+        if self.ctx.supervisor is not None:
+            try:
+                held = self.orphans()
+            except Exception:  # noqa: BLE001 - a broken stage may not even list its work
+                held = []
+            self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value), held))

@@ -1,0 +1,112 @@
+"""Supervisor: starts the stages, restarts a failed one by its policy (one-for-one), and stops the
+service when a stage fails more often than its restart intensity allows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pykka
+
+from aitp.config import ChildPolicy
+from actors.messages import StageFailed
+from actors.stage import StageDirectory
+
+log = logging.getLogger("aitp.supervisor")
+
+_WATCH_INTERVAL = 0.5   # seconds between checks for a stage that died without saying so
+
+
+@dataclass
+class ChildSpec:
+    name: str
+    start: Callable[[list], pykka.ActorRef]   # starts an instance, handing it a previous one's work
+    policy: ChildPolicy
+    restarts: deque = field(default_factory=deque)
+    total_restarts: int = 0
+    given: list = field(default_factory=list)   # work handed to the current instance
+    seen_dead: bool = False
+
+
+class _Watch:
+    """Supervisor to itself: look for stages that died without a StageFailed (e.g. in on_start)."""
+
+
+class Supervisor(pykka.ThreadingActor):
+    def __init__(self, directory: StageDirectory, specs: list[ChildSpec], initial_work: dict[str, list],
+                 on_fatal: Callable[[str], None], schedule: Callable[[float, Callable[[], None]], None]) -> None:
+        super().__init__()
+        self.directory, self.specs = directory, {spec.name: spec for spec in specs}
+        self.order = [spec.name for spec in specs]
+        self.initial_work, self.on_fatal, self.schedule = initial_work, on_fatal, schedule
+        self.stopping = False
+
+    def on_start(self) -> None:
+        for name in self.order:
+            self._start(self.specs[name], self.initial_work.get(name, []))
+        self._watch_later()
+
+    def _start(self, spec: ChildSpec, work: list) -> None:
+        spec.given = list(work)
+        spec.seen_dead = False
+        self.directory.put(spec.name, spec.start(work))
+
+    def _watch_later(self) -> None:
+        me = self.actor_ref
+        self.schedule(_WATCH_INTERVAL, lambda: me.tell(_Watch()) if me.is_alive() else None)
+
+    def on_receive(self, message) -> None:
+        if isinstance(message, StageFailed):
+            self._failed(message.stage, message.error, message.orphans)
+        elif isinstance(message, _Watch):
+            self._watch()
+
+    def _watch(self) -> None:
+        for name in self.order:
+            spec, ref = self.specs[name], self.directory.ref(name)
+            if ref is not None and not ref.is_alive() and not self.stopping:
+                if spec.seen_dead:   # dead for a whole interval and no StageFailed came: restart it
+                    self._failed(name, "stopped without reporting an error", spec.given)
+                else:
+                    spec.seen_dead = True
+        self._watch_later()
+
+    def _failed(self, name: str, error: str, orphans: list) -> None:
+        spec = self.specs[name]
+        ref = self.directory.ref(name)
+        if self.stopping or (ref is not None and ref.is_alive()):
+            return   # already restarted (the watch saw it first) or shutting down
+        now = time.monotonic()
+        while spec.restarts and now - spec.restarts[0] > spec.policy.period_seconds:
+            spec.restarts.popleft()
+        if spec.policy.restart == "temporary":
+            log.error("stage stopped and is temporary: not restarted", extra={"fields": {"stage": name, "error": error}})
+            return
+        if len(spec.restarts) >= spec.policy.intensity:
+            reason = (f"stage {name} failed more than {spec.policy.intensity} times in "
+                      f"{spec.policy.period_seconds:g}s; last error: {error}")
+            log.critical("giving up", extra={"fields": {"stage": name, "reason": reason}})
+            self.stopping = True
+            self.on_fatal(reason)
+            return
+        spec.restarts.append(now)
+        spec.total_restarts += 1
+        log.warning("restarting stage", extra={"fields": {"stage": name, "error": error,
+                                                          "restarts": spec.total_restarts,
+                                                          "handed_over": len(orphans)}})
+        self._start(spec, orphans)
+
+    # --- asked by the pipeline ---
+    def restarts(self) -> dict[str, int]:
+        return {name: spec.total_restarts for name, spec in self.specs.items()}
+
+    def stop_children(self) -> None:
+        self.stopping = True
+        self.directory.closed = True
+        for name in reversed(self.order):
+            ref = self.directory.ref(name)
+            if ref is not None:
+                ref.stop(block=True, timeout=10)

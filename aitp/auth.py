@@ -1,0 +1,74 @@
+"""OAuth2 client credentials: fetching a bearer token (the Authenticator actor owns when)."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import requests
+
+from aitp.errors import AuthError
+
+
+class Token(msgspec.Struct, frozen=True):
+    access_token: str
+    expires_at: float          # time.time() seconds
+
+    def expires_within(self, seconds: float, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) + seconds >= self.expires_at
+
+    def __repr__(self) -> str:  # a token never reaches a log line through repr()
+        return f"Token(expires_at={self.expires_at:.0f})"
+
+
+class _TokenResponse(msgspec.Struct):
+    access_token: str
+    expires_in: float = 3600.0
+    token_type: str = "bearer"
+
+
+class _OAuthError(msgspec.Struct):
+    error: str = ""
+    error_description: str = ""
+
+
+class TokenClient:
+    """POSTs `grant_type=client_credentials` to the token URL; every error names the URL, never the secret."""
+
+    def __init__(self, token_url: str, client_id: str, client_secret: str, *, scope: str = "",
+                 auth_method: str = "client_secret_basic", timeout: float = 30.0) -> None:
+        self.token_url = token_url
+        self._client_id, self._secret = client_id, client_secret
+        self._scope, self._auth_method, self._timeout = scope, auth_method, timeout
+        self._session = requests.Session()
+
+    def fetch(self) -> Token:
+        form = {"grant_type": "client_credentials"}
+        if self._scope:
+            form["scope"] = self._scope
+        auth = None
+        if self._auth_method == "client_secret_post":
+            form.update(client_id=self._client_id, client_secret=self._secret)
+        else:
+            auth = (self._client_id, self._secret)
+        started = time.time()
+        try:
+            response = self._session.post(self.token_url, data=form, auth=auth, timeout=self._timeout,
+                                          headers={"Accept": "application/json"})
+        except requests.RequestException as exc:
+            raise AuthError(f"token endpoint {self.token_url} unreachable: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            try:
+                problem = msgspec.json.decode(response.content, type=_OAuthError)
+                reason = problem.error + (f" ({problem.error_description})" if problem.error_description else "")
+            except msgspec.DecodeError:
+                reason = "non-JSON answer"
+            raise AuthError(f"token endpoint {self.token_url} answered {response.status_code}: {reason or 'no error given'}")
+        try:
+            body = msgspec.json.decode(response.content, type=_TokenResponse)
+        except msgspec.DecodeError:
+            raise AuthError(f"token endpoint {self.token_url} answered 200 without a token in JSON") from None
+        return Token(access_token=body.access_token, expires_at=started + body.expires_in)
+
+    def close(self) -> None:
+        self._session.close()

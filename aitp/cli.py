@@ -1,0 +1,141 @@
+"""The `aitp` command line: run, demo, sandbox, config show, --version."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import msgspec
+
+from aitp import __version__, logs
+from aitp.config import KEY_TO_ENV, LoadedConfig, load_config, redacted_items, secret_values
+from aitp.errors import ConfigError
+from aitp.service import ServiceFactory
+
+log = logging.getLogger("aitp.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aitp", description="AI Task Processor: embeds pending tasks "
+                                     "of a task API with Ollama, OpenAI or a mock, and reports every result.")
+    parser.add_argument("--version", action="version", version=f"aitp {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="TOML file (default: $AITP_CONFIG; see config/aitp.toml)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands.add_parser("run", help="run the service until SIGTERM or SIGINT")
+
+    demo = commands.add_parser("demo", help="drain a sandbox task API with the mock provider and print a summary")
+    demo.add_argument("--tasks", type=int, default=200, help="good tasks to seed (default 200)")
+    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the drain (default 120)")
+
+    sandbox = commands.add_parser("sandbox", help="serve a local task API (and token endpoint) to try aitp by hand")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=3000)
+    source = sandbox.add_mutually_exclusive_group()
+    source.add_argument("--tasks", type=int, default=100, help="generate N good tasks plus malformed ones")
+    source.add_argument("--tasks-file", type=Path, help="a JSON array of tasks to serve")
+    sandbox.add_argument("--client-id", help="require OAuth2 client credentials with this id")
+    sandbox.add_argument("--client-secret", help="the secret that goes with --client-id")
+    sandbox.add_argument("--token-lifetime", type=float, default=3600.0)
+
+    config = commands.add_parser("config", help="configuration commands")
+    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    show = config_commands.add_parser("show", help="the effective configuration and where each value came from")
+    show.add_argument("--json", action="store_true", help="print JSON instead of TOML-like text")
+    return parser
+
+
+def main(argv: list[str] | None, make_service: ServiceFactory) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "sandbox":
+            return _sandbox(args)
+        if args.command == "demo":
+            from aitp.demo import run_demo
+            logs.configure("WARNING", "text")
+            return run_demo(make_service, tasks=args.tasks, timeout=args.timeout)
+        loaded = load_config(args.config)
+        if args.command == "config":
+            return _config_show(loaded, as_json=args.json)
+        return _run(loaded, make_service)
+    except ConfigError as exc:
+        print(f"aitp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _run(loaded: LoadedConfig, make_service: ServiceFactory) -> int:
+    settings = loaded.settings
+    logs.configure(settings.monitoring.log_level, settings.monitoring.log_format, secret_values(settings))
+    stop = threading.Event()
+    signals_seen = []
+
+    def on_signal(signum, _frame) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) > 1:   # a second signal means "now"
+            raise SystemExit(128 + signum)
+        log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service = make_service(settings, stop)
+    try:
+        if service.start():
+            service.wait()
+    finally:
+        service.shutdown()
+    if service.fatal_reason:
+        log.critical("exiting after a fatal error", extra={"fields": {"reason": service.fatal_reason}})
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _config_show(loaded: LoadedConfig, *, as_json: bool) -> int:
+    rows = redacted_items(loaded)
+    if as_json:
+        print(json.dumps({key: {"value": value, "source": source, "env": KEY_TO_ENV.get(key)}
+                          for key, value, source in rows}, indent=2))
+        return EXIT_OK
+    section = None
+    for key, value, source in rows:
+        head, _, name = key.rpartition(".")
+        if head != section:
+            print(f"\n[{head}]")
+            section = head
+        env = f" ({KEY_TO_ENV[key]})" if key in KEY_TO_ENV else ""
+        print(f"{name} = {msgspec.json.encode(value).decode()}  # {source}{env}")
+    settings = loaded.settings
+    print(f"\n# derived: data_dir = {settings.data_dir}; token_url = {settings.token_url or '(no OAuth2)'}; "
+          f"provider = {'mock' if settings.uses_mock_provider and settings.processing.mode == 'openai' else settings.processing.mode}")
+    return EXIT_OK
+
+
+def _sandbox(args) -> int:
+    from aitp.sandbox import SandboxServer, demo_tasks
+
+    tasks = json.loads(args.tasks_file.read_text()) if args.tasks_file else demo_tasks(args.tasks)
+    if bool(args.client_id) != bool(args.client_secret):
+        raise ConfigError("--client-id", args.client_id or "", "--client-id and --client-secret together")
+    server = SandboxServer(tasks, host=args.host, port=args.port, client_id=args.client_id,
+                           client_secret=args.client_secret, token_lifetime=args.token_lifetime)
+    server.start()
+    print(f"sandbox task API at {server.url} with {len(tasks)} tasks; point aitp at it with:")
+    print(f"  API_BASE_URL={server.url}")
+    if args.client_id:
+        print(f"  OAUTH2_TOKEN_URL={server.token_url} OAUTH2_CLIENT_ID={args.client_id} OAUTH2_CLIENT_SECRET=...")
+    print(f"state: {server.url}/_sandbox/stats  tasks: {server.url}/_sandbox/tasks  (Ctrl-C to stop)", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    server.stop()
+    return EXIT_OK

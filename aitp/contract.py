@@ -1,0 +1,87 @@
+"""The task API's wire contract (../shared/CONTRACT.md) as msgspec structs and decoders.
+
+The pending list is decoded in two steps: first into raw slices, one per task, then each task on
+its own, so one malformed task never blocks the others and tasks already held are never decoded
+twice.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from aitp.errors import ContractError
+
+STATES = ("pending", "in_progress", "succeeded", "failed")
+_OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+
+
+def is_object_id(value: object) -> bool:
+    """Only a 24-character lowercase hex MongoDB ObjectId may ever reach a URL."""
+    return isinstance(value, str) and _OBJECT_ID.fullmatch(value) is not None
+
+
+class TaskHead(msgspec.Struct):
+    """Just enough of a task to route it: its id and type (either may be anything on the wire)."""
+
+    id: Any = msgspec.field(default=None, name="_id")
+    type: Any = None
+
+
+class Task(msgspec.Struct, frozen=True):
+    """A task whose id is usable; `raw` keeps its exact JSON for the journal and its handler."""
+
+    id: str
+    type: str
+    raw: bytes
+
+
+_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_head_decoder = msgspec.json.Decoder(TaskHead)
+
+
+class PendingList(msgspec.Struct, frozen=True):
+    """One poll's answer sorted into what the poller can act on."""
+
+    tasks: list[Task]          # usable id and a string type, in server order
+    unusable: list[str]        # short descriptions of entries whose id may not reach a URL
+
+
+def decode_pending(body: bytes) -> PendingList:
+    """Split the pending list; raises ContractError only when the body is not a JSON array."""
+    try:
+        raws = _list_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"pending list is not a JSON array: {exc}") from None
+    tasks: list[Task] = []
+    unusable: list[str] = []
+    for raw in raws:
+        try:
+            head = _head_decoder.decode(raw)
+        except msgspec.DecodeError:
+            unusable.append(f"not an object: {bytes(raw)[:40]!r}")
+            continue
+        if not is_object_id(head.id):
+            unusable.append(f"unusable _id {str(head.id)[:40]!r}")
+            continue
+        task_type = head.type if isinstance(head.type, str) else repr(head.type)
+        tasks.append(Task(id=head.id, type=task_type, raw=bytes(raw)))
+    return PendingList(tasks=tasks, unusable=unusable)
+
+
+class StateUpdate(msgspec.Struct, omit_defaults=True):
+    """A PATCH body other than a success (a success body is encoded by the vector workers)."""
+
+    state: str
+    error: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def state_body(state: str, error: str | None = None) -> bytes:
+    if state not in STATES:
+        raise ContractError(f"invalid state {state!r}")
+    return _encoder.encode(StateUpdate(state=state, error=error))

@@ -1,0 +1,132 @@
+"""The journal: one SQLite file with claimed tasks, the outbox of unreported results, and model pins.
+
+Order of writes makes a crash at any moment safe: a claim is written before the task is PATCHed
+`in_progress`; a result enters the outbox in the same transaction that retires its claim; an
+outbox row is deleted only after the API acknowledged the PATCH.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    task_id    TEXT PRIMARY KEY,
+    task_json  BLOB NOT NULL,
+    claimed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    task_id    TEXT PRIMARY KEY,
+    body       BLOB NOT NULL,
+    state      TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_dimensions (
+    model      TEXT PRIMARY KEY,
+    dimension  INTEGER NOT NULL
+);
+"""
+
+
+class Claim(msgspec.Struct, frozen=True):
+    task_id: str
+    task_json: bytes
+
+
+class OutboxEntry(msgspec.Struct, frozen=True):
+    task_id: str
+    body: bytes
+    state: str
+
+
+class Journal:
+    """Thread-safe; every method is one short transaction."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        # WAL lets readers and the writer overlap; NORMAL keeps every commit durable across a
+        # process crash (not necessarily a power cut), which is the failure this journal is for.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # --- claims ---
+    def record_claims(self, claims: list[Claim]) -> None:
+        now = time.time()
+        self._write("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                    [(claim.task_id, claim.task_json, now) for claim in claims])
+
+    def drop_claims(self, task_ids: list[str]) -> None:
+        self._write("DELETE FROM claims WHERE task_id = ?", [(task_id,) for task_id in task_ids])
+
+    def claims(self) -> list[Claim]:
+        with self._lock:
+            rows = self._db.execute("SELECT task_id, task_json FROM claims ORDER BY claimed_at").fetchall()
+        return [Claim(task_id, bytes(task_json)) for task_id, task_json in rows]
+
+    # --- outbox ---
+    def add_results(self, entries: list[OutboxEntry]) -> None:
+        """Store results and retire their claims in one transaction."""
+        if not entries:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?)",
+                                     [(e.task_id, e.body, e.state, now) for e in entries])
+                self._db.executemany("DELETE FROM claims WHERE task_id = ?", [(e.task_id,) for e in entries])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def acknowledge(self, task_ids: list[str]) -> None:
+        self._write("DELETE FROM outbox WHERE task_id = ?", [(task_id,) for task_id in task_ids])
+
+    def outbox(self) -> list[OutboxEntry]:
+        with self._lock:
+            rows = self._db.execute("SELECT task_id, body, state FROM outbox ORDER BY created_at").fetchall()
+        return [OutboxEntry(task_id, bytes(body), state) for task_id, body, state in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            claims = self._db.execute("SELECT count(*) FROM claims").fetchone()[0]
+            outbox = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return {"claims": claims, "outbox": outbox}
+
+    # --- model dimensions learned from the first vector ---
+    def pin_dimension(self, model: str, dimension: int) -> int:
+        """Pin `model` to `dimension` unless already pinned; return the pinned value."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO model_dimensions VALUES (?, ?)", (model, dimension))
+            return self._db.execute("SELECT dimension FROM model_dimensions WHERE model = ?",
+                                    (model,)).fetchone()[0]
+
+    def pinned_dimensions(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT model, dimension FROM model_dimensions").fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,40 @@
+"""The one base class every embedding provider implements."""
+
+from __future__ import annotations
+
+import abc
+
+import msgspec
+
+
+class RawEmbedding(msgspec.Struct, frozen=True):
+    """A provider's answer for one batch, undecoded: `decoder` names the function in
+    `aitp.vectors.DECODERS` that a process worker uses to read `payload`."""
+
+    decoder: str
+    payload: bytes
+    tokens: int = 0
+
+
+class Provider(abc.ABC):
+    """An embedding backend. `embed` makes one HTTP call per batch and must not parse floats."""
+
+    name: str
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Startup work (check or download models). Raises ProviderError when it cannot be ready."""
+
+    def refusal(self, model: str) -> str | None:
+        """Why this provider will not embed with `model`, or None when it will."""
+        return None
+
+    def dimension(self, model: str) -> int | None:
+        """The dimension this provider is known to return for `model`, if any."""
+        return None
+
+    @abc.abstractmethod
+    def embed(self, model: str, texts: list[str]) -> RawEmbedding:
+        """Embed a batch in one call; raise ProviderError on failure."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,138 @@
+"""Ollama over HTTP: `/api/embed` with a list input per batch; `/api/tags` and `/api/pull` at startup."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+import requests
+
+from aitp.config import Settings
+from aitp.errors import ProviderError
+from aitp.providers.base import Provider, RawEmbedding
+
+log = logging.getLogger("aitp.providers.ollama")
+
+
+class _Model(msgspec.Struct):
+    name: str
+
+
+class _Tags(msgspec.Struct):
+    models: list[_Model] = []
+
+
+class _PullProgress(msgspec.Struct):
+    status: str = ""
+    error: str = ""
+    total: int = 0
+    completed: int = 0
+
+
+class _EmbedCounts(msgspec.Struct):
+    prompt_eval_count: int = 0
+
+
+_tags_decoder = msgspec.json.Decoder(_Tags)
+_progress_decoder = msgspec.json.Decoder(_PullProgress)
+_encoder = msgspec.json.Encoder()
+
+
+def _base_name(model: str) -> str:
+    """`nomic-embed-text` and `nomic-embed-text:latest` are the same model."""
+    return model if ":" in model else f"{model}:latest"
+
+
+class OllamaProvider(Provider):
+    name = "ollama"
+
+    def __init__(self, settings: Settings) -> None:
+        self._base = settings.ollama.base_url.rstrip("/")
+        self._timeout = settings.ollama.timeout
+        self._download_timeout = settings.ollama.model_download_timeout
+        self._pull_missing = settings.ollama.pull_missing_models
+        self._supported = {_base_name(model) for model in settings.processing.supported_models}
+        self._supported_names = settings.processing.supported_models
+        self._dimensions = settings.models.dimensions
+        self._session = requests.Session()
+
+    def refusal(self, model: str) -> str | None:
+        if _base_name(model) not in self._supported:
+            return (f"model {model!r} is not in SUPPORTED_MODELS {self._supported_names} "
+                    "and Ollama only serves those")
+        return None
+
+    def dimension(self, model: str) -> int | None:
+        return self._dimensions.get(model)
+
+    def prepare(self) -> None:
+        present = self.installed_models()
+        for model in self._supported_names:
+            if _base_name(model) in present:
+                continue
+            if not self._pull_missing:
+                raise ProviderError(f"model {model!r} is missing in Ollama at {self._base} and pulling is off",
+                                    provider=self.name, retryable=False)
+            self.pull(model)
+
+    def installed_models(self) -> set[str]:
+        try:
+            response = self._session.get(f"{self._base}/api/tags", timeout=self._timeout)
+            response.raise_for_status()
+            return {_base_name(model.name) for model in _tags_decoder.decode(response.content).models}
+        except (requests.RequestException, msgspec.DecodeError) as exc:
+            raise ProviderError(f"cannot list Ollama models at {self._base}: {exc}", provider=self.name) from None
+
+    def pull(self, model: str) -> None:
+        """Stream `/api/pull`, logging progress at most every few seconds."""
+        log.info("pulling model", extra={"fields": {"model": model, "ollama": self._base}})
+        last_logged = 0.0
+        try:
+            with self._session.post(f"{self._base}/api/pull", data=_encoder.encode({"model": model, "stream": True}),
+                                    stream=True, timeout=(self._timeout, self._download_timeout)) as response:
+                response.raise_for_status()
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    progress = _progress_decoder.decode(line)
+                    if progress.error:
+                        raise ProviderError(f"Ollama could not pull {model!r}: {progress.error}",
+                                            provider=self.name, retryable=False)
+                    now = time.monotonic()
+                    if progress.status == "success" or now - last_logged >= 5:
+                        last_logged = now
+                        percent = round(100 * progress.completed / progress.total, 1) if progress.total else None
+                        log.info("pull progress", extra={"fields": {"model": model, "status": progress.status,
+                                                                     "percent": percent}})
+                    if progress.status == "success":
+                        return
+        except (requests.RequestException, msgspec.DecodeError) as exc:
+            raise ProviderError(f"pulling {model!r} from Ollama at {self._base} failed: {exc}",
+                                provider=self.name) from None
+        raise ProviderError(f"Ollama ended the pull of {model!r} without success", provider=self.name)
+
+    def embed(self, model: str, texts: list[str]) -> RawEmbedding:
+        body = _encoder.encode({"model": model, "input": texts, "truncate": False})
+        try:
+            response = self._session.post(f"{self._base}/api/embed", data=body, timeout=self._timeout,
+                                          headers={"Content-Type": "application/json"})
+        except requests.RequestException as exc:
+            raise ProviderError(f"Ollama at {self._base} unreachable: {type(exc).__name__}",
+                                provider=self.name) from None
+        if response.status_code != 200:
+            detail = response.text[:200]
+            # One NaN fails a whole batch with 500, one over-long input with 400: split and retry.
+            raise ProviderError(f"Ollama /api/embed answered {response.status_code}: {detail}",
+                                provider=self.name, status=response.status_code,
+                                input_specific=response.status_code in (400, 500),
+                                retryable=response.status_code != 404)
+        tokens = 0
+        try:
+            tokens = msgspec.json.decode(response.content, type=_EmbedCounts).prompt_eval_count
+        except msgspec.DecodeError:
+            pass  # the process worker reports the garbage as a contract error for the batch
+        return RawEmbedding(decoder="ollama", payload=response.content, tokens=tokens)
+
+    def close(self) -> None:
+        self._session.close()

@@ -1,0 +1,127 @@
+"""A stand-in for Ollama's HTTP API (`/api/tags`, `/api/pull`, `/api/embed`) for tests, benchmarks and
+trying `PROCESSING_MODE=ollama` without a GPU.
+
+It behaves as Ollama is reported to: one batch computed at a time, 500 for a whole batch when one
+input yields NaN, 400 when one input is longer than the context, vectors not normalised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+
+import msgspec
+import numpy as np
+
+from aitp.sandbox.http import QuietServer
+
+POISON = "<<nan>>"   # an input containing this makes the stub's model produce NaN
+
+
+def stub_vector(model: str, text: str, dimension: int) -> np.ndarray:
+    """The stub's raw (unnormalised) vector for a text: what a test expects, once normalised."""
+    seed = int.from_bytes(hashlib.sha256(f"stub\0{model}\0{text}".encode("utf-8", "surrogatepass")).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(dimension) * 3.0
+
+
+class OllamaStub:
+    def __init__(self, *, models: dict[str, int] | None = None, installed: list[str] | None = None,
+                 context_chars: int = 8192, call_cost: float = 0.0, input_cost: float = 0.0,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.models = models or {"nomic-embed-text": 768}          # what /api/pull can fetch: name -> dimension
+        self.installed = set(installed if installed is not None else self.models)
+        self.context_chars, self.call_cost, self.input_cost = context_chars, call_cost, input_cost
+        self.gpu = threading.Lock()          # one batch at a time, as a GPU runner does
+        self.lock = threading.Lock()
+        self.batch_sizes: list[int] = []
+        self.pulls: list[str] = []
+        self.fail_next: list[int] = []       # statuses to answer the next /api/embed calls with
+        self._server = QuietServer((host, port), _handler(self))
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> str:
+        threading.Thread(target=self._server.serve_forever, name="ollama-stub", daemon=True).start()
+        return self.url
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def embed(self, model: str, inputs: list[str]) -> tuple[int, bytes]:
+        with self.lock:
+            self.batch_sizes.append(len(inputs))
+            if self.fail_next:
+                return self.fail_next.pop(0), b'{"error":"injected failure"}'
+        name = model.removesuffix(":latest")
+        if name not in self.models or name not in self.installed:
+            return 404, msgspec.json.encode({"error": f"model \"{model}\" not found, try pulling it first"})
+        with self.gpu:
+            if self.call_cost or self.input_cost:
+                time.sleep(self.call_cost + self.input_cost * len(inputs))
+            if any(len(text) > self.context_chars for text in inputs):
+                return 400, b'{"error":"the input length exceeds the context length"}'
+            if any(POISON in text for text in inputs):
+                return 500, b'{"error":"failed to encode response: json: unsupported value: NaN"}'
+            vectors = [stub_vector(name, text, self.models[name]).tolist() for text in inputs]
+        return 200, msgspec.json.encode({"model": model, "embeddings": vectors,
+                                         "prompt_eval_count": sum(len(t) // 4 + 1 for t in inputs)})
+
+
+def _handler(stub: OllamaStub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002
+            pass
+
+        def _reply(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/api/tags":
+                names = [{"name": f"{name}:latest", "model": f"{name}:latest"} for name in sorted(stub.installed)]
+                return self._reply(200, msgspec.json.encode({"models": names}))
+            self._reply(404, b"404 page not found")
+
+        def do_POST(self) -> None:  # noqa: N802
+            request = msgspec.json.decode(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            if self.path == "/api/embed":
+                inputs = request.get("input")
+                inputs = [inputs] if isinstance(inputs, str) else inputs
+                return self._reply(*stub.embed(request.get("model", ""), inputs))
+            if self.path == "/api/pull":
+                return self._pull(request.get("model") or request.get("name", ""))
+            self._reply(404, b"404 page not found")
+
+        def _pull(self, model: str) -> None:
+            name = model.removesuffix(":latest")
+            stub.pulls.append(name)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if name in stub.models:
+                lines = [{"status": "pulling manifest"},
+                         {"status": "downloading", "total": 1000, "completed": 500},
+                         {"status": "downloading", "total": 1000, "completed": 1000},
+                         {"status": "success"}]
+                stub.installed.add(name)
+            else:
+                lines = [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
+            for line in lines:
+                chunk = msgspec.json.encode(line) + b"\n"
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+
+    return Handler

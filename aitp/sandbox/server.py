@@ -1,0 +1,280 @@
+"""The sandbox task API: `GET /api/ai-tasks/pending`, `PATCH /api/ai-tasks/:id`, `POST /oauth2/token`.
+
+Faithful to the real server where it matters to a worker: every pending task on every poll, no
+claiming, 403 for a missing or stale token, a redirect to /404 for an unknown id (JSON 404 with
+`X-Api-Request: true`), a 100 kB body limit, and only `state` stored. `/_sandbox/*` routes let a
+person or a test look inside.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, unquote
+
+import msgspec
+
+from aitp.contract import STATES
+from aitp.sandbox.http import QuietServer
+
+_OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+BODY_LIMIT = 100 * 1024
+_encoder = msgspec.json.Encoder()
+
+
+class _Store:
+    """Tasks in insertion order, their state history, issued tokens; one lock for all."""
+
+    def __init__(self, tasks: list[dict]) -> None:
+        self.lock = threading.Lock()
+        self.tasks: dict[str, dict] = {}
+        self.history: dict[str, list[str]] = {}
+        self.results: dict[str, object] = {}
+        self.tokens: dict[str, float] = {}
+        self.requests: Counter[str] = Counter()
+        self.token_requests = 0
+        self._pending_cache: bytes | None = None
+        self.add(tasks)
+
+    def add(self, tasks: list[dict]) -> None:
+        with self.lock:
+            for task in tasks:
+                task = dict(task)
+                task.setdefault("state", "pending")
+                key = str(task.get("_id"))
+                self.tasks[key] = task
+                self.history[key] = [task["state"]]
+            self._pending_cache = None
+
+    def pending_body(self) -> bytes:
+        with self.lock:
+            if self._pending_cache is None:
+                self._pending_cache = _encoder.encode([t for t in self.tasks.values() if t.get("state") == "pending"])
+            return self._pending_cache
+
+    def set_state(self, task_id: str, state: str, result: object) -> None:
+        with self.lock:
+            task = self.tasks[task_id]
+            task["state"] = state
+            self.history[task_id].append(state)
+            if state == "succeeded":
+                self.results[task_id] = result
+            self._pending_cache = None
+
+
+class SandboxServer:
+    """Start with `start()` (returns the base URL), stop with `stop()`; safe to use from tests."""
+
+    def __init__(self, tasks: list[dict] | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 client_id: str | None = None, client_secret: str | None = None,
+                 token_lifetime: float = 3600.0) -> None:
+        self.store = _Store(tasks or [])
+        self.client_id, self.client_secret = client_id, client_secret
+        self.token_lifetime = token_lifetime
+        self.fail_next: list[int] = []   # status codes to answer the next API requests with (fault injection)
+        self._server = QuietServer((host, port), _make_handler(self))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def requires_token(self) -> bool:
+        return self.client_id is not None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/oauth2/token"
+
+    def start(self) -> str:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # --- looking inside ---
+    def add_tasks(self, tasks: list[dict]) -> None:
+        self.store.add(tasks)
+
+    def state_of(self, task_id: str) -> str:
+        with self.store.lock:
+            return self.store.tasks[task_id]["state"]
+
+    def counts(self) -> dict[str, int]:
+        with self.store.lock:
+            return dict(Counter(task.get("state", "?") for task in self.store.tasks.values()))
+
+    def history(self, task_id: str) -> list[str]:
+        with self.store.lock:
+            return list(self.store.history[task_id])
+
+    def result(self, task_id: str) -> object:
+        with self.store.lock:
+            return self.store.results.get(task_id)
+
+    def request_counts(self) -> dict[str, int]:
+        with self.store.lock:
+            return dict(self.store.requests)
+
+    def revoke_tokens(self) -> None:
+        with self.store.lock:
+            self.store.tokens.clear()
+
+    def snapshot(self) -> dict:
+        with self.store.lock:
+            return {"counts": dict(Counter(t.get("state", "?") for t in self.store.tasks.values())),
+                    "requests": dict(self.store.requests), "token_requests": self.store.token_requests}
+
+    # --- behaviour ---
+    def issue_token(self) -> tuple[str, float]:
+        token = secrets.token_urlsafe(24)
+        with self.store.lock:
+            self.store.tokens[token] = time.time() + self.token_lifetime
+            self.store.token_requests += 1
+        return token, self.token_lifetime
+
+    def token_valid(self, header: str | None) -> bool:
+        if not self.requires_token:
+            return True
+        if not header or not header.startswith("Bearer "):
+            return False
+        with self.store.lock:
+            expires = self.store.tokens.get(header[7:])
+        return expires is not None and expires > time.time()
+
+    def check_client(self, headers, form: dict[str, str]) -> bool:
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        auth = headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            try:
+                client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+                client_id, secret = unquote(client_id), unquote(secret)
+            except (ValueError, UnicodeDecodeError):
+                return False
+        return client_id == self.client_id and secret == self.client_secret
+
+
+def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a NestJS server behind a proxy offers
+        disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms delayed-ACK stall
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet by design
+            pass
+
+        def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: object) -> None:
+            self._reply(status, _encoder.encode(obj))
+
+        def _error(self, status: int, message: str, error: str) -> None:
+            self._json(status, {"message": message, "error": error, "statusCode": status})
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _count(self, name: str) -> None:
+            with sandbox.store.lock:
+                sandbox.store.requests[name] += 1
+
+        def _injected_failure(self) -> bool:
+            if sandbox.fail_next:
+                status = sandbox.fail_next.pop(0)
+                self._error(status, "injected failure", "Injected")
+                return True
+            return False
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            if path == "/api/ai-tasks/pending":
+                self._count("GET pending")
+                if self._injected_failure():
+                    return
+                if not sandbox.token_valid(self.headers.get("Authorization")):
+                    return self._error(403, "Forbidden resource", "Forbidden")
+                return self._reply(200, sandbox.store.pending_body())
+            if path == "/_sandbox/stats":
+                return self._json(200, sandbox.snapshot())
+            if path == "/_sandbox/tasks":
+                with sandbox.store.lock:
+                    listing = [{"_id": k, "state": t.get("state"), "history": sandbox.store.history[k],
+                                "result": sandbox.store.results.get(k)} for k, t in sandbox.store.tasks.items()]
+                return self._json(200, listing)
+            if path == "/404":
+                return self._reply(200, b'"Not Found"')
+            self._error(404, f"Cannot GET {path}", "Not Found")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            body = self._body()
+            prefix = "/api/ai-tasks/"
+            if not self.path.startswith(prefix):
+                return self._error(404, f"Cannot PATCH {self.path}", "Not Found")
+            self._count("PATCH task")
+            if self._injected_failure():
+                return
+            if not sandbox.token_valid(self.headers.get("Authorization")):
+                return self._error(403, "Forbidden resource", "Forbidden")
+            if len(body) > BODY_LIMIT:
+                return self._error(413, "request entity too large", "Payload Too Large")
+            task_id = self.path[len(prefix):]
+            if not _OBJECT_ID.match(task_id):
+                return self._error(400, "Invalid ObjectId format", "Bad Request")
+            try:
+                update = msgspec.json.decode(body)
+                state = update["state"]
+            except (msgspec.DecodeError, KeyError, TypeError):
+                return self._error(400, "Invalid state", "Bad Request")
+            if state not in STATES:
+                return self._error(400, "Invalid state", "Bad Request")
+            if task_id not in sandbox.store.tasks:
+                if self.headers.get("X-Api-Request") == "true":
+                    return self._error(404, "Task not found", "Not Found")
+                return self._reply(302, b"", {"Location": "/404"})
+            result = update.get("result")
+            sandbox.store.set_state(task_id, state, result)
+            if state == "succeeded" and not (isinstance(result, list) and result
+                                             and all(isinstance(x, (int, float)) for x in result)):
+                # The real server stores the state first, then its callback rejects the result.
+                return self._error(400, "callback rejected the result", "Bad Request")
+            with sandbox.store.lock:
+                task = dict(sandbox.store.tasks[task_id])
+            self._json(200, task)
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self._body()
+            if self.path == "/oauth2/token":
+                form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+                if form.get("grant_type") != "client_credentials":
+                    return self._json(400, {"error": "unsupported_grant_type"})
+                if sandbox.requires_token and not sandbox.check_client(self.headers, form):
+                    return self._json(401, {"error": "invalid_client",
+                                            "error_description": "Client authentication failed"})
+                token, lifetime = sandbox.issue_token()
+                return self._json(200, {"access_token": token, "token_type": "bearer",
+                                        "expires_in": int(lifetime), "scope": form.get("scope", "")})
+            if self.path == "/_sandbox/tasks":
+                sandbox.add_tasks(msgspec.json.decode(body))
+                return self._json(200, {"added": True})
+            if self.path == "/_sandbox/revoke":
+                sandbox.revoke_tokens()
+                return self._json(200, {"revoked": True})
+            self._error(404, f"Cannot POST {self.path}", "Not Found")
+
+    return Handler

@@ -1,0 +1,126 @@
+"""HTTP client for the NestJS task API, with the status handling of ../shared/CONTRACT.md."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Callable, Protocol
+
+import msgspec
+import requests
+from requests.adapters import HTTPAdapter
+
+from aitp.contract import is_object_id
+from aitp.errors import ContractError, TaskApiError
+
+
+class Credentials(Protocol):
+    """Where the client gets its bearer token; `renew` is called after a 401/403 with the stale one."""
+
+    def current(self) -> str | None: ...
+
+    def renew(self, stale: str | None) -> str | None: ...
+
+
+class NoCredentials:
+    """For a task API that needs no token (a local sandbox started without one)."""
+
+    def current(self) -> str | None:
+        return None
+
+    def renew(self, stale: str | None) -> str | None:
+        return None
+
+
+class PatchOutcome(enum.Enum):
+    DONE = "done"                        # 200: stored
+    GONE = "gone"                        # 302 to /404 or 404: the task no longer exists; drop it
+    REJECTED_AFTER_SUCCESS = "rejected"  # 400 after `succeeded`: the task is succeeded, the callback said no
+    INVALID = "invalid"                  # other 400: a bug on our side, never retried
+    RETRY = "retry"                      # 5xx, 429, timeouts, resets, auth still refused: try later
+
+
+class PatchResult(msgspec.Struct, frozen=True):
+    outcome: PatchOutcome
+    status: int | None = None
+    detail: str = ""
+    retry_after: float | None = None
+
+
+RequestObserver = Callable[[str, str, str, float], None]  # endpoint, method, status, seconds
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+class TaskApiClient:
+    """One kept-alive connection pool shared by every stage that talks to the task API."""
+
+    def __init__(self, base_url: str, *, timeout: float, credentials: Credentials | None = None,
+                 pool_size: int = 16, observer: RequestObserver | None = None) -> None:
+        self._base = base_url.rstrip("/") + "/api/ai-tasks"
+        self._timeout = timeout
+        self.credentials: Credentials = credentials or NoCredentials()
+        self._observer = observer
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        # JSON 404s instead of a redirect to /404 for unknown ids.
+        self._session.headers.update({"X-Api-Request": "true", "Content-Type": "application/json"})
+
+    def _send(self, method: str, url: str, endpoint: str, body: bytes | None = None) -> requests.Response:
+        """One request with the current token, renewed and retried once on 401/403."""
+        token = self.credentials.current()
+        for attempt in (1, 2):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            started = time.perf_counter()
+            status = "error"
+            try:
+                response = self._session.request(method, url, data=body, headers=headers,
+                                                 timeout=self._timeout, allow_redirects=False)
+                status = str(response.status_code)
+            except requests.RequestException as exc:
+                raise TaskApiError(f"{method} {endpoint} failed: {type(exc).__name__}") from None
+            finally:
+                if self._observer:
+                    self._observer(endpoint, method, status, time.perf_counter() - started)
+            if response.status_code in (401, 403) and attempt == 1:
+                token = self.credentials.renew(token)
+                continue
+            return response
+        return response
+
+    def fetch_pending(self) -> bytes:
+        """The raw pending list (the server returns all of it and ignores `limit`)."""
+        response = self._send("GET", f"{self._base}/pending", "/api/ai-tasks/pending")
+        if response.status_code != 200:
+            raise TaskApiError(f"GET pending answered {response.status_code}: {response.text[:200]}",
+                               status=response.status_code, retry_after=_retry_after(response))
+        return response.content
+
+    def patch(self, task_id: str, body: bytes, *, is_success: bool = False) -> PatchResult:
+        if not is_object_id(task_id):
+            raise ContractError(f"refusing to put task id {task_id[:40]!r} into a URL")
+        try:
+            response = self._send("PATCH", f"{self._base}/{task_id}", "/api/ai-tasks/:id", body)
+        except TaskApiError as exc:
+            return PatchResult(PatchOutcome.RETRY, detail=str(exc))
+        code, detail = response.status_code, response.text[:200]
+        if code == 200:
+            return PatchResult(PatchOutcome.DONE, code)
+        if code in (301, 302, 303, 307, 308, 404):
+            return PatchResult(PatchOutcome.GONE, code, detail)
+        if code == 400 and is_success:
+            return PatchResult(PatchOutcome.REJECTED_AFTER_SUCCESS, code, detail)
+        if 400 <= code < 500 and code not in (401, 403, 408, 429):
+            return PatchResult(PatchOutcome.INVALID, code, detail)
+        return PatchResult(PatchOutcome.RETRY, code, detail, _retry_after(response))
+
+    def close(self) -> None:
+        self._session.close()

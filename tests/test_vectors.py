@@ -1,0 +1,89 @@
+import msgspec
+import numpy as np
+import pytest
+
+from aitp.errors import VectorContractError
+from aitp.sandbox.ollama_stub import stub_vector
+from aitp.vectors import MockRecipe, VectorJob, checked_unit_vectors, mock_vector, process_job, success_body
+
+
+def ollama_payload(rows) -> bytes:
+    return msgspec.json.encode({"model": "m", "embeddings": rows})
+
+
+def job(payload: bytes, count: int, dimension=3, decoder="ollama", limit=100_000) -> VectorJob:
+    return VectorJob(decoder=decoder, payload=payload, model="m", task_ids=[f"t{i}" for i in range(count)],
+                     dimension=dimension, max_body_bytes=limit)
+
+
+def decoded(body: bytes) -> np.ndarray:
+    message = msgspec.json.decode(body)
+    assert message["state"] == "succeeded"
+    return np.asarray(message["result"], dtype=np.float32)
+
+
+def test_vectors_are_normalised_and_in_input_order():
+    result = process_job(job(ollama_payload([[3, 0, 4], [0, 2, 0]]), 2))
+    assert [r.task_id for r in result.results] == ["t0", "t1"]
+    assert np.allclose(decoded(result.results[0].body), [0.6, 0, 0.8])
+    assert np.allclose(decoded(result.results[1].body), [0, 1, 0])
+    assert result.dimension == 3
+
+
+@pytest.mark.parametrize("rows, count, dimension, message", [
+    ([[1, 2, 3]], 2, 3, "expected 2 vectors"),
+    ([[1, 2, 3], [1, 2]], 2, 3, "different lengths"),
+    ([[1, 2]], 1, 3, "expected dimension 3, got 2"),
+    ([[0, 0, 0]], 1, 3, "all zeros"),
+    ([[1e308, -1e308, 1e308]], 1, 3, None),   # finite but its plain norm overflows
+    ([[1e-320, 0, 0]], 1, 3, None),            # subnormal, not zero
+])
+def test_the_vector_contract(rows, count, dimension, message):
+    if message is None:
+        vector = decoded(process_job(job(ollama_payload(rows), count, dimension)).results[0].body)
+        assert np.isfinite(vector).all() and np.isclose(np.linalg.norm(vector), 1.0, atol=1e-6)
+        return
+    with pytest.raises(VectorContractError, match=message):
+        process_job(job(ollama_payload(rows), count, dimension))
+
+
+def test_non_finite_values_break_the_contract():
+    with pytest.raises(VectorContractError, match="NaN or infinity"):
+        checked_unit_vectors(np.array([[1.0, np.nan, 2.0]]), 1, 3)
+    with pytest.raises(VectorContractError, match="out of range"):
+        process_job(job(b'{"embeddings":[[1e999,1,1]]}', 1))
+
+
+@pytest.mark.parametrize("payload", [b"not json", b'{"error":"boom"}', b'{"embeddings":"x"}', b"[NaN]"])
+def test_garbage_is_a_contract_error(payload):
+    with pytest.raises(VectorContractError):
+        process_job(job(payload, 1))
+
+
+def test_unpinned_dimension_takes_the_first_vectors_length():
+    assert process_job(job(ollama_payload([[1, 2, 3, 4]]), 1, dimension=None)).dimension == 4
+
+
+def test_bodies_hold_float32_in_shortest_form():
+    vector = stub_vector("m", "text", 768)
+    body = success_body(checked_unit_vectors(vector[None, :], 1, 768)[0])
+    numbers = body[body.index(b"[") + 1:body.index(b"]")].split(b",")
+    expected = (vector / np.linalg.norm(vector)).astype(np.float32)
+    assert np.array_equal(np.asarray([float(n) for n in numbers], dtype=np.float32), expected)
+    assert max(len(n.lstrip(b"-")) for n in numbers) <= 14          # no 17-digit doubles
+    assert len(body) < 768 * 14
+
+
+def test_a_body_over_the_limit_fails_only_its_task():
+    result = process_job(job(ollama_payload([[1, 2, 3]]), 1, limit=20))
+    assert result.results[0].body is None
+    assert "exceeds the API limit of 20" in result.results[0].error
+
+
+def test_mock_vectors_are_deterministic_per_model_and_text():
+    recipe = msgspec.msgpack.encode(MockRecipe(model="m", texts=["a", "b", "a"], dimension=16))
+    result = process_job(job(recipe, 3, dimension=16, decoder="mock"))
+    a, b, a_again = (decoded(r.body) for r in result.results)
+    assert np.array_equal(a, a_again) and not np.array_equal(a, b)
+    assert np.isclose(np.linalg.norm(a), 1.0, atol=1e-6)
+    assert not np.array_equal(mock_vector("m", "a", 16), mock_vector("other", "a", 16))
