@@ -46,7 +46,7 @@ class OllamaStub:
         return f"http://{host}:{port}"
 
     def start(self) -> str:
-        threading.Thread(target=self._server.serve_forever, name="ollama-stub", daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="ollama-stub", daemon=True).start()
         return self.url
 
     def stop(self) -> None:

@@ -94,7 +94,7 @@ class SandboxServer:
         return f"{self.url}/oauth2/token"
 
     def start(self) -> str:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="sandbox", daemon=True)
         self._thread.start()
         return self.url
 

@@ -1,0 +1,30 @@
+from aitp.journal import Claim, Journal, OutboxEntry
+
+
+def test_claims_and_results_survive_a_reopen(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    journal.record_claims([Claim("a", b'{"_id":"a"}'), Claim("b", b'{"_id":"b"}')])
+    journal.add_results([OutboxEntry("a", b'{"state":"succeeded","result":[1]}', "succeeded")])
+    journal.close()
+
+    reopened = Journal(path)
+    assert reopened.claims() == [Claim("b", b'{"_id":"b"}')]          # a's claim retired with its result
+    assert reopened.outbox() == [OutboxEntry("a", b'{"state":"succeeded","result":[1]}', "succeeded")]
+    reopened.acknowledge(["a"])
+    reopened.drop_claims(["b"])
+    assert reopened.counts() == {"claims": 0, "outbox": 0}
+
+
+def test_a_model_is_pinned_once(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    assert journal.pin_dimension("m", 768) == 768
+    assert journal.pin_dimension("m", 1024) == 768
+    assert journal.pinned_dimensions() == {"m": 768}
+
+
+def test_empty_writes_are_no_ops(tmp_path):
+    journal = Journal(tmp_path / "deep" / "dir" / "j.sqlite3")
+    journal.record_claims([])
+    journal.add_results([])
+    assert journal.counts() == {"claims": 0, "outbox": 0}

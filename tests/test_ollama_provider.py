@@ -1,0 +1,72 @@
+import pytest
+
+from aitp.config import load_config
+from aitp.errors import ProviderError
+from aitp.providers import provider_for
+from aitp.providers.ollama import OllamaProvider
+from aitp.sandbox.ollama_stub import POISON
+
+
+def settings_for(url: str, **env):
+    return load_config(environ={"PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": url, "OLLAMA_TIMEOUT": "5", **env},
+                       dotenv_dir="/x").settings
+
+
+def test_prepare_pulls_only_missing_models(ollama):
+    stub = ollama(models={"nomic-embed-text": 8, "all-minilm": 4}, installed=["all-minilm"])
+    provider = OllamaProvider(settings_for(stub.url, SUPPORTED_MODELS="nomic-embed-text,all-minilm:latest"))
+    provider.prepare()
+    assert stub.pulls == ["nomic-embed-text"]
+    assert provider.installed_models() == {"nomic-embed-text:latest", "all-minilm:latest"}
+
+
+def test_a_pull_error_is_not_retryable(ollama):
+    stub = ollama(models={"nomic-embed-text": 8}, installed=[])
+    provider = OllamaProvider(settings_for(stub.url, SUPPORTED_MODELS="no-such-model"))
+    with pytest.raises(ProviderError, match="file does not exist") as caught:
+        provider.prepare()
+    assert caught.value.retryable is False
+
+
+def test_missing_model_with_pulling_off_stops_startup(ollama, tmp_path):
+    stub = ollama(installed=[])
+    config = tmp_path / "c.toml"
+    config.write_text("[ollama]\npull_missing_models = false\n")
+    settings = load_config(config, environ={"PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": stub.url},
+                           dotenv_dir=tmp_path).settings
+    with pytest.raises(ProviderError, match="pulling is off"):
+        OllamaProvider(settings).prepare()
+    assert stub.pulls == []
+
+
+def test_one_call_per_batch_with_a_list_input(ollama):
+    stub = ollama(models={"nomic-embed-text": 8})
+    raw = OllamaProvider(settings_for(stub.url)).embed("nomic-embed-text", ["a", "b", "c"])
+    assert stub.batch_sizes == [3]
+    assert raw.decoder == "ollama" and raw.tokens > 0
+
+
+@pytest.mark.parametrize("texts, status", [(["ok", f"bad {POISON}"], 500), (["ok", "x" * 100], 400)])
+def test_input_specific_failures_are_marked_for_splitting(ollama, texts, status):
+    stub = ollama(models={"nomic-embed-text": 8}, context_chars=50)
+    with pytest.raises(ProviderError) as caught:
+        OllamaProvider(settings_for(stub.url)).embed("nomic-embed-text", texts)
+    assert (caught.value.status, caught.value.input_specific) == (status, True)
+
+
+def test_unreachable_ollama_is_a_retryable_provider_error():
+    with pytest.raises(ProviderError, match="unreachable") as caught:
+        OllamaProvider(settings_for("http://127.0.0.1:9")).embed("nomic-embed-text", ["a"])
+    assert caught.value.retryable and not caught.value.input_specific
+
+
+def test_only_supported_models_are_served(ollama):
+    provider = OllamaProvider(settings_for("http://127.0.0.1:9", SUPPORTED_MODELS='["nomic-embed-text"]'))
+    assert provider.refusal("nomic-embed-text") is None
+    assert provider.refusal("nomic-embed-text:latest") is None
+    assert "not in SUPPORTED_MODELS" in provider.refusal("text-embedding-3-small")
+
+
+def test_mode_selects_the_provider():
+    assert provider_for(load_config(environ={}, dotenv_dir="/x").settings).name == "mock"
+    assert provider_for(settings_for("http://127.0.0.1:9")).name == "ollama"

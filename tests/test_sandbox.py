@@ -1,0 +1,46 @@
+import requests
+
+from aitp.sandbox.seed import demo_tasks, generated_tasks, object_id
+
+
+def test_pending_returns_all_and_claiming_is_only_a_state_change(sandbox):
+    server = sandbox(generated_tasks(5))
+    listed = requests.get(f"{server.url}/api/ai-tasks/pending?limit=1", timeout=5).json()
+    assert len(listed) == 5
+    requests.patch(f"{server.url}/api/ai-tasks/{object_id(0)}", json={"state": "in_progress"}, timeout=5)
+    assert len(requests.get(f"{server.url}/api/ai-tasks/pending", timeout=5).json()) == 4
+    assert server.history(object_id(0)) == ["pending", "in_progress"]
+
+
+def test_bad_id_bad_state_unknown_id_and_body_limit(sandbox):
+    server = sandbox(generated_tasks(1))
+    url = f"{server.url}/api/ai-tasks"
+    assert requests.patch(f"{url}/xyz", json={"state": "failed"}, timeout=5).json()["message"] == "Invalid ObjectId format"
+    assert requests.patch(f"{url}/{object_id(0)}", json={"state": "x"}, timeout=5).json()["message"] == "Invalid state"
+    redirect = requests.patch(f"{url}/{object_id(9)}", json={"state": "failed"}, timeout=5, allow_redirects=False)
+    assert (redirect.status_code, redirect.headers["Location"]) == (302, "/404")
+    too_big = requests.patch(f"{url}/{object_id(0)}", json={"state": "succeeded", "result": [0.1] * 30000}, timeout=5)
+    assert too_big.status_code == 413
+
+
+def test_token_endpoint_checks_the_client_and_tokens_expire(sandbox):
+    server = sandbox(generated_tasks(1), client_id="id", client_secret="secret", token_lifetime=60)
+    pending = f"{server.url}/api/ai-tasks/pending"
+    assert requests.get(pending, timeout=5).status_code == 403
+    wrong = requests.post(server.token_url, data={"grant_type": "client_credentials"}, auth=("id", "nope"), timeout=5)
+    assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_client")
+    basic = requests.post(server.token_url, data={"grant_type": "client_credentials"}, auth=("id", "secret"), timeout=5)
+    post = requests.post(server.token_url, data={"grant_type": "client_credentials", "client_id": "id",
+                                                 "client_secret": "secret"}, timeout=5)
+    assert basic.json()["expires_in"] == 60 and post.status_code == 200
+    token = basic.json()["access_token"]
+    assert requests.get(pending, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+    server.revoke_tokens()
+    assert requests.get(pending, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 403
+
+
+def test_demo_queue_holds_the_hard_cases():
+    tasks = demo_tasks(10)
+    types = {t.get("type") for t in tasks}
+    assert {"text_embedding", "defining_topics", "identifying_data"} <= types
+    assert any(t["_id"] == "../../etc/passwd" for t in tasks)

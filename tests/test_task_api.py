@@ -1,0 +1,109 @@
+import pytest
+
+from aitp.contract import decode_pending
+from aitp.errors import ContractError, TaskApiError
+from aitp.sandbox.seed import generated_tasks, object_id
+from aitp.task_api import PatchOutcome, TaskApiClient
+
+IN_PROGRESS = b'{"state":"in_progress"}'
+
+
+class CountingCredentials:
+    def __init__(self, sandbox):
+        self.sandbox, self.token, self.renewals = sandbox, None, 0
+
+    def current(self):
+        return self.token
+
+    def renew(self, stale):
+        self.renewals += 1
+        self.token, _ = self.sandbox.issue_token()
+        return self.token
+
+
+def test_pending_list_ignores_limit_and_returns_everything(sandbox):
+    server = sandbox(generated_tasks(30))
+    client = TaskApiClient(server.url, timeout=5)
+    assert len(decode_pending(client.fetch_pending()).tasks) == 30
+
+
+def test_patch_outcomes_follow_the_contract(sandbox):
+    server = sandbox(generated_tasks(2))
+    client = TaskApiClient(server.url, timeout=5)
+    assert client.patch(object_id(0), IN_PROGRESS).outcome is PatchOutcome.DONE
+    assert server.state_of(object_id(0)) == "in_progress"
+    assert client.patch(object_id(99), IN_PROGRESS).outcome is PatchOutcome.GONE
+    assert client.patch(object_id(1), b'{"state":"done"}').outcome is PatchOutcome.INVALID
+    rejected = client.patch(object_id(1), b'{"state":"succeeded","result":{"x":1}}', is_success=True)
+    assert rejected.outcome is PatchOutcome.REJECTED_AFTER_SUCCESS
+    assert server.state_of(object_id(1)) == "succeeded"
+
+
+def test_redirect_for_unknown_id_is_never_followed(sandbox):
+    server = sandbox(generated_tasks(1))
+    client = TaskApiClient(server.url, timeout=5)
+    client._session.headers.pop("X-Api-Request")        # the server's default: 302 to /404
+    result = client.patch(object_id(42), IN_PROGRESS)
+    assert (result.outcome, result.status) == (PatchOutcome.GONE, 302)
+
+
+@pytest.mark.parametrize("task_id", ["../../x", "68b89107952364b0aad89c1d%2F", "68b89107952364b0aad89c1dA", ""])
+def test_unusable_ids_never_reach_a_url(sandbox, task_id):
+    server = sandbox([])
+    client = TaskApiClient(server.url, timeout=5)
+    with pytest.raises(ContractError):
+        client.patch(task_id, IN_PROGRESS)
+    assert server.request_counts() == {}
+
+
+def test_403_renews_the_token_once_and_retries(sandbox):
+    server = sandbox(generated_tasks(1), client_id="c", client_secret="s")
+    credentials = CountingCredentials(server)
+    client = TaskApiClient(server.url, timeout=5, credentials=credentials)
+    assert client.patch(object_id(0), IN_PROGRESS).outcome is PatchOutcome.DONE
+    assert credentials.renewals == 1
+    server.revoke_tokens()
+    assert len(decode_pending(client.fetch_pending()).tasks) == 0
+    assert credentials.renewals == 2
+
+
+def test_refused_even_after_renewal_is_retryable_not_fatal(sandbox):
+    server = sandbox(generated_tasks(1), client_id="c", client_secret="s")
+
+    class Useless:
+        def current(self):
+            return "bad"
+
+        def renew(self, stale):
+            return "still-bad"
+
+    result = TaskApiClient(server.url, timeout=5, credentials=Useless()).patch(object_id(0), IN_PROGRESS)
+    assert (result.outcome, result.status) == (PatchOutcome.RETRY, 403)
+    with pytest.raises(TaskApiError) as caught:
+        TaskApiClient(server.url, timeout=5, credentials=Useless()).fetch_pending()
+    assert caught.value.status == 403
+
+
+def test_server_errors_and_throttling_are_retryable_with_retry_after(sandbox):
+    server = sandbox(generated_tasks(1))
+    client = TaskApiClient(server.url, timeout=5)
+    server.fail_next.extend([503, 429])
+    assert client.patch(object_id(0), IN_PROGRESS).outcome is PatchOutcome.RETRY
+    assert client.patch(object_id(0), IN_PROGRESS).outcome is PatchOutcome.RETRY
+    assert client.patch(object_id(0), IN_PROGRESS).outcome is PatchOutcome.DONE
+
+
+def test_unreachable_api_is_a_task_api_error():
+    client = TaskApiClient("http://127.0.0.1:9", timeout=2)
+    with pytest.raises(TaskApiError, match="GET /api/ai-tasks/pending failed"):
+        client.fetch_pending()
+    assert client.patch(object_id(0), IN_PROGRESS).outcome is PatchOutcome.RETRY
+
+
+def test_observer_sees_every_request(sandbox):
+    server = sandbox(generated_tasks(1))
+    seen = []
+    client = TaskApiClient(server.url, timeout=5, observer=lambda *args: seen.append(args[:3]))
+    client.fetch_pending()
+    client.patch(object_id(0), IN_PROGRESS)
+    assert seen == [("/api/ai-tasks/pending", "GET", "200"), ("/api/ai-tasks/:id", "PATCH", "200")]
