@@ -45,7 +45,7 @@ class Authenticator(Stage):
         self.generation = 0          # bumped by every new token; older refresh timers then do nothing
         self.retry_scheduled = False
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         token = self.cell.get()
         if self.client is not None:
             delay = 0.0 if token is None else self._refresh_delay(token)

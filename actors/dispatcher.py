@@ -28,7 +28,7 @@ class Dispatcher(Stage):
         self.flush_scheduled = False
         self.batches_sent = 0
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         if self.inherited:   # jobs a previous instance (or the last run) held
             self._enqueue(self.inherited)
 

@@ -116,7 +116,8 @@ class StageFailed(msgspec.Struct, frozen=True):
 
     stage: str
     error: str
-    orphans: list = []
+    orphans: list = []       # state the stage held (queued jobs, ids in flight)
+    undelivered: list = []   # messages that were waiting in its inbox
 
 
 class RefreshToken(msgspec.Struct, frozen=True):

@@ -35,7 +35,7 @@ class Poller(Stage):
         self._seen_left_alone: set[str] = set()
         self.taken_total = 0
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         self._schedule(0)
 
     @property

@@ -33,7 +33,7 @@ class ProviderWorkers(Stage):
         self.pool: ThreadPoolExecutor | None = None
         self.calls = 0
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         self.pool = ThreadPoolExecutor(self.settings.workers.provider_threads, thread_name_prefix="aitp-provider")
         self.queue.extend(self.inherited)
         self._pump()

@@ -27,7 +27,7 @@ class RateLimiter(Stage):
         self.claims_sent = 0
         self.pool: ThreadPoolExecutor | None = None
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         # Claims in flight when an earlier instance died still answer through the directory, so
         # this stage hands no orphans over.
         self.pool = ThreadPoolExecutor(self.settings.workers.claim_concurrency, thread_name_prefix="aitp-claim")

@@ -28,7 +28,7 @@ class Reporter(Stage):
         self.outcomes: Counter[str] = Counter()
         self.pool: ThreadPoolExecutor | None = None
 
-    def on_start(self) -> None:
+    def setup(self) -> None:
         self.pool = ThreadPoolExecutor(self.settings.workers.reporter_concurrency, thread_name_prefix="aitp-report")
         # Whatever the outbox holds (from the last run, or an earlier instance) is sent again: a
         # repeated PATCH of the same result is harmless, a lost one is not.

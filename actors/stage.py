@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -55,8 +56,12 @@ class StageDirectory:
         with self._lock:
             self._refs[name] = ref
             waiting, self._waiting[name] = self._waiting[name], []
-            for message in waiting:
-                ref.tell(message)
+            for index, message in enumerate(waiting):
+                try:
+                    ref.tell(message)
+                except pykka.ActorDeadError:   # died at once (in on_start): keep the rest for the next one
+                    self._waiting[name] = waiting[index:]
+                    break
 
     def waiting(self, name: str) -> int:
         with self._lock:
@@ -96,6 +101,17 @@ class Stage(pykka.ThreadingActor):
         self.settings = ctx.settings
         self.inherited = orphans or []
 
+    def on_start(self) -> None:
+        # pykka calls no on_failure for an error in on_start; report it like any other failure.
+        try:
+            self.setup()
+        except Exception:
+            self.on_failure(*sys.exc_info())
+            raise
+
+    def setup(self) -> None:
+        """A stage's start-up work, in its own thread (override instead of on_start)."""
+
     def tell(self, stage: str, message: Any) -> None:
         self.ctx.directory.tell(stage, message)
 
@@ -116,4 +132,17 @@ class Stage(pykka.ThreadingActor):
                 held = self.orphans()
             except Exception:  # noqa: BLE001 - a broken stage may not even list its work
                 held = []
-            self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value), held))
+            self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value), held, self._undelivered()))
+
+    def _undelivered(self) -> list:
+        """Messages told to this instance and not yet handled: pykka would drop them when the
+        thread ends, so they go to the next instance instead (asks are left to fail their callers)."""
+        told = []
+        while not self.actor_inbox.empty():
+            envelope = self.actor_inbox.get()
+            if envelope.reply_to is None:
+                told.append(envelope.message)
+            else:
+                self.actor_inbox.put(envelope)
+                break
+        return told

@@ -59,10 +59,16 @@ class Supervisor(pykka.ThreadingActor):
         self.schedule(_WATCH_INTERVAL, lambda: me.tell(_Watch()) if me.is_alive() else None)
 
     def on_receive(self, message) -> None:
-        if isinstance(message, StageFailed):
-            self._failed(message.stage, message.error, message.orphans)
-        elif isinstance(message, _Watch):
-            self._watch()
+        try:
+            if isinstance(message, StageFailed):
+                self._failed(message.stage, message.error, message.orphans, message.undelivered)
+            elif isinstance(message, _Watch):
+                self._watch()
+        except Exception as exc:  # noqa: BLE001 - nobody supervises the supervisor: stop the service
+            log.exception("supervisor failed")
+            if not self.stopping:
+                self.stopping = True
+                self.on_fatal(f"supervisor failed: {exc!r}")
 
     def _watch(self) -> None:
         for name in self.order:
@@ -74,7 +80,7 @@ class Supervisor(pykka.ThreadingActor):
                     spec.seen_dead = True
         self._watch_later()
 
-    def _failed(self, name: str, error: str, orphans: list) -> None:
+    def _failed(self, name: str, error: str, orphans: list, undelivered: list = ()) -> None:
         spec = self.specs[name]
         ref = self.directory.ref(name)
         if self.stopping or (ref is not None and ref.is_alive()):
@@ -98,6 +104,8 @@ class Supervisor(pykka.ThreadingActor):
                                                           "restarts": spec.total_restarts,
                                                           "handed_over": len(orphans)}})
         self._start(spec, orphans)
+        for message in undelivered:
+            self.directory.tell(name, message)
 
     # --- asked by the pipeline ---
     def restarts(self) -> dict[str, int]:

@@ -1,0 +1,189 @@
+"""The whole pipeline in this process, against the sandbox, with the mock provider or the Ollama stub."""
+
+import msgspec
+import numpy as np
+import pytest
+
+from actors.dispatcher import Dispatcher
+from actors.pipeline import Pipeline
+from aitp.config import load_config
+from aitp.contract import is_object_id
+from aitp.journal import Claim, Journal, OutboxEntry
+from aitp.sandbox.ollama_stub import POISON, stub_vector
+from aitp.sandbox.seed import demo_tasks, embedding_task, generated_tasks, object_id
+from aitp.vectors import checked_unit_vectors, mock_vector
+from conftest import wait_until
+
+
+def settings_for(server, tmp_path, **env):
+    base = {"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "data"), "POLLING_INTERVAL_SECONDS": "0.1",
+            "RETRY_BACKOFF_FACTOR": "0.05"}
+    return load_config(environ={**base, **env}, dotenv_dir=tmp_path).settings
+
+
+@pytest.fixture
+def run_pipeline():
+    pipelines = []
+
+    def start(settings) -> Pipeline:
+        pipeline = Pipeline(settings)
+        assert pipeline.start()
+        pipelines.append(pipeline)
+        return pipeline
+
+    yield start
+    for pipeline in pipelines:
+        pipeline.shutdown()
+
+
+def expected_unit(vector) -> np.ndarray:
+    return checked_unit_vectors(np.asarray(vector)[None, :], 1, len(vector))[0]
+
+
+def drained(server, left_alone=0):
+    counts = server.counts()
+    return counts.get("pending", 0) == left_alone and not counts.get("in_progress")
+
+
+def test_demo_queue_drains_with_the_mock(sandbox, run_pipeline, tmp_path):
+    queue = demo_tasks(100)
+    server = sandbox(queue)
+    run_pipeline(settings_for(server, tmp_path))
+    left_alone = [t for t in queue if t.get("type") != "text_embedding" or not is_object_id(t["_id"])]
+    wait_until(lambda: drained(server, len(left_alone)), message="the queue to drain")
+    counts = server.counts()
+    assert counts == {"succeeded": 100, "failed": 6, "pending": 5}
+    for task in queue:
+        if task.get("type") == "text_embedding" and is_object_id(task["_id"]) and server.state_of(task["_id"]) == "succeeded":
+            assert np.array_equal(np.asarray(server.result(task["_id"]), dtype=np.float32),
+                                  expected_unit(mock_vector("nomic-embed-text", task["content"]["text"], 768)))
+    for task in left_alone:
+        assert server.history(str(task["_id"])) == ["pending"]      # never touched
+
+
+def test_ollama_vectors_arrive_normalised_and_batched(sandbox, ollama, run_pipeline, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 32})
+    tasks = generated_tasks(100)
+    server = sandbox(tasks)
+    settings = settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url)
+    settings = msgspec.structs.replace(settings, models=msgspec.structs.replace(settings.models, dimensions={}))
+    pipeline = run_pipeline(settings)
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.counts() == {"succeeded": 100}
+    for task in tasks:
+        got = np.asarray(server.result(task["_id"]), dtype=np.float32)
+        assert np.array_equal(got, expected_unit(stub_vector("nomic-embed-text", task["content"]["text"], 32)))
+    assert max(stub.batch_sizes) <= 16 and len(stub.batch_sizes) < 100
+    assert pipeline.ctx.journal.pinned_dimensions() == {"nomic-embed-text": 32}
+
+
+def test_a_poisoned_input_fails_alone(sandbox, ollama, run_pipeline, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768})
+    tasks = generated_tasks(15) + [embedding_task(object_id(500), f"poison {POISON}")]
+    server = sandbox(tasks)
+    run_pipeline(settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.counts() == {"succeeded": 15, "failed": 1}
+    assert server.state_of(object_id(500)) == "failed"
+
+
+def test_unsupported_model_for_ollama_fails_before_claiming(sandbox, ollama, run_pipeline, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768})
+    server = sandbox([embedding_task(object_id(1), "t", "text-embedding-3-small"), embedding_task(object_id(2), "u")])
+    run_pipeline(settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.history(object_id(1)) == ["pending", "failed"]
+    assert server.history(object_id(2)) == ["pending", "in_progress", "succeeded"]
+
+
+def test_claiming_off_reports_straight_from_pending(sandbox, run_pipeline, tmp_path):
+    server = sandbox(generated_tasks(40))
+    config = tmp_path / "c.toml"
+    config.write_text("[api]\nclaim_tasks = false\n")
+    settings = load_config(config, environ={"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "d"),
+                                            "POLLING_INTERVAL_SECONDS": "0.1"}, dotenv_dir=tmp_path).settings
+    run_pipeline(settings)
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert all(server.history(object_id(i)) == ["pending", "succeeded"] for i in range(40))
+
+
+def test_credit_bounds_what_is_taken(sandbox, run_pipeline, tmp_path, ollama):
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.05)
+    server = sandbox(generated_tasks(60))
+    config = tmp_path / "c.toml"
+    config.write_text("[processing]\nmax_in_flight = 10\n")
+    settings = load_config(config, environ={"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "d"),
+                                            "POLLING_INTERVAL_SECONDS": "0.1", "PROCESSING_MODE": "ollama",
+                                            "OLLAMA_BASE_URL": stub.url}, dotenv_dir=tmp_path).settings
+    pipeline = run_pipeline(settings)
+    peaks = []
+
+    def bounded_and_drained():
+        in_progress = server.counts().get("in_progress", 0)
+        peaks.append(max(in_progress, pipeline.in_flight()))
+        return drained(server)
+
+    wait_until(bounded_and_drained, message="the queue to drain")
+    assert server.counts() == {"succeeded": 60}
+    assert 0 < max(peaks) <= 10
+
+
+def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path, monkeypatch):
+    failures = []
+    original = Dispatcher._cut
+
+    def flaky_cut(self, model, *, flush):
+        if not failures and self.queues.get(model):
+            failures.append(model)
+            raise RuntimeError("injected dispatcher fault")
+        return original(self, model, flush=flush)
+
+    monkeypatch.setattr(Dispatcher, "_cut", flaky_cut)
+    server = sandbox(generated_tasks(80))
+    pipeline = run_pipeline(settings_for(server, tmp_path))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert failures and server.counts() == {"succeeded": 80}
+    assert pipeline.status()["restarts"]["dispatcher"] == 1
+    assert pipeline.fatal_reason is None
+
+
+def test_a_stage_failing_past_its_intensity_stops_the_service(sandbox, tmp_path, monkeypatch):
+    def always_fail(self, model, *, flush):
+        raise RuntimeError("injected permanent fault")
+
+    monkeypatch.setattr(Dispatcher, "_cut", always_fail)
+    server = sandbox(generated_tasks(5))
+    config = tmp_path / "c.toml"
+    config.write_text("[supervision.dispatcher]\nintensity = 2\nperiod_seconds = 60.0\n")
+    settings = load_config(config, environ={"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "d"),
+                                            "POLLING_INTERVAL_SECONDS": "0.1"}, dotenv_dir=tmp_path).settings
+    pipeline = Pipeline(settings)
+    assert pipeline.start()
+    try:
+        assert pipeline.stop_requested.wait(30)
+        assert "stage dispatcher failed more than 2 times" in pipeline.fatal_reason
+        assert "injected permanent fault" in pipeline.fatal_reason
+    finally:
+        pipeline.shutdown()
+    # Graceful even so: every claim went back to pending.
+    assert server.counts() == {"pending": 5}
+    assert Journal(settings.journal_path).counts() == {"claims": 0, "outbox": 0}
+
+
+def test_the_last_run_is_resumed_from_the_journal(sandbox, run_pipeline, tmp_path):
+    tasks = generated_tasks(4)
+    server = sandbox(tasks)
+    settings = settings_for(server, tmp_path)
+    # A run that died after claiming task 0 and computing task 1 (its PATCH never made it).
+    for task_id in (object_id(0), object_id(1)):
+        server.store.set_state(task_id, "in_progress", None)
+    journal = Journal(settings.journal_path)
+    journal.record_claims([Claim(object_id(0), msgspec.json.encode(tasks[0]))])
+    journal.add_results([OutboxEntry(object_id(1), b'{"state":"succeeded","result":[0.6,0.8]}', "succeeded")])
+    journal.close()
+
+    run_pipeline(settings)
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.counts() == {"succeeded": 4}
+    assert server.result(object_id(1)) == [0.6, 0.8]            # sent from the outbox, not recomputed
+    assert server.history(object_id(0)) == ["pending", "in_progress", "succeeded"]   # resumed, not re-claimed
