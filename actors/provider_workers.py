@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from aitp.dimensions import DimensionPins
 from aitp.errors import ProviderError
@@ -30,21 +30,12 @@ class ProviderWorkers(Stage):
         self.queue: deque[EmbedBatch] = deque()
         self.active: set[str] = set()
         self.pins = pins or DimensionPins(self.settings.models.dimensions, ctx.journal, ctx.provider)
-        self.pool: ThreadPoolExecutor | None = None
         self.calls = 0
 
     def setup(self) -> None:
-        self.pool = ThreadPoolExecutor(self.settings.workers.provider_threads, thread_name_prefix="aitp-provider")
+        self.start_pool(self.settings.workers.provider_threads)
         self.queue.extend(self.inherited)
         self._pump()
-
-    def on_stop(self) -> None:
-        if self.pool:
-            self.pool.shutdown(wait=False)
-
-    def on_failure(self, exception_type, exception_value, traceback) -> None:
-        super().on_failure(exception_type, exception_value, traceback)
-        self.on_stop()
 
     def on_receive(self, message) -> None:
         if isinstance(message, EmbedBatch):

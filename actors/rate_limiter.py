@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from aitp.contract import state_body
 from aitp.journal import Claim
@@ -25,20 +24,11 @@ class RateLimiter(Stage):
         self.backend = backend or AdmitAll()
         self.claiming = self.settings.api.claim_tasks
         self.claims_sent = 0
-        self.pool: ThreadPoolExecutor | None = None
 
     def setup(self) -> None:
         # Claims in flight when an earlier instance died still answer through the directory, so
         # this stage hands no orphans over.
-        self.pool = ThreadPoolExecutor(self.settings.workers.claim_concurrency, thread_name_prefix="aitp-claim")
-
-    def on_stop(self) -> None:
-        if self.pool:
-            self.pool.shutdown(wait=False)
-
-    def on_failure(self, exception_type, exception_value, traceback) -> None:
-        super().on_failure(exception_type, exception_value, traceback)
-        self.on_stop()   # queued claims still run; the threads end after them
+        self.start_pool(self.settings.workers.claim_concurrency)
 
     def on_receive(self, message) -> None:
         if isinstance(message, TasksTaken):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 from aitp.contract import state_body
 from aitp.journal import OutboxEntry
@@ -26,23 +25,14 @@ class Reporter(Stage):
         super().__init__(ctx, orphans)
         self.entries: dict[str, OutboxEntry] = {}   # in the outbox and not yet acknowledged
         self.outcomes: Counter[str] = Counter()
-        self.pool: ThreadPoolExecutor | None = None
 
     def setup(self) -> None:
-        self.pool = ThreadPoolExecutor(self.settings.workers.reporter_concurrency, thread_name_prefix="aitp-report")
+        self.start_pool(self.settings.workers.reporter_concurrency)
         # Whatever the outbox holds (from the last run, or an earlier instance) is sent again: a
         # repeated PATCH of the same result is harmless, a lost one is not.
         for entry in self.ctx.journal.outbox():
             self.entries[entry.task_id] = entry
             self._send(entry, 1)
-
-    def on_stop(self) -> None:
-        if self.pool:
-            self.pool.shutdown(wait=False)
-
-    def on_failure(self, exception_type, exception_value, traceback) -> None:
-        super().on_failure(exception_type, exception_value, traceback)
-        self.on_stop()
 
     def on_receive(self, message) -> None:
         if isinstance(message, BatchEmbedded):

@@ -8,6 +8,7 @@ import random
 import sys
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,15 @@ class Stage(pykka.ThreadingActor):
         self.ctx = ctx
         self.settings = ctx.settings
         self.inherited = orphans or []
+        self.pool: ThreadPoolExecutor | None = None   # for stages that make blocking calls
+
+    def start_pool(self, workers: int) -> ThreadPoolExecutor:
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"aitp-{self.name}")
+        return self.pool
+
+    def on_stop(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=False)   # queued calls still run; their answers go to the successor
 
     def on_start(self) -> None:
         # pykka calls no on_failure for an error in on_start; report it like any other failure.
@@ -133,6 +143,7 @@ class Stage(pykka.ThreadingActor):
             except Exception:  # noqa: BLE001 - a broken stage may not even list its work
                 held = []
             self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value), held, self._undelivered()))
+        self.on_stop()
 
     def _undelivered(self) -> list:
         """Messages told to this instance and not yet handled: pykka would drop them when the

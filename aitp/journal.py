@@ -10,7 +10,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import msgspec
 
@@ -58,17 +60,21 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
-    def _write(self, sql: str, rows: list[tuple]) -> None:
-        if not rows:
-            return
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(sql, rows)
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        if rows:
+            with self._transaction() as db:
+                db.executemany(sql, rows)
 
     # --- claims ---
     def record_claims(self, claims: list[Claim]) -> None:
@@ -90,16 +96,10 @@ class Journal:
         if not entries:
             return
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?)",
-                                     [(e.task_id, e.body, e.state, now) for e in entries])
-                self._db.executemany("DELETE FROM claims WHERE task_id = ?", [(e.task_id,) for e in entries])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?)",
+                           [(e.task_id, e.body, e.state, now) for e in entries])
+            db.executemany("DELETE FROM claims WHERE task_id = ?", [(e.task_id,) for e in entries])
 
     def acknowledge(self, task_ids: list[str]) -> None:
         self._write("DELETE FROM outbox WHERE task_id = ?", [(task_id,) for task_id in task_ids])

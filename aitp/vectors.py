@@ -107,7 +107,7 @@ def process_job(job: VectorJob) -> VectorJobResult:
     matrix = DECODERS[job.decoder](job.payload)
     vectors = checked_unit_vectors(matrix, len(job.task_ids), job.dimension)
     results = []
-    for task_id, vector in zip(job.task_ids, vectors):
+    for task_id, vector in zip(job.task_ids, vectors, strict=True):
         body = success_body(vector)
         if len(body) > job.max_body_bytes:
             results.append(TaskVector(task_id, None, f"result body of {len(body)} bytes exceeds the "
