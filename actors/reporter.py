@@ -50,7 +50,9 @@ class Reporter(Stage):
 
     def _failure(self, task_id: str, reason: str, batch_id: str) -> OutboxEntry:
         # The server keeps no error text, so the reason is logged here as well as sent.
-        log.warning("task failed", extra={"fields": {"task_id": task_id, "batch_id": batch_id, "reason": reason}})
+        fields = {"task_id": task_id, "batch_id": batch_id, "reason": reason} if batch_id \
+            else {"task_id": task_id, "reason": reason}   # rejected before it joined a batch
+        log.warning("task failed", extra={"fields": fields})
         return OutboxEntry(task_id, state_body("failed", reason), "failed")
 
     def _store(self, entries: list[OutboxEntry]) -> None:

@@ -128,6 +128,19 @@ def test_credit_bounds_what_is_taken(sandbox, run_pipeline, tmp_path, ollama):
     assert 0 < max(peaks) <= 10
 
 
+def test_a_full_take_polls_again_without_waiting_the_interval(sandbox, run_pipeline, tmp_path):
+    server = sandbox(generated_tasks(50))
+    config = tmp_path / "c.toml"
+    config.write_text("[processing]\nmax_in_flight = 10\n")
+    settings = load_config(config, environ={"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "d"),
+                                            "POLLING_INTERVAL_SECONDS": "600"}, dotenv_dir=tmp_path).settings
+    pipeline = run_pipeline(settings)
+    # Five credit-sized takes; waiting the interval after any of them would take ten minutes.
+    wait_until(lambda: drained(server), timeout=60, message="the queue to drain without interval waits")
+    assert server.counts() == {"succeeded": 50}
+    assert pipeline.status()["poller"]["polls"] >= 5
+
+
 def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path, monkeypatch):
     failures = []
     original = Dispatcher._cut
