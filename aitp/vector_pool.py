@@ -23,6 +23,7 @@ class VectorPool:
         self._workers = workers
         self._lock = threading.Lock()
         self._pool = self._new_pool()
+        self._closed = False
         self.restarts = 0
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -44,6 +45,9 @@ class VectorPool:
 
     def _submit_into(self, outer: Future, job: VectorJob, attempts: int) -> None:
         with self._lock:
+            if self._closed:   # shutting down: a late batch must not start a fresh pool
+                outer.set_exception(RuntimeError("vector pool is closed"))
+                return
             pool = self._pool
             try:
                 inner = pool.submit(process_job, job)
@@ -76,4 +80,6 @@ class VectorPool:
 
     def close(self) -> None:
         with self._lock:
-            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._closed = True
+            pool = self._pool
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -94,3 +94,19 @@ def test_demo_command_drains_and_exits_0(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "summary: 120 succeeded, 6 failed, 5 left pending" in result.stdout
     assert "tasks/s" in result.stdout
+
+
+def test_a_second_signal_stops_at_once_and_the_journal_covers_it(sandbox, ollama, service, tmp_path):
+    server = sandbox(generated_tasks(200))
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.2)
+    env = {"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": stub.url}
+    first = service(env)
+    wait_until(lambda: server.counts().get("in_progress", 0) > 0, timeout=60, message="claimed work")
+    first.signal(signal.SIGTERM)
+    wait_until(lambda: '"event":"stopping"' in first.logs(), timeout=10, message="the first signal to be seen")
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 128 + signal.SIGTERM
+    second = service(env)
+    wait_until(lambda: server.counts() == {"succeeded": 200}, timeout=90, message="every task to succeed")
+    second.signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0

@@ -56,3 +56,11 @@ def _dead(pid: int) -> bool:
             return stat.read().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_a_closed_pool_refuses_work_instead_of_starting_processes():
+    vector_pool = VectorPool(1)
+    vector_pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        vector_pool.submit(mock_job(["late"])).result(timeout=10)
+    assert vector_pool.restarts == 0
