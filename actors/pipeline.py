@@ -133,7 +133,10 @@ class Pipeline:
 
     # --- running ---
     def wait(self) -> None:
-        self.stop_requested.wait()
+        # Wake up now and then: a signal that the kernel delivers to another thread runs its Python
+        # handler only when the main thread next runs bytecode, and a bare wait() may never return.
+        while not self.stop_requested.wait(0.25):
+            pass
 
     def stage(self, name: str):
         assert self.ctx is not None
@@ -177,7 +180,11 @@ class Pipeline:
                 break
             time.sleep(0.05)
         if self.supervisor is not None and self.supervisor.is_alive():
-            self.supervisor.proxy().stop_children().get(timeout=30)
+            # A stage stops once its calls in flight return, which the request timeout bounds.
+            stop_timeout = self.settings.api.request_timeout + 5
+            supervisor = self.supervisor.proxy()
+            supervisor.stop_timeout = stop_timeout
+            supervisor.stop_children().get(timeout=stop_timeout * len(STAGES))
             self.supervisor.stop()
         self._release_claims()
         left = ctx.journal.counts()

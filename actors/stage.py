@@ -108,8 +108,10 @@ class Stage(pykka.ThreadingActor):
         return self.pool
 
     def on_stop(self) -> None:
+        # A graceful stop waits for the calls already made (a claim landing after its release
+        # would strand the task) and cancels the queued ones; the journal keeps their work.
         if self.pool:
-            self.pool.shutdown(wait=False)   # queued calls still run; their answers go to the successor
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def on_start(self) -> None:
         # pykka calls no on_failure for an error in on_start; report it like any other failure.
@@ -143,7 +145,8 @@ class Stage(pykka.ThreadingActor):
             except Exception:  # noqa: BLE001 - a broken stage may not even list its work
                 held = []
             self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value), held, self._undelivered()))
-        self.on_stop()
+        if self.pool:   # queued calls still run; their answers go to the successor through the directory
+            self.pool.shutdown(wait=False)
 
     def _undelivered(self) -> list:
         """Messages told to this instance and not yet handled: pykka would drop them when the

@@ -43,6 +43,7 @@ class Supervisor(pykka.ThreadingActor):
         self.order = [spec.name for spec in specs]
         self.initial_work, self.on_fatal, self.schedule = initial_work, on_fatal, schedule
         self.stopping = False
+        self.stop_timeout = 10.0   # per stage; the pipeline sets it from the request timeout
 
     def on_start(self) -> None:
         for name in self.order:
@@ -117,4 +118,7 @@ class Supervisor(pykka.ThreadingActor):
         for name in reversed(self.order):
             ref = self.directory.ref(name)
             if ref is not None:
-                ref.stop(block=True, timeout=10)
+                try:
+                    ref.stop(block=True, timeout=self.stop_timeout)
+                except pykka.Timeout:
+                    log.warning("stage did not stop in time", extra={"fields": {"stage": name}})

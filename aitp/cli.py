@@ -135,7 +135,8 @@ def _sandbox(args) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
+        while not stop.wait(0.25):   # a timed wait, so that a signal on another thread is seen
+            pass
     except KeyboardInterrupt:
         pass
     server.stop()
