@@ -15,10 +15,14 @@ from aitp.vectors import checked_unit_vectors, mock_vector
 from conftest import wait_until
 
 
-def settings_for(server, tmp_path, **env):
+def settings_for(server, tmp_path, toml: str = "", **env):
     base = {"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "data"), "POLLING_INTERVAL_SECONDS": "0.1",
             "RETRY_BACKOFF_FACTOR": "0.05"}
-    return load_config(environ={**base, **env}, dotenv_dir=tmp_path).settings
+    config = None
+    if toml:
+        config = tmp_path / "aitp.toml"
+        config.write_text(toml)
+    return load_config(config, environ={**base, **env}, dotenv_dir=tmp_path).settings
 
 
 @pytest.fixture
@@ -98,10 +102,7 @@ def test_unsupported_model_for_ollama_fails_before_claiming(sandbox, ollama, run
 
 def test_claiming_off_reports_straight_from_pending(sandbox, run_pipeline, tmp_path):
     server = sandbox(generated_tasks(40))
-    config = tmp_path / "c.toml"
-    config.write_text("[api]\nclaim_tasks = false\n")
-    settings = load_config(config, environ={"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "d"),
-                                            "POLLING_INTERVAL_SECONDS": "0.1"}, dotenv_dir=tmp_path).settings
+    settings = settings_for(server, tmp_path, "[api]\nclaim_tasks = false\n")
     run_pipeline(settings)
     wait_until(lambda: drained(server), message="the queue to drain")
     assert all(server.history(object_id(i)) == ["pending", "succeeded"] for i in range(40))
@@ -110,11 +111,8 @@ def test_claiming_off_reports_straight_from_pending(sandbox, run_pipeline, tmp_p
 def test_credit_bounds_what_is_taken(sandbox, run_pipeline, tmp_path, ollama):
     stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.05)
     server = sandbox(generated_tasks(60))
-    config = tmp_path / "c.toml"
-    config.write_text("[processing]\nmax_in_flight = 10\n")
-    settings = load_config(config, environ={"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "d"),
-                                            "POLLING_INTERVAL_SECONDS": "0.1", "PROCESSING_MODE": "ollama",
-                                            "OLLAMA_BASE_URL": stub.url}, dotenv_dir=tmp_path).settings
+    settings = settings_for(server, tmp_path, "[processing]\nmax_in_flight = 10\n",
+                            PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url)
     pipeline = run_pipeline(settings)
     peaks = []
 
@@ -130,10 +128,7 @@ def test_credit_bounds_what_is_taken(sandbox, run_pipeline, tmp_path, ollama):
 
 def test_a_full_take_polls_again_without_waiting_the_interval(sandbox, run_pipeline, tmp_path):
     server = sandbox(generated_tasks(50))
-    config = tmp_path / "c.toml"
-    config.write_text("[processing]\nmax_in_flight = 10\n")
-    settings = load_config(config, environ={"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "d"),
-                                            "POLLING_INTERVAL_SECONDS": "600"}, dotenv_dir=tmp_path).settings
+    settings = settings_for(server, tmp_path, "[processing]\nmax_in_flight = 10\n", POLLING_INTERVAL_SECONDS="600")
     pipeline = run_pipeline(settings)
     # Five credit-sized takes; waiting the interval after any of them would take ten minutes.
     wait_until(lambda: drained(server), timeout=60, message="the queue to drain without interval waits")
@@ -166,10 +161,7 @@ def test_a_stage_failing_past_its_intensity_stops_the_service(sandbox, tmp_path,
 
     monkeypatch.setattr(Dispatcher, "_cut", always_fail)
     server = sandbox(generated_tasks(5))
-    config = tmp_path / "c.toml"
-    config.write_text("[supervision.dispatcher]\nintensity = 2\nperiod_seconds = 60.0\n")
-    settings = load_config(config, environ={"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "d"),
-                                            "POLLING_INTERVAL_SECONDS": "0.1"}, dotenv_dir=tmp_path).settings
+    settings = settings_for(server, tmp_path, "[supervision.dispatcher]\nintensity = 2\nperiod_seconds = 60.0\n")
     pipeline = Pipeline(settings)
     assert pipeline.start()
     try:
