@@ -8,12 +8,11 @@ import threading
 import time
 from typing import Callable
 
-import msgspec
 import pykka
 
 from aitp.auth import TokenClient
 from aitp.config import Settings
-from aitp.contract import TaskHead, state_body
+from aitp.contract import state_body, task_type_of
 from aitp.errors import ProviderError
 from aitp.journal import Journal
 from aitp.providers import provider_for
@@ -115,7 +114,7 @@ class Pipeline:
             if not self.settings.api.claim_tasks:
                 journal.drop_claims([claim.task_id])
                 continue
-            task_type = _task_type(claim.task_json)
+            task_type = task_type_of(claim.task_json)
             try:
                 resumed.append(handlers[task_type].parse(claim.task_id, claim.task_json))
             except (KeyError, TaskRejected) as exc:
@@ -209,8 +208,3 @@ class Pipeline:
                         "task_id": claim.task_id, "status": result.status, "detail": result.detail}})
                     continue
             journal.drop_claims([claim.task_id])
-
-
-def _task_type(task_json: bytes) -> str:
-    head = msgspec.json.decode(task_json, type=TaskHead)
-    return head.type if isinstance(head.type, str) else ""

@@ -71,6 +71,12 @@ def decode_pending(body: bytes) -> PendingList:
     return PendingList(tasks=tasks, unusable=unusable)
 
 
+def task_type_of(raw: bytes) -> str:
+    """The type of one task's JSON (a journaled claim), or "" when it has none usable."""
+    head = _head_decoder.decode(raw)
+    return head.type if isinstance(head.type, str) else ""
+
+
 class StateUpdate(msgspec.Struct, omit_defaults=True):
     """A PATCH body other than a success (a success body is encoded by the vector workers)."""
 
