@@ -1,4 +1,5 @@
-"""Dispatcher: groups claimed jobs by model into batches (item cap, text budget, short linger)."""
+"""Dispatcher: groups claimed jobs by model into batches (item cap, text and token budgets, short
+linger) and routes each batch to the providers whose breakers are not open."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import uuid
 
 from aitp.tasks import EmbeddingJob
+from aitp.tokens import estimate_tokens
 from actors.messages import EmbedBatch, FlushBatches, TasksClaimed
 from actors.stage import PipelineContext, Stage
 
@@ -27,6 +29,7 @@ class Dispatcher(Stage):
         self.queues: dict[str, list[EmbeddingJob]] = {}
         self.flush_scheduled = False
         self.batches_sent = 0
+        self.limits: dict[str, tuple[int, int | None]] = {}   # model -> (items, tokens) per call
 
     def setup(self) -> None:
         if self.inherited:   # jobs a previous instance (or the last run) held
@@ -50,21 +53,34 @@ class Dispatcher(Stage):
             self.flush_scheduled = True
             self.later(self.linger, FlushBatches())
 
+    def _limits(self, model: str) -> tuple[int, int | None]:
+        if model not in self.limits:
+            provider_items, provider_tokens = self.ctx.router.batch_limits(model)
+            self.limits[model] = (min(self.max_items, provider_items or self.max_items), provider_tokens)
+        return self.limits[model]
+
     def _cut(self, model: str, *, flush: bool) -> None:
         """Send full batches of `model`; with `flush`, the partial rest too."""
         queue = self.queues[model]
+        max_items, max_tokens = self._limits(model)
         while queue:
-            size, chars = 0, 0
-            while size < len(queue) and size < self.max_items:
+            size, chars, tokens, full = 0, 0, 0, False
+            while size < len(queue) and size < max_items:
                 chars += len(queue[size].text)
-                if size and chars > self.max_chars:
+                if max_tokens:
+                    tokens += estimate_tokens(queue[size].text)
+                if size and (chars > self.max_chars or (max_tokens and tokens > max_tokens)):
+                    full = True
                     break
                 size += 1
-            if size == len(queue) and size < self.max_items and not flush and chars <= self.max_chars:
+            full = full or size == max_items
+            if not full and not flush:
                 break   # not full yet: wait for the linger
             batch, queue[:size] = queue[:size], []
             self.batches_sent += 1
-            self.tell("provider_workers", EmbedBatch(new_batch_id(), model, batch))
+            # Routed now, around open breakers; ProviderWorkers re-routes it after a backoff.
+            self.tell("provider_workers", EmbedBatch(new_batch_id(), model, batch,
+                                                     route=self.ctx.router.route(model)))
         if not queue:
             del self.queues[model]
 

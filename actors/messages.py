@@ -64,18 +64,32 @@ class FlushBatches(msgspec.Struct, frozen=True):
 
 
 class EmbedBatch(msgspec.Struct, frozen=True):
-    """Dispatcher to ProviderWorkers: one provider call's worth of jobs of one model."""
+    """Dispatcher to ProviderWorkers: one provider call's worth of jobs of one model.
+
+    `route` names the providers to try in order (None: route it on arrival, as after a backoff),
+    `step` the one whose turn it is, and `failures` what the providers tried in this attempt said.
+    """
 
     batch_id: str
     model: str
     jobs: list[EmbeddingJob]
     attempt: int = 1
+    route: list[str] | None = None
+    step: int = 0
+    failures: list[str] = []
+
+    @property
+    def provider(self) -> str | None:
+        return self.route[self.step] if self.route and self.step < len(self.route) else None
 
 
 class CallFinished(msgspec.Struct, frozen=True):
     """ProviderWorkers to itself: a provider call returned; its slot is free."""
 
     batch_id: str
+    provider: str = ""
+    model: str = ""
+    tokens: int = 0
 
 
 class CallFailed(msgspec.Struct, frozen=True):

@@ -15,7 +15,9 @@ from aitp.config import Settings
 from aitp.contract import state_body, task_type_of
 from aitp.errors import ProviderError
 from aitp.journal import Journal
-from aitp.providers import provider_for
+from aitp.breakers import ProviderBreaker
+from aitp.providers import Provider, providers_for
+from aitp.routing import Router
 from aitp.task_api import NoCredentials, PatchOutcome, TaskApiClient
 from aitp.tasks import HANDLERS, TaskRejected
 from aitp.timers import Scheduler
@@ -39,8 +41,10 @@ _RELEASE_BODY = state_body("pending")
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None,
+                 sources: dict[str, str] | None = None) -> None:
         self.settings = settings
+        self.sources = sources or {}
         self.stop_requested = stop or threading.Event()
         self.fatal_reason: str | None = None
         self.ctx: PipelineContext | None = None
@@ -51,9 +55,13 @@ class Pipeline:
     def start(self) -> bool:
         """Build and start everything; False when a stop came before the provider was ready."""
         settings = self.settings
-        provider = provider_for(settings)
-        if not self._prepare(provider):
+        providers = providers_for(settings, self.sources.get("openai.api_key", "default"))
+        if not self._prepare(providers):
             return False
+        resilience = settings.resilience
+        router = Router(settings.processing.mode, providers, {
+            name: ProviderBreaker(name, resilience.circuit_breaker_threshold, resilience.circuit_breaker_reset_seconds)
+            for name in providers})
         journal = Journal(settings.journal_path)
         directory, cell = StageDirectory(), TokenCell()
         token_client = None
@@ -71,7 +79,7 @@ class Pipeline:
         vector_pool.warm_up()
         self.ctx = ctx = PipelineContext(
             settings=settings, directory=directory, scheduler=Scheduler(), journal=journal, task_api=task_api,
-            provider=provider, vector_pool=vector_pool,
+            router=router, vector_pool=vector_pool,
             handlers={name: handler(settings) for name, handler in HANDLERS.items()})
         extra: dict[str, dict] = {"authenticator": {"client": token_client, "cell": cell}}
         policies = settings.supervision
@@ -84,25 +92,35 @@ class Pipeline:
                                            ctx.scheduler.call_later)
         ctx.supervisor = self.supervisor
         self.started_at = time.monotonic()
-        log.info("pipeline started", extra={"fields": {"mode": settings.processing.mode, "provider": provider.name,
+        log.info("pipeline started", extra={"fields": {"mode": settings.processing.mode, "providers": list(providers),
                                                         "api": settings.api.base_url}})
         return True
 
-    def _prepare(self, provider) -> bool:
-        """Provider startup (Ollama: list and pull models), retried with backoff until it works."""
-        attempt = 0
-        while not self.stop_requested.is_set():
-            try:
-                provider.prepare()
-                return True
-            except ProviderError as exc:
-                if not exc.retryable:
-                    raise
-                attempt += 1
-                delay = min(30.0, self.settings.processing.retry_backoff_factor * 2 ** attempt)
-                log.error("provider not ready", extra={"fields": {"error": str(exc), "retry_in_s": delay}})
-                self.stop_requested.wait(delay)
-        return False
+    def _prepare(self, providers: dict[str, Provider]) -> bool:
+        """Provider startup (Ollama: list and pull models; OpenAI: check the key), retried with backoff
+        until it works. In hybrid mode Ollama may be down at startup: the OpenAI endpoint serves meanwhile."""
+        for name, provider in providers.items():
+            optional = self.settings.processing.mode == "hybrid" and name == "ollama"
+            attempt = 0
+            while True:
+                if self.stop_requested.is_set():
+                    return False
+                try:
+                    provider.prepare()
+                    break
+                except ProviderError as exc:
+                    if not exc.retryable:
+                        raise
+                    if optional:
+                        log.error("Ollama not ready; its batches go to the OpenAI endpoint until it is",
+                                  extra={"fields": {"error": str(exc)}})
+                        break
+                    attempt += 1
+                    delay = min(30.0, self.settings.processing.retry_backoff_factor * 2 ** attempt)
+                    log.error("provider not ready", extra={"fields": {"provider": name, "error": str(exc),
+                                                                       "retry_in_s": delay}})
+                    self.stop_requested.wait(delay)
+        return True
 
     def _recover(self) -> dict[str, list]:
         """What the last run left: claimed tasks are resumed (or dropped when claiming is off, as they
@@ -192,7 +210,7 @@ class Pipeline:
         ctx.scheduler.stop()
         ctx.vector_pool.close()
         ctx.task_api.close()
-        ctx.provider.close()
+        ctx.router.close()
         ctx.journal.close()
 
     def _release_claims(self) -> None:

@@ -71,6 +71,12 @@ class Poller(Stage):
         if self.credit <= 0:
             self.waiting_for_credit = True
             return
+        outage = self.ctx.router.seconds_until_available()
+        if outage > 0:
+            # Every provider's breaker is open: tasks taken now could only wait and use up retries.
+            log.info("polling paused: no provider available", extra={"fields": {"resume_in_s": round(outage, 2)}})
+            self._schedule(outage)
+            return
         self.polls_begun += 1
         poll_number = self.polls_begun
         try:
@@ -113,7 +119,7 @@ class Poller(Stage):
             self.in_flight.add(task.id)
             try:
                 job = handler.parse(task.id, task.raw)
-                refusal = self.ctx.provider.refusal(job.model)
+                refusal = self.ctx.router.refusal(job.model, job.text)
                 if refusal:
                     raise TaskRejected(refusal)
                 taken.append(TakenTask(job=job, raw=task.raw))

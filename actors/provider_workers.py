@@ -1,17 +1,22 @@
 """ProviderWorkers: one provider call per batch on a few threads, vector work in the process pool.
 
-At most CONCURRENCY_LIMIT calls are in flight. A failure that one input can cause splits the batch
-in halves so that only the guilty task fails; other failures are retried with backoff.
+Each provider has CONCURRENCY_LIMIT call slots. A batch follows the route the Dispatcher gave it
+(in hybrid mode: Ollama, then the OpenAI endpoint with the same model). A failure that one input
+can cause splits the batch in halves so that only the guilty task fails; another failure passes
+the batch to the next provider of its route, and at the end of the route the batch is retried
+with backoff (routed afresh, around open breakers) until MAX_RETRIES is spent.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future
 
+import msgspec
+
 from aitp.dimensions import DimensionPins
-from aitp.errors import ProviderError
+from aitp.errors import DimensionMismatch, ProviderError, RowContractError, VectorContractError
 from aitp.vectors import VectorJob, VectorJobResult
 from actors.dispatcher import new_batch_id
 from actors.messages import BatchEmbedded, CallFailed, CallFinished, EmbedBatch, Rejection, TasksRejected
@@ -27,84 +32,152 @@ class ProviderWorkers(Stage):
                  pins: DimensionPins | None = None) -> None:
         super().__init__(ctx, orphans)
         self.limit = self.settings.processing.concurrency_limit
+        self.router = ctx.router
         self.queue: deque[EmbedBatch] = deque()
-        self.active: set[str] = set()
-        self.pins = pins or DimensionPins(self.settings.models.dimensions, ctx.journal, ctx.provider)
-        self.calls = 0
+        self.active: dict[str, str] = {}          # batch id -> provider it is with
+        self.pins = pins or DimensionPins(self.settings.models.dimensions, ctx.journal)
+        self.calls: Counter[str] = Counter()
+        self.tokens: Counter[str] = Counter()     # "provider/model" -> tokens the provider reported
 
     def setup(self) -> None:
-        self.start_pool(self.settings.workers.provider_threads)
-        self.queue.extend(self.inherited)
+        self.start_pool(self.settings.workers.provider_threads * max(1, len(self.router.providers)))
+        for batch in self.inherited:
+            self._accept(batch)
         self._pump()
 
     def on_receive(self, message) -> None:
         if isinstance(message, EmbedBatch):
-            self.queue.append(message)
+            self._accept(message)
         elif isinstance(message, CallFinished):
-            self.active.discard(message.batch_id)
+            self.active.pop(message.batch_id, None)
+            if message.tokens:
+                self.tokens[f"{message.provider}/{message.model}"] += message.tokens
         elif isinstance(message, CallFailed):
-            self.active.discard(message.batch.batch_id)
+            self.active.pop(message.batch.batch_id, None)
             self._handle_failure(message.batch, message.error)
         self._pump()
 
+    def _accept(self, batch: EmbedBatch) -> None:
+        if batch.route is None:   # back from a backoff: route it around the breakers as they are now
+            batch = msgspec.structs.replace(batch, route=self.router.route(batch.model), step=0, failures=[])
+        if batch.provider is None:
+            wait = self.router.seconds_until_available(batch.model)
+            self._handle_failure(batch, ProviderError(
+                f"no provider can take model {batch.model!r} now (circuit breakers open for "
+                f"{round(wait, 1)} s more)", provider="router", counts_as_outage=False, retry_after=wait))
+            return
+        self.queue.append(batch)
+
     def _pump(self) -> None:
-        while self.queue and len(self.active) < self.limit:
+        busy = Counter(self.active.values())
+        waiting: deque[EmbedBatch] = deque()
+        while self.queue:
             batch = self.queue.popleft()
-            self.active.add(batch.batch_id)
-            self.calls += 1
+            provider = batch.provider
+            assert provider is not None
+            if busy[provider] >= self.limit:
+                waiting.append(batch)
+                continue
+            batch = self._drop_refused_inputs(batch, provider)
+            if batch is None:
+                continue
+            busy[provider] += 1
+            self.active[batch.batch_id] = provider
+            self.calls[provider] += 1
             assert self.pool is not None
-            self.pool.submit(self._call, batch)
+            self.pool.submit(self._call, batch, provider)
+        self.queue = waiting
+
+    def _drop_refused_inputs(self, batch: EmbedBatch, provider: str) -> EmbedBatch | None:
+        """Inputs this provider will not take (too long for OpenAI) leave the batch as a batch of
+        their own, which moves on along the route or fails; the rest goes ahead."""
+        check = self.router.providers[provider].input_refusal
+        refused = [(job, reason) for job in batch.jobs if (reason := check(job.text))]
+        if not refused:
+            return batch
+        for job, reason in refused:
+            alone = msgspec.structs.replace(batch, batch_id=new_batch_id(), jobs=[job])
+            self._handle_failure(alone, ProviderError(reason, provider=provider, retryable=False,
+                                                      counts_as_outage=False))
+        kept = [job for job in batch.jobs if not check(job.text)]
+        return msgspec.structs.replace(batch, jobs=kept) if kept else None
 
     # --- runs on a provider thread: no stage state touched here ---
-    def _call(self, batch: EmbedBatch) -> None:
+    def _call(self, batch: EmbedBatch, name: str) -> None:
         ctx, directory = self.ctx, self.ctx.directory
+        provider, breaker = self.router.providers[name], self.router.breakers[name]
+        if not breaker.begin():   # opened since the batch was routed
+            directory.tell(self.name, CallFailed(batch, ProviderError(
+                f"{name} circuit breaker is open", provider=name, counts_as_outage=False)))
+            return
         try:
-            raw = ctx.provider.embed(batch.model, [job.text for job in batch.jobs])
-        except ProviderError as exc:
+            raw = provider.embed(batch.model, [job.text for job in batch.jobs])
+        except Exception as exc:  # noqa: BLE001 - a provider bug must not lose the batch
+            if not isinstance(exc, ProviderError):
+                log.exception("provider raised unexpectedly", extra={"fields": {"batch_id": batch.batch_id}})
+                exc = ProviderError(repr(exc), provider=name)
+            # A failure that bisecting will pin on one input says nothing about the provider's health.
+            breaker.end(failed=exc.counts_as_outage and not (exc.input_specific and len(batch.jobs) > 1))
             directory.tell(self.name, CallFailed(batch, exc))
             return
-        except Exception as exc:  # noqa: BLE001 - a provider bug must not lose the batch
-            log.exception("provider raised unexpectedly", extra={"fields": {"batch_id": batch.batch_id}})
-            directory.tell(self.name, CallFailed(batch, ProviderError(repr(exc), provider=ctx.provider.name)))
-            return
-        directory.tell(self.name, CallFinished(batch.batch_id))
+        breaker.end(failed=False)
+        directory.tell(self.name, CallFinished(batch.batch_id, name, batch.model, raw.tokens))
         job = VectorJob(decoder=raw.decoder, payload=raw.payload, model=batch.model,
                         task_ids=[job.task_id for job in batch.jobs], dimension=self.pins.expected(batch.model),
                         max_body_bytes=self.settings.api.max_body_bytes)
-        ctx.vector_pool.submit(job).add_done_callback(lambda done: self._vectors_done(batch, done))
+        ctx.vector_pool.submit(job).add_done_callback(lambda done: self._vectors_done(batch, name, done))
 
-    def _vectors_done(self, batch: EmbedBatch, done: Future) -> None:
+    def _vectors_done(self, batch: EmbedBatch, name: str, done: Future) -> None:
         error = done.exception()
         if error is None:
             result: VectorJobResult = done.result()
             if self.pins.confirm(batch.model, result.dimension):
                 self.ctx.directory.tell("reporter", BatchEmbedded(batch.batch_id, batch.model, result.results))
                 return
-            error = f"dimension {result.dimension} differs from the pinned {self.pins.expected(batch.model)}"
-        reason = f"{self.ctx.provider.name} response broke the vector contract: {error}"
-        self.ctx.directory.tell(self.name, CallFailed(batch, ProviderError(reason, provider=self.ctx.provider.name)))
+            error = DimensionMismatch(result.dimension, self.pins.expected(batch.model) or 0)
+        if isinstance(error, DimensionMismatch):
+            # Another length would land in another vector space: fail (or try the next provider), never cut or pad.
+            failure = ProviderError(f"{name} {error} for model {batch.model!r}", provider=name, retryable=False,
+                                    counts_as_outage=False)
+        elif isinstance(error, RowContractError):
+            failure = ProviderError(f"{name} response broke the vector contract: {error}", provider=name,
+                                    input_specific=True, counts_as_outage=False)
+        elif isinstance(error, VectorContractError):
+            self.router.breakers[name].record_failure()
+            failure = ProviderError(f"{name} response broke the vector contract: {error}", provider=name)
+        else:   # a process worker died; the pool replaced it, and the batch is simply retried
+            failure = ProviderError(f"vector work failed: {error!r}", provider=name, counts_as_outage=False)
+        self.ctx.directory.tell(self.name, CallFailed(batch, failure))
 
     # --- back on the actor thread ---
     def _handle_failure(self, batch: EmbedBatch, error: ProviderError) -> None:
+        failures = [*batch.failures, f"{error.provider}: {error}"]
         fields = {"batch_id": batch.batch_id, "model": batch.model, "tasks": len(batch.jobs),
-                  "attempt": batch.attempt, "error": str(error)}
+                  "attempt": batch.attempt, "provider": error.provider, "error": str(error)}
         if error.input_specific and len(batch.jobs) > 1:
             middle = len(batch.jobs) // 2
             log.info("splitting batch after an input-specific failure", extra={"fields": fields})
             for half in (batch.jobs[middle:], batch.jobs[:middle]):
-                self.queue.appendleft(EmbedBatch(new_batch_id(), batch.model, half, batch.attempt))
+                self.queue.appendleft(msgspec.structs.replace(batch, batch_id=new_batch_id(), jobs=half))
+            return
+        if batch.route and batch.step + 1 < len(batch.route):
+            fields["next_provider"] = batch.route[batch.step + 1]
+            log.warning("provider failed, trying the next one", extra={"fields": fields})
+            self.queue.appendleft(msgspec.structs.replace(batch, step=batch.step + 1, failures=failures))
             return
         if error.retryable and batch.attempt <= self.settings.processing.max_retries:
-            delay = self.ctx.backoff(batch.attempt)
+            delay = self.ctx.backoff(batch.attempt, error.retry_after)
             log.warning("provider call failed, retrying", extra={"fields": {**fields, "retry_in_s": round(delay, 2)}})
-            self.later(delay, EmbedBatch(batch.batch_id, batch.model, batch.jobs, batch.attempt + 1))
+            self.later(delay, msgspec.structs.replace(batch, attempt=batch.attempt + 1, route=None, step=0,
+                                                      failures=[]))
             return
-        log.error("provider call failed for good", extra={"fields": fields})
-        self.tell("reporter", TasksRejected([Rejection(job.task_id, str(error), batch.batch_id)
-                                             for job in batch.jobs]))
+        reason = "; ".join(dict.fromkeys(failures))   # each provider's word, once
+        log.error("provider call failed for good", extra={"fields": {**fields, "reason": reason}})
+        self.tell("reporter", TasksRejected([Rejection(job.task_id, reason, batch.batch_id) for job in batch.jobs]))
 
     def status(self) -> dict:
-        return {"queued": len(self.queue), "active": len(self.active), "calls": self.calls}
+        return {"queued": len(self.queue), "active": len(self.active), "calls": dict(self.calls),
+                "tokens": dict(self.tokens), "breakers": self.router.status()}
 
     def orphans(self) -> list:
         return list(self.queue)

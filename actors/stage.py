@@ -16,7 +16,7 @@ import pykka
 
 from aitp.config import Settings
 from aitp.journal import Journal
-from aitp.providers import Provider
+from aitp.routing import Router
 from aitp.task_api import TaskApiClient
 from aitp.tasks import TaskHandler
 from aitp.timers import Scheduler, backoff_delay
@@ -78,7 +78,7 @@ class PipelineContext:
     scheduler: Scheduler
     journal: Journal
     task_api: TaskApiClient
-    provider: Provider
+    router: Router
     vector_pool: VectorPool
     handlers: dict[str, TaskHandler]
     supervisor: pykka.ActorRef | None = None

@@ -86,7 +86,7 @@ def _run(loaded: LoadedConfig, make_service: ServiceFactory) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    service = make_service(settings, stop)
+    service = make_service(settings, stop, sources=loaded.sources)
     try:
         if service.start():
             service.wait()
@@ -101,8 +101,10 @@ def _run(loaded: LoadedConfig, make_service: ServiceFactory) -> int:
 def _config_show(loaded: LoadedConfig, *, as_json: bool) -> int:
     rows = redacted_items(loaded)
     if as_json:
-        print(json.dumps({key: {"value": value, "source": source, "env": KEY_TO_ENV.get(key)}
-                          for key, value, source in rows}, indent=2))
+        shown = {key: {"value": value, "source": source, "env": KEY_TO_ENV.get(key)} for key, value, source in rows}
+        for model, dimension in _learned_dimensions(loaded.settings).items():
+            shown[f"models.dimensions.{model}"] = {"value": dimension, "source": "journal (first vector)", "env": None}
+        print(json.dumps(shown, indent=2))
         return EXIT_OK
     section = None
     for key, value, source in rows:
@@ -113,9 +115,33 @@ def _config_show(loaded: LoadedConfig, *, as_json: bool) -> int:
         env = f" ({KEY_TO_ENV[key]})" if key in KEY_TO_ENV else ""
         print(f"{name} = {msgspec.json.encode(value).decode()}  # {source}{env}")
     settings = loaded.settings
+    learned = _learned_dimensions(settings)
+    if learned:
+        print("\n# dimensions pinned by the first vector of each model (journal), checked from then on:")
+        for model, dimension in sorted(learned.items()):
+            print(f"#   {model} = {dimension}")
     print(f"\n# derived: data_dir = {settings.data_dir}; token_url = {settings.token_url or '(no OAuth2)'}; "
-          f"provider = {'mock' if settings.uses_mock_provider and settings.processing.mode == 'openai' else settings.processing.mode}")
+          f"providers = {_provider_names(settings)}")
     return EXIT_OK
+
+
+def _provider_names(settings) -> str:
+    remote = "mock" if settings.uses_mock_provider else "openai"
+    return {"openai": remote, "ollama": "ollama", "hybrid": f"ollama, then {remote}"}[settings.processing.mode]
+
+
+def _learned_dimensions(settings) -> dict[str, int]:
+    """Model dimensions the journal pinned that the settings do not list."""
+    if not settings.journal_path.exists():
+        return {}
+    from aitp.journal import Journal
+
+    journal = Journal(settings.journal_path)
+    try:
+        pinned = journal.pinned_dimensions()
+    finally:
+        journal.close()
+    return {model: dim for model, dim in pinned.items() if model not in settings.models.dimensions}
 
 
 def _sandbox(args) -> int:

@@ -66,6 +66,10 @@ class OpenAISettings(_Section):
     api_key: str = PLACEHOLDER_OPENAI_KEY
     base_url: str = ""
     timeout: Seconds = 30.0
+    max_batch_inputs: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 2048
+    max_batch_tokens: Positive = 300_000
+    max_input_tokens: Positive = 8192
+    dimensions_model_prefixes: list[str] = msgspec.field(default_factory=lambda: ["text-embedding-3"])
 
 
 class OllamaSettings(_Section):

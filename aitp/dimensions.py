@@ -9,20 +9,18 @@ from __future__ import annotations
 import threading
 
 from aitp.journal import Journal
-from aitp.providers import Provider
 
 
 class DimensionPins:
-    def __init__(self, configured: dict[str, int], journal: Journal, provider: Provider) -> None:
+    def __init__(self, configured: dict[str, int], journal: Journal) -> None:
         self._lock = threading.Lock()
         self._journal = journal
         self._pins = {**journal.pinned_dimensions(), **configured}
-        self._provider = provider
 
     def expected(self, model: str) -> int | None:
+        """The model's pin; None until its first vector pins it."""
         with self._lock:
-            pinned = self._pins.get(model)
-        return pinned if pinned is not None else self._provider.dimension(model)
+            return self._pins.get(model)
 
     def confirm(self, model: str, dimension: int) -> bool:
         """True when `dimension` is the model's pin, pinning it now if the model had none."""

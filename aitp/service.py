@@ -28,4 +28,5 @@ class Service(Protocol):
 
 
 class ServiceFactory(Protocol):
-    def __call__(self, settings: Settings, stop: threading.Event | None = None) -> Service: ...
+    def __call__(self, settings: Settings, stop: threading.Event | None = None,
+                 sources: dict[str, str] | None = None) -> Service: ...

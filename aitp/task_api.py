@@ -12,6 +12,7 @@ from requests.adapters import HTTPAdapter
 
 from aitp.contract import is_object_id
 from aitp.errors import ContractError, TaskApiError
+from aitp.retry_after import retry_after_seconds
 
 
 class Credentials(Protocol):
@@ -51,11 +52,7 @@ RequestObserver = Callable[[str, str, str, float], None]  # endpoint, method, st
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
+    return retry_after_seconds(response.headers)
 
 
 class TaskApiClient:

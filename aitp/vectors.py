@@ -6,6 +6,7 @@ back finished PATCH bodies (or per-task errors) plus the time the work took.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import time
 from typing import Callable
@@ -13,7 +14,7 @@ from typing import Callable
 import msgspec
 import numpy as np
 
-from aitp.errors import VectorContractError
+from aitp.errors import DimensionMismatch, RowContractError, VectorContractError
 
 
 class VectorJob(msgspec.Struct, frozen=True):
@@ -47,7 +48,17 @@ class _OllamaEmbedResponse(msgspec.Struct):
     embeddings: list[list[float]]
 
 
+class _OpenAIEmbedding(msgspec.Struct):
+    index: int
+    embedding: str | list[float]     # base64 of little-endian float32, or floats from servers that ignore the ask
+
+
+class _OpenAIEmbedResponse(msgspec.Struct):
+    data: list[_OpenAIEmbedding]
+
+
 _ollama_decoder = msgspec.json.Decoder(_OllamaEmbedResponse)
+_openai_decoder = msgspec.json.Decoder(_OpenAIEmbedResponse)
 _recipe_decoder = msgspec.msgpack.Decoder(MockRecipe)
 
 
@@ -72,9 +83,34 @@ def _decode_ollama(payload: bytes) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 0)
 
 
+def _decode_openai(payload: bytes) -> np.ndarray:
+    try:
+        data = _openai_decoder.decode(payload).data
+    except msgspec.DecodeError as exc:
+        raise VectorContractError(f"OpenAI response is not an embeddings list: {exc}") from None
+    if sorted(item.index for item in data) != list(range(len(data))):
+        raise VectorContractError("OpenAI response indexes are not 0..n-1, each once")
+    rows = []
+    for item in sorted(data, key=lambda item: item.index):
+        if isinstance(item.embedding, str):
+            try:
+                raw = binascii.a2b_base64(item.embedding, strict_mode=True)
+            except binascii.Error as exc:
+                raise VectorContractError(f"embedding {item.index} is not valid base64: {exc}") from None
+            if len(raw) % 4:
+                raise VectorContractError(f"embedding {item.index} is {len(raw)} bytes, not whole float32s")
+            rows.append(np.frombuffer(raw, dtype="<f4"))
+        else:
+            rows.append(np.asarray(item.embedding, dtype=np.float64))
+    if rows and len({len(row) for row in rows}) != 1:
+        raise VectorContractError("OpenAI returned vectors of different lengths in one batch")
+    return np.stack(rows).astype(np.float64) if rows else np.empty((0, 0))
+
+
 DECODERS: dict[str, Callable[[bytes], np.ndarray]] = {
     "mock": _decode_mock,
     "ollama": _decode_ollama,
+    "openai": _decode_openai,
 }
 
 
@@ -83,17 +119,24 @@ def checked_unit_vectors(matrix: np.ndarray, count: int, dimension: int | None) 
     if matrix.ndim != 2 or matrix.shape[0] != count:
         raise VectorContractError(f"expected {count} vectors, got {matrix.shape[0] if matrix.ndim else 0}")
     if dimension is not None and matrix.shape[1] != dimension:
-        raise VectorContractError(f"expected dimension {dimension}, got {matrix.shape[1]}")
+        raise DimensionMismatch(matrix.shape[1], dimension)
     if matrix.shape[1] == 0:
         raise VectorContractError("vectors are empty")
-    if not np.isfinite(matrix).all():
-        raise VectorContractError("a vector holds NaN or infinity")
+    bad_rows = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if bad_rows.size:
+        raise RowContractError(f"vector {_rows(bad_rows)} of {count} holds NaN or infinity")
     # Scale by the largest component first: the norm of huge (finite) values would overflow to inf.
     peaks = np.abs(matrix).max(axis=1, keepdims=True)
-    if (peaks == 0).any():
-        raise VectorContractError("a vector is all zeros")
+    zero_rows = np.flatnonzero(peaks[:, 0] == 0)
+    if zero_rows.size:
+        raise RowContractError(f"vector {_rows(zero_rows)} of {count} is all zeros")
     scaled = matrix / peaks
     return (scaled / np.linalg.norm(scaled, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _rows(indexes: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in indexes[:5])
+    return shown + (f" (and {indexes.size - 5} more)" if indexes.size > 5 else "")
 
 
 def success_body(vector: np.ndarray) -> bytes:

@@ -9,10 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from actors.pipeline import Pipeline
+from aitp.config import load_config
 from aitp.sandbox import SandboxServer
 from aitp.sandbox.ollama_stub import OllamaStub
+from aitp.sandbox.openai_stub import OpenAIStub
+from aitp.vectors import checked_unit_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,34 +33,37 @@ def wait_until(condition, timeout: float = 30.0, interval: float = 0.02, message
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
-@pytest.fixture
-def sandbox():
-    servers = []
+def _peers(start_one):
+    """A fixture body: a factory that starts peers on 127.0.0.1, each stopped after the test."""
+    started = []
 
-    def make(tasks=None, **kwargs) -> SandboxServer:
-        server = SandboxServer(tasks or [], **kwargs)
-        server.start()
-        servers.append(server)
-        return server
+    def make(*args, **kwargs):
+        peer = start_one(*args, **kwargs)
+        peer.start()
+        started.append(peer)
+        return peer
 
     yield make
-    for server in servers:
-        server.stop()
+    for peer in started:
+        peer.stop()
+
+
+@pytest.fixture
+def sandbox():
+    """`sandbox(tasks, **options)`: a task API serving `tasks`."""
+    yield from _peers(lambda tasks=None, **kwargs: SandboxServer(tasks or [], **kwargs))
 
 
 @pytest.fixture
 def ollama():
-    stubs = []
+    """`ollama(**options)`: the Ollama stub."""
+    yield from _peers(OllamaStub)
 
-    def make(**kwargs) -> OllamaStub:
-        stub = OllamaStub(**kwargs)
-        stub.start()
-        stubs.append(stub)
-        return stub
 
-    yield make
-    for stub in stubs:
-        stub.stop()
+@pytest.fixture
+def openai_stub():
+    """`openai_stub(**options)`: the OpenAI-compatible stub; its `url` goes in OPENAI_BASE_URL."""
+    yield from _peers(OpenAIStub)
 
 
 class ServiceProcess:
@@ -100,3 +108,38 @@ def service(tmp_path):
     yield start
     for process in started:
         process.close()
+
+
+# --- the pipeline in this process ---
+def settings_for(server, tmp_path, toml: str = "", **env):
+    base = {"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "data"), "POLLING_INTERVAL_SECONDS": "0.1",
+            "RETRY_BACKOFF_FACTOR": "0.05"}
+    config = None
+    if toml:
+        config = tmp_path / "aitp.toml"
+        config.write_text(toml)
+    return load_config(config, environ={**base, **env}, dotenv_dir=tmp_path).settings
+
+
+@pytest.fixture
+def run_pipeline():
+    pipelines = []
+
+    def start(settings) -> Pipeline:
+        pipeline = Pipeline(settings)
+        assert pipeline.start()
+        pipelines.append(pipeline)
+        return pipeline
+
+    yield start
+    for pipeline in pipelines:
+        pipeline.shutdown()
+
+
+def expected_unit(vector) -> np.ndarray:
+    return checked_unit_vectors(np.asarray(vector)[None, :], 1, len(vector))[0]
+
+
+def drained(server, left_alone=0):
+    counts = server.counts()
+    return counts.get("pending", 0) == left_alone and not counts.get("in_progress")

@@ -43,10 +43,3 @@ def test_sandbox_command_serves_a_task_file(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-def test_modes_not_available_yet_stop_startup_clearly(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "actors", "run"], capture_output=True, text=True, cwd=tmp_path,
-                            timeout=60, env={"PATH": "", "PROCESSING_MODE": "hybrid", "AITP_DATA_DIR": str(tmp_path)})
-    assert result.returncode == 2
-    assert "processing.mode='hybrid'" in result.stderr

@@ -2,7 +2,7 @@ import pytest
 
 from aitp.config import load_config
 from aitp.errors import ProviderError
-from aitp.providers import provider_for
+from aitp.providers import providers_for
 from aitp.providers.ollama import OllamaProvider
 from aitp.sandbox.ollama_stub import POISON
 
@@ -67,6 +67,12 @@ def test_only_supported_models_are_served(ollama):
     assert "not in SUPPORTED_MODELS" in provider.refusal("text-embedding-3-small")
 
 
-def test_mode_selects_the_provider():
-    assert provider_for(load_config(environ={}, dotenv_dir="/x").settings).name == "mock"
-    assert provider_for(settings_for("http://127.0.0.1:9")).name == "ollama"
+def test_mode_selects_the_providers_in_order():
+    def names(**env):
+        return list(providers_for(load_config(environ=env, dotenv_dir="/x").settings))
+
+    assert names() == ["mock"]
+    assert names(OPENAI_API_KEY="sk-test") == ["openai"]
+    assert names(PROCESSING_MODE="ollama") == ["ollama"]
+    assert names(PROCESSING_MODE="hybrid", OPENAI_API_KEY="sk-test") == ["ollama", "openai"]
+    assert names(PROCESSING_MODE="hybrid") == ["ollama", "mock"]

@@ -2,51 +2,15 @@
 
 import msgspec
 import numpy as np
-import pytest
 
 from actors.dispatcher import Dispatcher
 from actors.pipeline import Pipeline
-from aitp.config import load_config
 from aitp.contract import is_object_id
 from aitp.journal import Claim, Journal, OutboxEntry
 from aitp.sandbox.ollama_stub import POISON, stub_vector
 from aitp.sandbox.seed import demo_tasks, embedding_task, generated_tasks, object_id
-from aitp.vectors import checked_unit_vectors, mock_vector
-from conftest import wait_until
-
-
-def settings_for(server, tmp_path, toml: str = "", **env):
-    base = {"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "data"), "POLLING_INTERVAL_SECONDS": "0.1",
-            "RETRY_BACKOFF_FACTOR": "0.05"}
-    config = None
-    if toml:
-        config = tmp_path / "aitp.toml"
-        config.write_text(toml)
-    return load_config(config, environ={**base, **env}, dotenv_dir=tmp_path).settings
-
-
-@pytest.fixture
-def run_pipeline():
-    pipelines = []
-
-    def start(settings) -> Pipeline:
-        pipeline = Pipeline(settings)
-        assert pipeline.start()
-        pipelines.append(pipeline)
-        return pipeline
-
-    yield start
-    for pipeline in pipelines:
-        pipeline.shutdown()
-
-
-def expected_unit(vector) -> np.ndarray:
-    return checked_unit_vectors(np.asarray(vector)[None, :], 1, len(vector))[0]
-
-
-def drained(server, left_alone=0):
-    counts = server.counts()
-    return counts.get("pending", 0) == left_alone and not counts.get("in_progress")
+from aitp.vectors import mock_vector
+from conftest import drained, expected_unit, settings_for, wait_until
 
 
 def test_demo_queue_drains_with_the_mock(sandbox, run_pipeline, tmp_path):

@@ -33,7 +33,7 @@ def test_vectors_are_normalised_and_in_input_order():
 @pytest.mark.parametrize("rows, count, dimension, message", [
     ([[1, 2, 3]], 2, 3, "expected 2 vectors"),
     ([[1, 2, 3], [1, 2]], 2, 3, "different lengths"),
-    ([[1, 2]], 1, 3, "expected dimension 3, got 2"),
+    ([[1, 2]], 1, 3, "returned dimension 2, pinned at 3"),
     ([[0, 0, 0]], 1, 3, "all zeros"),
     ([[1e308, -1e308, 1e308]], 1, 3, None),   # finite but its plain norm overflows
     ([[1e-320, 0, 0]], 1, 3, None),            # subnormal, not zero

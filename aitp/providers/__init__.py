@@ -1,22 +1,29 @@
 """Embedding providers: one base class, one module per backend."""
 
 from aitp.config import Settings
-from aitp.errors import ConfigError
 from aitp.providers.base import Provider, RawEmbedding
 from aitp.providers.mock import MockProvider
 from aitp.providers.ollama import OllamaProvider
+from aitp.providers.openai_api import OpenAIProvider
 
 
-def provider_for(settings: Settings) -> Provider:
-    """The provider PROCESSING_MODE asks for."""
-    mode = settings.processing.mode
-    if mode == "ollama":
-        return OllamaProvider(settings)
-    if mode == "openai" and settings.uses_mock_provider:
+def remote_provider(settings: Settings, key_source: str = "default") -> Provider:
+    """The OpenAI endpoint, or the mock in its place while the key is the placeholder."""
+    if settings.uses_mock_provider:
         return MockProvider(settings)
-    # The OpenAI provider and hybrid routing arrive with their own module; until then say so at startup.
-    raise ConfigError("processing.mode", mode, "'ollama', or 'openai' with the placeholder OPENAI_API_KEY "
-                      "(mock); the OpenAI provider and hybrid mode are not available in this version")
+    return OpenAIProvider(settings, key_source)
 
 
-__all__ = ["MockProvider", "OllamaProvider", "Provider", "RawEmbedding", "provider_for"]
+def providers_for(settings: Settings, key_source: str = "default") -> dict[str, Provider]:
+    """The providers PROCESSING_MODE uses, by name, in order of preference."""
+    mode = settings.processing.mode
+    chosen: list[Provider] = []
+    if mode in ("ollama", "hybrid"):
+        chosen.append(OllamaProvider(settings))
+    if mode in ("openai", "hybrid"):
+        chosen.append(remote_provider(settings, key_source))
+    return {provider.name: provider for provider in chosen}
+
+
+__all__ = ["MockProvider", "OllamaProvider", "OpenAIProvider", "Provider", "RawEmbedding", "providers_for",
+           "remote_provider"]

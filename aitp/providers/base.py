@@ -20,12 +20,18 @@ class Provider(abc.ABC):
     """An embedding backend. `embed` makes one HTTP call per batch and must not parse floats."""
 
     name: str
+    max_batch_inputs: int | None = None     # the provider's own limits per call, if it has any
+    max_batch_tokens: int | None = None
 
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Startup work (check or download models). Raises ProviderError when it cannot be ready."""
 
     def refusal(self, model: str) -> str | None:
         """Why this provider will not embed with `model`, or None when it will."""
+        return None
+
+    def input_refusal(self, text: str) -> str | None:
+        """Why this provider will not embed `text` (too long for it), or None when it will."""
         return None
 
     def dimension(self, model: str) -> int | None:

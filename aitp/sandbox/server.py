@@ -35,6 +35,7 @@ class _Store:
         self.tasks: dict[str, dict] = {}
         self.history: dict[str, list[str]] = {}
         self.results: dict[str, object] = {}
+        self.errors: dict[str, object] = {}      # the `error` a client sent with `failed` (the real server drops it)
         self.tokens: dict[str, float] = {}
         self.requests: Counter[str] = Counter()
         self.token_requests = 0
@@ -57,13 +58,15 @@ class _Store:
                 self._pending_cache = _encoder.encode([t for t in self.tasks.values() if t.get("state") == "pending"])
             return self._pending_cache
 
-    def set_state(self, task_id: str, state: str, result: object) -> None:
+    def set_state(self, task_id: str, state: str, result: object, error: object = None) -> None:
         with self.lock:
             task = self.tasks[task_id]
             task["state"] = state
             self.history[task_id].append(state)
             if state == "succeeded":
                 self.results[task_id] = result
+            if state == "failed":
+                self.errors[task_id] = error
             self._pending_cache = None
 
 
@@ -121,6 +124,11 @@ class SandboxServer:
     def result(self, task_id: str) -> object:
         with self.store.lock:
             return self.store.results.get(task_id)
+
+    def error_of(self, task_id: str) -> object:
+        """The reason the client sent with `failed` (kept by the sandbox only, for tests)."""
+        with self.store.lock:
+            return self.store.errors.get(task_id)
 
     def request_counts(self) -> dict[str, int]:
         with self.store.lock:
@@ -248,7 +256,7 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                     return self._error(404, "Task not found", "Not Found")
                 return self._reply(302, b"", {"Location": "/404"})
             result = update.get("result")
-            sandbox.store.set_state(task_id, state, result)
+            sandbox.store.set_state(task_id, state, result, update.get("error"))
             if state == "succeeded" and not (isinstance(result, list) and result
                                              and all(isinstance(x, (int, float)) for x in result)):
                 # The real server stores the state first, then its callback rejects the result.
