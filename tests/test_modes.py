@@ -220,3 +220,37 @@ def test_a_key_revoked_mid_run_fails_tasks_with_the_reason_and_never_prints_it(s
     process.signal(15)
     assert process.wait(60) == 0
     assert SECRET_KEY not in process.logs() and SECRET_KEY[-4:] not in process.logs()
+
+
+def test_a_garbled_answer_is_retried_and_never_reported(sandbox, openai_stub, run_pipeline, tmp_path):
+    stub = openai_stub(models={"text-embedding-ada-002": 48})
+    stub.fail_next.extend([Injected(200, b'{"data": "garbage"'), Injected(200, b'{"object":"list","data":[]}')])
+    tasks = generated_tasks(8, models=("text-embedding-ada-002",))
+    server = sandbox(tasks)
+    run_pipeline(settings_for(server, tmp_path, SMALL_DIMENSIONS, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.counts() == {"succeeded": 8}
+    assert all(server.history(t["_id"]) == ["pending", "in_progress", "succeeded"] for t in tasks)
+    for task in tasks:
+        assert np.array_equal(vector_of(server, task),
+                              openai_expected("text-embedding-ada-002", task["content"]["text"], 48))
+
+
+def test_with_no_provider_to_take_them_tasks_fail_with_the_reason_once_retries_are_spent(
+        sandbox, openai_stub, run_pipeline, tmp_path):
+    stub = openai_stub(models={"text-embedding-ada-002": 48})
+    stub.fail_next.extend([Injected(503)] * 1000)
+    tasks = generated_tasks(4, models=("text-embedding-ada-002",))
+    server = sandbox(tasks)
+    toml = SMALL_DIMENSIONS + "\n[resilience]\ncircuit_breaker_reset_seconds = 0.2\n"
+    pipeline = run_pipeline(settings_for(server, tmp_path, toml, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url,
+                                         MAX_RETRIES="3", CIRCUIT_BREAKER_THRESHOLD="2"))
+    wait_until(lambda: drained(server), message="the tasks to fail")
+    assert server.counts() == {"failed": 4}
+    for task in tasks:
+        reason = server.error_of(task["_id"])
+        assert "OpenAI answered 503" in reason or "no provider can take model" in reason
+    breakers = pipeline.stage("provider_workers").status().get(timeout=5)["breakers"]
+    assert breakers["openai"]["opened_total"] >= 1
+    # Four attempts per batch at most, and fewer calls than that while the breaker was open.
+    assert len(stub.requests) <= 4 * 4
