@@ -132,6 +132,7 @@ class StageFailed(msgspec.Struct, frozen=True):
     error: str
     orphans: list = []       # state the stage held (queued jobs, ids in flight)
     undelivered: list = []   # messages that were waiting in its inbox
+    urn: str = ""            # the failing instance: it may still look alive while its thread ends
 
 
 class RefreshToken(msgspec.Struct, frozen=True):

@@ -144,7 +144,8 @@ class Stage(pykka.ThreadingActor):
                 held = self.orphans()
             except Exception:  # noqa: BLE001 - a broken stage may not even list its work
                 held = []
-            self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value), held, self._undelivered()))
+            self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value), held, self._undelivered(),
+                                                 self.actor_urn))
         if self.pool:   # queued calls still run; their answers go to the successor through the directory
             self.pool.shutdown(wait=False)
 

@@ -62,7 +62,7 @@ class Supervisor(pykka.ThreadingActor):
     def on_receive(self, message) -> None:
         try:
             if isinstance(message, StageFailed):
-                self._failed(message.stage, message.error, message.orphans, message.undelivered)
+                self._failed(message.stage, message.error, message.orphans, message.undelivered, message.urn)
             elif isinstance(message, _Watch):
                 self._watch()
         except Exception as exc:  # noqa: BLE001 - nobody supervises the supervisor: stop the service
@@ -76,16 +76,16 @@ class Supervisor(pykka.ThreadingActor):
             spec, ref = self.specs[name], self.directory.ref(name)
             if ref is not None and not ref.is_alive() and not self.stopping:
                 if spec.seen_dead:   # dead for a whole interval and no StageFailed came: restart it
-                    self._failed(name, "stopped without reporting an error", spec.given)
+                    self._failed(name, "stopped without reporting an error", spec.given, (), ref.actor_urn)
                 else:
                     spec.seen_dead = True
         self._watch_later()
 
-    def _failed(self, name: str, error: str, orphans: list, undelivered: list = ()) -> None:
+    def _failed(self, name: str, error: str, orphans: list, undelivered=(), urn: str = "") -> None:
         spec = self.specs[name]
         ref = self.directory.ref(name)
-        if self.stopping or (ref is not None and ref.is_alive()):
-            return   # already restarted (the watch saw it first) or shutting down
+        if self.stopping or ref is None or ref.actor_urn != urn:
+            return   # shutting down, or that instance was already replaced (the watch saw it first)
         now = time.monotonic()
         while spec.restarts and now - spec.restarts[0] > spec.policy.period_seconds:
             spec.restarts.popleft()
