@@ -135,6 +135,10 @@ class StageFailed(msgspec.Struct, frozen=True):
     urn: str = ""            # the failing instance: it may still look alive while its thread ends
 
 
+class TokenArrived(msgspec.Struct, frozen=True):
+    """Authenticator to Poller: a token is held again; polling that waited for one may go on."""
+
+
 class RefreshToken(msgspec.Struct, frozen=True):
     """Authenticator to itself: fetch a new token; stale when a newer token came meanwhile."""
 

@@ -8,7 +8,7 @@ from collections import Counter
 from aitp.contract import decode_pending
 from aitp.errors import ContractError, TaskApiError
 from aitp.tasks import TaskRejected
-from actors.messages import Poll, Rejection, TakenTask, TasksRejected, TasksSettled, TasksTaken
+from actors.messages import Poll, Rejection, TakenTask, TasksRejected, TasksSettled, TasksTaken, TokenArrived
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.poller")
@@ -29,6 +29,8 @@ class Poller(Stage):
         self.polls_begun = 0
         self.poll_scheduled = False
         self.waiting_for_credit = False
+        self.waiting_for_token = False
+        self.needs_token = bool(self.settings.auth.client_id)
         self.failures_in_a_row = 0
         self.stopped = False
         self.left_alone: Counter[str] = Counter()  # by type (or "unusable id"), counted once per task
@@ -53,6 +55,10 @@ class Poller(Stage):
             self._poll()
         elif isinstance(message, TasksSettled):
             self._settle(message.task_ids)
+        elif isinstance(message, TokenArrived) and self.waiting_for_token:
+            self.waiting_for_token = False
+            log.info("polling resumed: a token is held")
+            self._schedule(0)
 
     def _settle(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
@@ -70,6 +76,12 @@ class Poller(Stage):
             return
         if self.credit <= 0:
             self.waiting_for_credit = True
+            return
+        if self.needs_token and self.ctx.task_api.credentials.current() is None:
+            # Polling without a token only earns a 403; the Authenticator says when one arrives.
+            if not self.waiting_for_token:
+                log.info("polling paused: no token")
+            self.waiting_for_token = True
             return
         outage = self.ctx.router.seconds_until_available()
         if outage > 0:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
+from urllib.parse import quote_plus
 
 import msgspec
 import requests
@@ -49,12 +52,14 @@ class TokenClient:
         auth = None
         if self._auth_method == "client_secret_post":
             form.update(client_id=self._client_id, client_secret=self._secret)
-        else:
-            auth = (self._client_id, self._secret)
+        else:   # RFC 6749 2.3.1: form-encode both before Basic, as Hydra expects
+            auth = (quote_plus(self._client_id), quote_plus(self._secret))
         started = time.time()
         try:
             response = self._session.post(self.token_url, data=form, auth=auth, timeout=self._timeout,
                                           headers={"Accept": "application/json"})
+        except requests.Timeout:
+            raise AuthError(f"token endpoint {self.token_url} did not answer within {self._timeout} s") from None
         except requests.RequestException as exc:
             raise AuthError(f"token endpoint {self.token_url} unreachable: {type(exc).__name__}") from None
         if response.status_code != 200:
@@ -63,7 +68,8 @@ class TokenClient:
                 reason = problem.error + (f" ({problem.error_description})" if problem.error_description else "")
             except msgspec.DecodeError:
                 reason = "non-JSON answer"
-            raise AuthError(f"token endpoint {self.token_url} answered {response.status_code}: {reason or 'no error given'}")
+            raise AuthError(f"token endpoint {self.token_url} answered {response.status_code}: "
+                            f"{reason or 'no error given'}")
         try:
             body = msgspec.json.decode(response.content, type=_TokenResponse)
         except msgspec.DecodeError:
@@ -72,3 +78,28 @@ class TokenClient:
 
     def close(self) -> None:
         self._session.close()
+
+
+class AuthStatus(msgspec.Struct, frozen=True):
+    """What `aitp config show` can tell of the running service's token: never the token itself."""
+
+    token_url: str
+    token_held: bool
+    expires_at: float | None      # time.time() seconds
+    last_error: str | None
+    updated_at: float
+
+
+def write_auth_status(path: Path, status: AuthStatus) -> None:
+    """Atomically, so that a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_bytes(msgspec.json.encode(status))
+    os.replace(partial, path)
+
+
+def read_auth_status(path: Path) -> AuthStatus | None:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=AuthStatus)
+    except (OSError, msgspec.DecodeError):
+        return None

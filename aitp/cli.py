@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -120,9 +121,28 @@ def _config_show(loaded: LoadedConfig, *, as_json: bool) -> int:
         print("\n# dimensions pinned by the first vector of each model (journal), checked from then on:")
         for model, dimension in sorted(learned.items()):
             print(f"#   {model} = {dimension}")
+    print(_token_line(settings))
     print(f"\n# derived: data_dir = {settings.data_dir}; token_url = {settings.token_url or '(no OAuth2)'}; "
           f"providers = {_provider_names(settings)}")
     return EXIT_OK
+
+
+def _token_line(settings) -> str:
+    """Whether the running (or last) service holds a token and until when; never the token."""
+    if not settings.auth.client_id:
+        return "\n# token: none needed (no OAuth2 client configured)"
+    from aitp.auth import read_auth_status
+
+    status = read_auth_status(settings.auth_status_path)
+    if status is None:
+        return "\n# token: unknown (the service has not fetched one with this data directory)"
+    as_of = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(status.updated_at))
+    if status.token_held and status.expires_at:
+        expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(status.expires_at))
+        held = f"held, expires {expires}" + (" (expired)" if status.expires_at < time.time() else "")
+    else:
+        held = "not held" + (f": {status.last_error}" if status.last_error else "")
+    return f"\n# token: {held} (as of {as_of}, from {status.token_url})"
 
 
 def _provider_names(settings) -> str:

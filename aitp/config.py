@@ -189,6 +189,10 @@ class Settings(_Section):
     def journal_path(self) -> Path:
         return self.data_dir / "journal.sqlite3"
 
+    @property
+    def auth_status_path(self) -> Path:
+        return self.data_dir / "auth-status.json"
+
 
 # Names of the original service's .env, plus the new ones; each maps to a dotted key.
 ENV_NAMES: dict[str, str] = {

@@ -22,6 +22,9 @@ class Credentials(Protocol):
 
     def renew(self, stale: str | None) -> str | None: ...
 
+    def accepted(self, token: str) -> None:
+        """The API took this token (so a later 401/403 means revoked or expired, not misconfigured)."""
+
 
 class NoCredentials:
     """For a task API that needs no token (a local sandbox started without one)."""
@@ -31,6 +34,9 @@ class NoCredentials:
 
     def renew(self, stale: str | None) -> str | None:
         return None
+
+    def accepted(self, token: str) -> None:
+        pass
 
 
 class PatchOutcome(enum.Enum):
@@ -87,9 +93,12 @@ class TaskApiClient:
             finally:
                 if self._observer:
                     self._observer(endpoint, method, status, time.perf_counter() - started)
-            if response.status_code in (401, 403) and attempt == 1:
-                token = self.credentials.renew(token)
-                continue
+            if response.status_code in (401, 403):
+                if attempt == 1:
+                    token = self.credentials.renew(token)
+                    continue
+            elif token:
+                self.credentials.accepted(token)
             return response
         return response
 

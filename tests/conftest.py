@@ -18,6 +18,7 @@ from aitp.sandbox import SandboxServer
 from aitp.sandbox.ollama_stub import OllamaStub
 from aitp.sandbox.openai_stub import OpenAIStub
 from aitp.vectors import checked_unit_vectors
+from oauth2_peer import OAuth2Peer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,12 @@ def ollama():
 def openai_stub():
     """`openai_stub(**options)`: the OpenAI-compatible stub; its `url` goes in OPENAI_BASE_URL."""
     yield from _peers(OpenAIStub)
+
+
+@pytest.fixture
+def oauth2_server():
+    """`oauth2_server(client_id=, client_secret=, lifetime=)`: a real OAuth2 server (oauth2-mock-server)."""
+    yield from _peers(OAuth2Peer)
 
 
 class ServiceProcess:

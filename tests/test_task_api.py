@@ -11,6 +11,10 @@ IN_PROGRESS = b'{"state":"in_progress"}'
 class CountingCredentials:
     def __init__(self, sandbox):
         self.sandbox, self.token, self.renewals = sandbox, None, 0
+        self.accepted_tokens = set()
+
+    def accepted(self, token):
+        self.accepted_tokens.add(token)
 
     def current(self):
         return self.token
@@ -62,6 +66,7 @@ def test_403_renews_the_token_once_and_retries(sandbox):
     client = TaskApiClient(server.url, timeout=5, credentials=credentials)
     assert client.patch(object_id(0), IN_PROGRESS).outcome is PatchOutcome.DONE
     assert credentials.renewals == 1
+    assert credentials.accepted_tokens == {credentials.token}    # told which token the API took
     server.revoke_tokens()
     assert len(decode_pending(client.fetch_pending()).tasks) == 0
     assert credentials.renewals == 2
@@ -76,6 +81,9 @@ def test_refused_even_after_renewal_is_retryable_not_fatal(sandbox):
 
         def renew(self, stale):
             return "still-bad"
+
+        def accepted(self, token):
+            raise AssertionError("a refused token is never reported as accepted")
 
     result = TaskApiClient(server.url, timeout=5, credentials=Useless()).patch(object_id(0), IN_PROGRESS)
     assert (result.outcome, result.status) == (PatchOutcome.RETRY, 403)

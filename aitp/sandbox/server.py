@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote
 
 import msgspec
+import requests
 
 from aitp.contract import STATES
 from aitp.sandbox.http import QuietServer
@@ -75,17 +76,21 @@ class SandboxServer:
 
     def __init__(self, tasks: list[dict] | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  client_id: str | None = None, client_secret: str | None = None,
-                 token_lifetime: float = 3600.0) -> None:
+                 token_lifetime: float = 3600.0, introspection_url: str | None = None) -> None:
         self.store = _Store(tasks or [])
         self.client_id, self.client_secret = client_id, client_secret
         self.token_lifetime = token_lifetime
+        # With an introspection URL, every bearer token is checked there (RFC 7662), as the real
+        # server checks each one with Hydra; without it, the sandbox checks the tokens it issued.
+        self.introspection_url = introspection_url
+        self._introspection = requests.Session() if introspection_url else None
         self.fail_next: list[int] = []   # status codes to answer the next API requests with (fault injection)
         self._server = QuietServer((host, port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
     @property
     def requires_token(self) -> bool:
-        return self.client_id is not None
+        return self.client_id is not None or self.introspection_url is not None
 
     @property
     def url(self) -> str:
@@ -104,6 +109,8 @@ class SandboxServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        if self._introspection is not None:
+            self._introspection.close()
 
     # --- looking inside ---
     def add_tasks(self, tasks: list[dict]) -> None:
@@ -156,6 +163,12 @@ class SandboxServer:
             return True
         if not header or not header.startswith("Bearer "):
             return False
+        if self._introspection is not None:
+            try:
+                answer = self._introspection.post(self.introspection_url, data={"token": header[7:]}, timeout=5)
+                return answer.status_code == 200 and answer.json().get("active") is True
+            except (requests.RequestException, ValueError):
+                return False   # the authorisation server cannot vouch for the token: fail closed
         with self.store.lock:
             expires = self.store.tokens.get(header[7:])
         return expires is not None and expires > time.time()
