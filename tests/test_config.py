@@ -133,3 +133,15 @@ def test_redacted_items_cover_every_key():
     rows = redacted_items(load_config(environ={}, dotenv_dir="/x"))
     assert [key for key, _, _ in rows] == list(LEAF_TYPES)
     assert msgspec.json.encode([value for _, value, _ in rows])   # all printable
+
+
+def test_token_url_is_oauth2_token_url_or_derived_from_the_ory_slug():
+    def token_url(**env):
+        return load_config(environ=env, dotenv_dir="/nonexistent").settings.token_url
+
+    assert token_url(ORY_PROJECT_SLUG="brave-pike-42") == "https://brave-pike-42.projects.oryapis.com/oauth2/token"
+    assert token_url(ORY_PROJECT_SLUG="brave-pike-42", OAUTH2_TOKEN_URL="http://127.0.0.1:4444/oauth2/token") \
+        == "http://127.0.0.1:4444/oauth2/token"
+    assert token_url() == ""
+    default = load_config(environ={}, dotenv_dir="/nonexistent").settings.auth.client_auth_method
+    assert default == "client_secret_basic"     # what an Ory client uses unless told otherwise
