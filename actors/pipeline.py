@@ -17,6 +17,7 @@ from aitp.errors import ProviderError
 from aitp.journal import Journal
 from aitp.breakers import ProviderBreaker
 from aitp.providers import Provider, providers_for
+from aitp.rate_limits import rate_limits_for
 from aitp.routing import Router
 from aitp.task_api import NoCredentials, PatchOutcome, TaskApiClient
 from aitp.tasks import HANDLERS, TaskRejected
@@ -79,7 +80,7 @@ class Pipeline:
         vector_pool.warm_up()
         self.ctx = ctx = PipelineContext(
             settings=settings, directory=directory, scheduler=Scheduler(), journal=journal, task_api=task_api,
-            router=router, vector_pool=vector_pool,
+            router=router, vector_pool=vector_pool, rate_limits=rate_limits_for(settings),
             handlers={name: handler(settings) for name, handler in HANDLERS.items()})
         extra: dict[str, dict] = {"authenticator": {"client": token_client, "cell": cell}}
         policies = settings.supervision
@@ -185,9 +186,12 @@ class Pipeline:
         poller = self.stage("poller")
         if poller:
             poller.stop_polling().get(timeout=5)
-        dispatcher = self.stage("dispatcher")
-        if dispatcher and poller:
-            released = dispatcher.release_queued().get(timeout=5)
+        released = []
+        for name in ("dispatcher", "provider_workers"):   # work no provider has seen yet
+            stage = self.stage(name)
+            if stage:
+                released += stage.release_queued().get(timeout=5)
+        if released:
             ctx.directory.tell("poller", TasksSettled([job.task_id for job in released]))
         while time.monotonic() < deadline and not self.fatal_reason:
             try:
@@ -211,11 +215,13 @@ class Pipeline:
         ctx.vector_pool.close()
         ctx.task_api.close()
         ctx.router.close()
+        ctx.rate_limits.close()
         ctx.journal.close()
 
     def _release_claims(self) -> None:
         """Every claim not finished goes back to `pending`; a claim the API does not take stays in the
-        journal and is resumed at the next start."""
+        journal and is resumed at the next start. A released task that no provider saw gets its
+        rate-limit unit back."""
         assert self.ctx is not None
         journal, api = self.ctx.journal, self.ctx.task_api
         for claim in journal.claims():
@@ -225,4 +231,6 @@ class Pipeline:
                     log.warning("claim kept for the next start", extra={"fields": {
                         "task_id": claim.task_id, "status": result.status, "detail": result.detail}})
                     continue
+            if not claim.sent:
+                self.ctx.rate_limits.refund(claim.reservation, 1)
             journal.drop_claims([claim.task_id])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 
 from aitp.contract import decode_pending
@@ -89,6 +90,15 @@ class Poller(Stage):
             log.info("polling paused: no provider available", extra={"fields": {"resume_in_s": round(outage, 2)}})
             self._schedule(outage)
             return
+        room = self.ctx.rate_limits.remaining()
+        if room == 0:
+            # A full tier: sleep until it frees a unit rather than poll for tasks it cannot admit.
+            until = self.ctx.rate_limits.not_before()
+            delay = max(0.05, until - time.time()) if until else self.settings.polling.interval_seconds
+            log.info("rate limit reached: polling paused", extra={"fields": {"resume_in_s": round(delay, 2)}})
+            self._schedule(delay)
+            return
+        budget = self.credit if room is None else min(self.credit, room)
         self.polls_begun += 1
         poll_number = self.polls_begun
         try:
@@ -101,7 +111,7 @@ class Poller(Stage):
             return
         self.failures_in_a_row = 0
         self._note_unusable(pending.unusable)
-        taken, rejected, more_left = self._take(pending.tasks, poll_number)
+        taken, rejected, more_left = self._take(pending.tasks, poll_number, budget)
         self.settled_at = {k: v for k, v in self.settled_at.items() if v >= poll_number}
         if taken:
             self.tell("rate_limiter", TasksTaken(taken))
@@ -115,7 +125,8 @@ class Poller(Stage):
         else:
             self._schedule(self.settings.polling.interval_seconds)
 
-    def _take(self, tasks, poll_number: int) -> tuple[list[TakenTask], list[Rejection], bool]:
+    def _take(self, tasks, poll_number: int, budget: int) -> tuple[list[TakenTask], list[Rejection], bool]:
+        """Take up to `budget` tasks (credit, and rate-limit room); report the malformed ones."""
         taken: list[TakenTask] = []
         rejected: list[Rejection] = []
         handlers = self.ctx.handlers
@@ -126,7 +137,7 @@ class Poller(Stage):
             if handler is None:
                 self._leave_alone(task.id, task.type)
                 continue
-            if self.credit <= 0:
+            if len(taken) >= budget or self.credit <= 0:
                 return taken, rejected, True
             self.in_flight.add(task.id)
             try:

@@ -111,6 +111,7 @@ class ProviderWorkers(Stage):
                 f"{name} circuit breaker is open", provider=name, counts_as_outage=False)))
             return
         try:
+            ctx.journal.mark_sent([job.task_id for job in batch.jobs])   # its rate-limit units are spent now
             raw = provider.embed(batch.model, [job.text for job in batch.jobs])
         except Exception as exc:  # noqa: BLE001 - a provider bug must not lose the batch
             if not isinstance(exc, ProviderError):
@@ -174,6 +175,12 @@ class ProviderWorkers(Stage):
         reason = "; ".join(dict.fromkeys(failures))   # each provider's word, once
         log.error("provider call failed for good", extra={"fields": {**fields, "reason": reason}})
         self.tell("reporter", TasksRejected([Rejection(job.task_id, reason, batch.batch_id) for job in batch.jobs]))
+
+    def release_queued(self) -> list:
+        """Shutting down: hand back the jobs of batches not yet sent to a provider."""
+        jobs = [job for batch in self.queue for job in batch.jobs]
+        self.queue.clear()
+        return jobs
 
     def status(self) -> dict:
         return {"queued": len(self.queue), "active": len(self.active), "calls": dict(self.calls),

@@ -1,12 +1,17 @@
-"""RateLimiter: admits taken tasks, journals each claim, PATCHes it `in_progress`, then passes it on."""
+"""RateLimiter: admits taken tasks against the rate limits, journals each claim with the reservation
+its unit came from, PATCHes it `in_progress`, then passes it on. A task refused admission is handed
+back untouched (still `pending` on the server); a claim abandoned before any provider saw its task
+gets its unit refunded."""
 
 from __future__ import annotations
 
 import logging
 
+import msgspec
+
 from aitp.contract import state_body
 from aitp.journal import Claim
-from aitp.rate_limits import AdmitAll, RateLimitBackend
+from aitp.rate_limits import RateLimitBackend
 from aitp.task_api import PatchOutcome
 from actors.messages import ClaimAnswered, RetryClaim, TakenTask, TasksClaimed, TasksSettled, TasksTaken
 from actors.stage import PipelineContext, Stage
@@ -21,7 +26,7 @@ class RateLimiter(Stage):
     def __init__(self, ctx: PipelineContext, orphans: list | None = None,
                  backend: RateLimitBackend | None = None) -> None:
         super().__init__(ctx, orphans)
-        self.backend = backend or AdmitAll()
+        self.backend = backend or ctx.rate_limits
         self.claiming = self.settings.api.claim_tasks
         self.claims_sent = 0
 
@@ -42,10 +47,12 @@ class RateLimiter(Stage):
         admission = self.backend.reserve(len(tasks))
         admitted, refused = tasks[:admission.granted], tasks[admission.granted:]
         if refused:   # released untouched: they stay pending on the server and are polled again later
+            log.info("rate limit reached", extra={"fields": {"admitted": len(admitted), "refused": len(refused)}})
             self.tell("poller", TasksSettled([task.job.task_id for task in refused]))
         if not admitted:
             return
-        self.ctx.journal.record_claims([Claim(task.job.task_id, task.raw) for task in admitted])
+        self.ctx.journal.record_claims([Claim(task.job.task_id, task.raw, admission.reservation)
+                                        for task in admitted])
         if not self.claiming:
             self.tell("dispatcher", TasksClaimed([task.job for task in admitted]))
             return
@@ -80,9 +87,12 @@ class RateLimiter(Stage):
         log.warning("claim abandoned", extra={"fields": {"task_id": task_id, "outcome": outcome.value,
                                                           "status": answer.result.status,
                                                           "detail": answer.result.detail}})
-        self.backend.refund(1)
+        for reservation in self.ctx.journal.reservations_of([task_id]).values():
+            self.backend.refund(reservation, 1)
         self.ctx.journal.drop_claims([task_id])
         self.tell("poller", TasksSettled([task_id]))
 
     def status(self) -> dict:
-        return {"claims_sent": self.claims_sent, "claiming": self.claiming}
+        return {"claims_sent": self.claims_sent, "claiming": self.claiming,
+                "limits": [msgspec.structs.asdict(tier) for tier in self.backend.usage()],
+                "exceeded": dict(getattr(self.backend, "exceeded", {}))}

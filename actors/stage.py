@@ -16,6 +16,7 @@ import pykka
 
 from aitp.config import Settings
 from aitp.journal import Journal
+from aitp.rate_limits import AdmitAll, RateLimitBackend
 from aitp.routing import Router
 from aitp.task_api import TaskApiClient
 from aitp.tasks import TaskHandler
@@ -81,6 +82,7 @@ class PipelineContext:
     router: Router
     vector_pool: VectorPool
     handlers: dict[str, TaskHandler]
+    rate_limits: RateLimitBackend = field(default_factory=AdmitAll)
     supervisor: pykka.ActorRef | None = None
     rng: random.Random = field(default_factory=random.Random)
 

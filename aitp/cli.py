@@ -122,9 +122,31 @@ def _config_show(loaded: LoadedConfig, *, as_json: bool) -> int:
         for model, dimension in sorted(learned.items()):
             print(f"#   {model} = {dimension}")
     print(_token_line(settings))
+    for line in _rate_limit_lines(settings):
+        print(line)
     print(f"\n# derived: data_dir = {settings.data_dir}; token_url = {settings.token_url or '(no OAuth2)'}; "
           f"providers = {_provider_names(settings)}")
     return EXIT_OK
+
+
+def _rate_limit_lines(settings) -> list[str]:
+    """Each tier's limit, usage and remaining units, read from the shared storage file."""
+    from aitp.rate_limits import TieredLimits, rate_limits_for
+
+    if not settings.rate_limit_path.exists():
+        return []
+    backend = rate_limits_for(settings)
+    if not isinstance(backend, TieredLimits):
+        return []
+    try:
+        lines = [f"\n# rate limits ({settings.rate_limit.strategy}, {settings.rate_limit_path}):"]
+        for tier in backend.usage():
+            frees = (f", next unit free at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(tier.resets_at))}"
+                     if tier.resets_at else "")
+            lines.append(f"#   per {tier.period}: {tier.used} of {tier.limit} used, {tier.remaining} left{frees}")
+        return lines
+    finally:
+        backend.close()
 
 
 def _token_line(settings) -> str:

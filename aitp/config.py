@@ -190,6 +190,10 @@ class Settings(_Section):
         return self.data_dir / "journal.sqlite3"
 
     @property
+    def rate_limit_path(self) -> Path:
+        return Path(self.rate_limit.storage_path) if self.rate_limit.storage_path else self.data_dir / "rate_limits.sqlite3"
+
+    @property
     def auth_status_path(self) -> Path:
         return self.data_dir / "auth-status.json"
 

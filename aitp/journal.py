@@ -18,9 +18,11 @@ import msgspec
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
-    task_id    TEXT PRIMARY KEY,
-    task_json  BLOB NOT NULL,
-    claimed_at REAL NOT NULL
+    task_id     TEXT PRIMARY KEY,
+    task_json   BLOB NOT NULL,
+    claimed_at  REAL NOT NULL,
+    reservation INTEGER NOT NULL DEFAULT 0,
+    sent        INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS outbox (
     task_id    TEXT PRIMARY KEY,
@@ -38,6 +40,8 @@ CREATE TABLE IF NOT EXISTS model_dimensions (
 class Claim(msgspec.Struct, frozen=True):
     task_id: str
     task_json: bytes
+    reservation: int = 0      # the rate-limit reservation its unit came from (0: none)
+    sent: bool = False        # has a provider been asked to embed it (so its unit is spent)?
 
 
 class OutboxEntry(msgspec.Struct, frozen=True):
@@ -59,6 +63,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(claims)")}
+        for column in ("reservation", "sent"):   # a journal written before rate-limit refunds existed
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE claims ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -79,16 +87,29 @@ class Journal:
     # --- claims ---
     def record_claims(self, claims: list[Claim]) -> None:
         now = time.time()
-        self._write("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
-                    [(claim.task_id, claim.task_json, now) for claim in claims])
+        self._write("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                    [(claim.task_id, claim.task_json, now, claim.reservation, int(claim.sent)) for claim in claims])
+
+    def mark_sent(self, task_ids: list[str]) -> None:
+        """These claimed tasks go to a provider now: their rate-limit units are spent."""
+        self._write("UPDATE claims SET sent = 1 WHERE task_id = ?", [(task_id,) for task_id in task_ids])
 
     def drop_claims(self, task_ids: list[str]) -> None:
         self._write("DELETE FROM claims WHERE task_id = ?", [(task_id,) for task_id in task_ids])
 
     def claims(self) -> list[Claim]:
         with self._lock:
-            rows = self._db.execute("SELECT task_id, task_json FROM claims ORDER BY claimed_at").fetchall()
-        return [Claim(task_id, bytes(task_json)) for task_id, task_json in rows]
+            rows = self._db.execute("SELECT task_id, task_json, reservation, sent FROM claims "
+                                    "ORDER BY claimed_at").fetchall()
+        return [Claim(task_id, bytes(task_json), reservation, bool(sent))
+                for task_id, task_json, reservation, sent in rows]
+
+    def reservations_of(self, task_ids: list[str]) -> dict[str, int]:
+        """The rate-limit reservation of each claimed task (tasks without a claim are left out)."""
+        with self._lock:
+            return {task_id: row[0] for task_id in task_ids
+                    if (row := self._db.execute("SELECT reservation FROM claims WHERE task_id = ?",
+                                                (task_id,)).fetchone())}
 
     # --- outbox ---
     def add_results(self, entries: list[OutboxEntry]) -> None:
