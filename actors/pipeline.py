@@ -11,9 +11,12 @@ from typing import Callable
 import pykka
 
 from aitp.auth import TokenClient
+from aitp import __version__
 from aitp.config import Settings
 from aitp.contract import state_body, task_type_of
-from aitp.errors import ProviderError
+from aitp.errors import ConfigError, ProviderError
+from aitp.metrics import Metrics
+from aitp.monitoring import MonitoringServer
 from aitp.journal import Journal
 from aitp.breakers import ProviderBreaker
 from aitp.providers import Provider, providers_for
@@ -51,12 +54,18 @@ class Pipeline:
         self.ctx: PipelineContext | None = None
         self.supervisor: pykka.ActorRef | None = None
         self.started_at = 0.0
+        self.created_at = time.monotonic()
+        self.phase = "starting"          # starting, preparing providers, running, stopping
+        self.metrics = Metrics()
+        self.monitor: MonitoringServer | None = None
 
     # --- startup ---
     def start(self) -> bool:
         """Build and start everything; False when a stop came before the provider was ready."""
         settings = self.settings
+        self._start_monitoring()
         providers = providers_for(settings, self.sources.get("openai.api_key", "default"))
+        self.phase = "preparing providers"
         if not self._prepare(providers):
             return False
         resilience = settings.resilience
@@ -74,13 +83,13 @@ class Pipeline:
             else NoCredentials()
         workers = settings.workers
         task_api = TaskApiClient(settings.api.base_url, timeout=settings.api.request_timeout,
-                                 credentials=credentials,
+                                 credentials=credentials, observer=self.metrics.api_request,
                                  pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2)
         vector_pool = VectorPool(workers.process_workers)
         vector_pool.warm_up()
         self.ctx = ctx = PipelineContext(
             settings=settings, directory=directory, scheduler=Scheduler(), journal=journal, task_api=task_api,
-            router=router, vector_pool=vector_pool, rate_limits=rate_limits_for(settings),
+            router=router, vector_pool=vector_pool, rate_limits=rate_limits_for(settings), metrics=self.metrics,
             handlers={name: handler(settings) for name, handler in HANDLERS.items()})
         extra: dict[str, dict] = {"authenticator": {"client": token_client, "cell": cell}}
         policies = settings.supervision
@@ -93,9 +102,21 @@ class Pipeline:
                                            ctx.scheduler.call_later)
         ctx.supervisor = self.supervisor
         self.started_at = time.monotonic()
+        self.phase = "running"
         log.info("pipeline started", extra={"fields": {"mode": settings.processing.mode, "providers": list(providers),
                                                         "api": settings.api.base_url}})
         return True
+
+    def _start_monitoring(self) -> None:
+        """First of all, so that /ready answers 503 (and /health says why) while models download."""
+        port = self.settings.monitoring.metrics_port
+        try:
+            self.monitor = MonitoringServer(port, health=self.health, ready=self.ready, metrics=self.metrics.expose)
+        except OSError as exc:
+            raise ConfigError("monitoring.metrics_port", port, f"a free TCP port ({exc.strerror})",
+                              self.sources.get("monitoring.metrics_port", "default")) from None
+        self.metrics.watch(self.status)
+        self.monitor.start()
 
     def _prepare(self, providers: dict[str, Provider]) -> bool:
         """Provider startup (Ollama: list and pull models; OpenAI: check the key), retried with backoff
@@ -162,16 +183,60 @@ class Pipeline:
         return ref.proxy() if ref is not None and ref.is_alive() else None
 
     def status(self) -> dict:
-        out: dict = {}
+        """Every stage's status and the shared objects' state; what /health and /metrics show."""
+        if self.ctx is None:
+            return {"stages": {}}
+        ctx = self.ctx
+        stages: dict = {}
         for name, _ in STAGES:
             proxy = self.stage(name)
             try:
-                out[name] = proxy.status().get(timeout=5) if proxy else {"state": "down"}
+                stages[name] = proxy.status().get(timeout=5) if proxy else {"state": "down"}
             except (pykka.ActorDeadError, pykka.Timeout):
-                out[name] = {"state": "down"}
+                stages[name] = {"state": "down"}
+        out: dict = {"stages": stages, "breakers": ctx.router.status(), "outbox": ctx.journal.counts()["outbox"],
+                     "process_worker_restarts": ctx.vector_pool.restarts}
         if self.supervisor is not None and self.supervisor.is_alive():
-            out["restarts"] = self.supervisor.proxy().restarts().get(timeout=5)
+            try:
+                out["restarts"] = self.supervisor.proxy().restarts().get(timeout=5)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
+        limiter = stages.get("rate_limiter", {})
+        out["rate_limits"] = {"tiers": limiter.get("limits", []), "exceeded": limiter.get("exceeded", {})}
         return out
+
+    def ready(self) -> tuple[bool, str]:
+        if self.phase != "running":
+            return False, self.phase
+        if self.settings.auth.client_id and (self.ctx is None or self.ctx.task_api.credentials.current() is None):
+            return False, "no token yet"
+        return True, "running"
+
+    def health(self) -> tuple[int, dict]:
+        status = self.status()
+        restarts = status.get("restarts", {})
+        stages = {name: {"state": "down" if stage.get("state") == "down" else "running",
+                         "restarts": restarts.get(name, 0)} for name, stage in status["stages"].items()}
+        authenticator = status["stages"].get("authenticator", {})
+        failing = self.fatal_reason is not None
+        body = {
+            "status": "failing" if failing else ("stopping" if self.phase == "stopping" else
+                                                 "ok" if self.phase == "running" else "starting"),
+            "version": __version__, "mode": self.settings.processing.mode, "phase": self.phase,
+            "uptime_s": round(time.monotonic() - self.created_at, 1),
+            "stages": stages,
+            "breakers": {name: breaker["state"] for name, breaker in status.get("breakers", {}).items()},
+            "token": {"configured": bool(self.settings.auth.client_id),
+                      "held": bool(authenticator.get("token_held")),
+                      "expires_at": authenticator.get("expires_at"), "last_error": authenticator.get("last_error")},
+            "rate_limits": status.get("rate_limits", {}),
+            "in_flight": status["stages"].get("poller", {}).get("in_flight", 0),
+            "outbox": status.get("outbox", 0),
+            "process_worker_restarts": status.get("process_worker_restarts", 0),
+        }
+        if failing:
+            body["reason"] = self.fatal_reason
+        return (503 if failing or self.phase == "stopping" else 200), body
 
     def in_flight(self) -> int:
         poller = self.stage("poller")
@@ -181,7 +246,9 @@ class Pipeline:
     def shutdown(self) -> None:
         """Stop polling, let in-flight work finish until the deadline, release what is left."""
         if self.ctx is None:
+            self._stop_monitoring()
             return
+        self.phase = "stopping"
         ctx, deadline = self.ctx, time.monotonic() + self.settings.shutdown.deadline_seconds
         poller = self.stage("poller")
         if poller:
@@ -217,6 +284,12 @@ class Pipeline:
         ctx.router.close()
         ctx.rate_limits.close()
         ctx.journal.close()
+        self._stop_monitoring()
+
+    def _stop_monitoring(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
 
     def _release_claims(self) -> None:
         """Every claim not finished goes back to `pending`; a claim the API does not take stays in the

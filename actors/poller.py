@@ -6,6 +6,8 @@ import logging
 import time
 from collections import Counter
 
+import msgspec
+
 from aitp.contract import decode_pending
 from aitp.errors import ContractError, TaskApiError
 from aitp.tasks import TaskRejected
@@ -130,6 +132,7 @@ class Poller(Stage):
         taken: list[TakenTask] = []
         rejected: list[Rejection] = []
         handlers = self.ctx.handlers
+        now = time.time()
         for task in tasks:
             if task.id in self.in_flight or self.settled_at.get(task.id, -1) >= poll_number:
                 continue
@@ -145,9 +148,11 @@ class Poller(Stage):
                 refusal = self.ctx.router.refusal(job.model, job.text)
                 if refusal:
                     raise TaskRejected(refusal)
-                taken.append(TakenTask(job=job, raw=task.raw))
+                taken.append(TakenTask(job=msgspec.structs.replace(job, taken_at=now), raw=task.raw))
+                log.debug("task taken", extra={"fields": {"task_id": task.id, "model": job.model}})
             except TaskRejected as exc:
                 rejected.append(Rejection(task.id, str(exc)))
+                self.ctx.metrics.task_decided(task.type, "failed", 0.0)
         self.taken_total += len(taken)
         return taken, rejected, False
 

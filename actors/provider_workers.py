@@ -10,6 +10,7 @@ with backoff (routed afresh, around open breakers) until MAX_RETRIES is spent.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from concurrent.futures import Future
 
@@ -110,6 +111,9 @@ class ProviderWorkers(Stage):
             directory.tell(self.name, CallFailed(batch, ProviderError(
                 f"{name} circuit breaker is open", provider=name, counts_as_outage=False)))
             return
+        log.debug("batch sent", extra={"fields": {"batch_id": batch.batch_id, "provider": name, "model": batch.model,
+                                                   "task_ids": [job.task_id for job in batch.jobs]}})
+        started = time.perf_counter()
         try:
             ctx.journal.mark_sent([job.task_id for job in batch.jobs])   # its rate-limit units are spent now
             raw = provider.embed(batch.model, [job.text for job in batch.jobs])
@@ -119,9 +123,13 @@ class ProviderWorkers(Stage):
                 exc = ProviderError(repr(exc), provider=name)
             # A failure that bisecting will pin on one input says nothing about the provider's health.
             breaker.end(failed=exc.counts_as_outage and not (exc.input_specific and len(batch.jobs) > 1))
+            ctx.metrics.provider_call(name, batch.model, str(exc.status or "error"), len(batch.jobs),
+                                      time.perf_counter() - started)
             directory.tell(self.name, CallFailed(batch, exc))
             return
         breaker.end(failed=False)
+        ctx.metrics.provider_call(name, batch.model, "success", len(batch.jobs), time.perf_counter() - started,
+                                  raw.tokens)
         directory.tell(self.name, CallFinished(batch.batch_id, name, batch.model, raw.tokens))
         job = VectorJob(decoder=raw.decoder, payload=raw.payload, model=batch.model,
                         task_ids=[job.task_id for job in batch.jobs], dimension=self.pins.expected(batch.model),
@@ -132,7 +140,9 @@ class ProviderWorkers(Stage):
         error = done.exception()
         if error is None:
             result: VectorJobResult = done.result()
+            self.ctx.metrics.vector_work.observe(result.seconds)   # measured in the worker, recorded here
             if self.pins.confirm(batch.model, result.dimension):
+                self._decided(batch, result)
                 self.ctx.directory.tell("reporter", BatchEmbedded(batch.batch_id, batch.model, result.results))
                 return
             error = DimensionMismatch(result.dimension, self.pins.expected(batch.model) or 0)
@@ -149,6 +159,14 @@ class ProviderWorkers(Stage):
         else:   # a process worker died; the pool replaced it, and the batch is simply retried
             failure = ProviderError(f"vector work failed: {error!r}", provider=name, counts_as_outage=False)
         self.ctx.directory.tell(self.name, CallFailed(batch, failure))
+
+    def _decided(self, batch: EmbedBatch, result: VectorJobResult) -> None:
+        now, metrics = time.time(), self.ctx.metrics
+        for job, vector in zip(batch.jobs, result.results):
+            metrics.task_decided(job.task_type, "succeeded" if vector.body is not None else "failed",
+                                 now - job.taken_at if job.taken_at else None)
+        log.info("batch embedded", extra={"fields": {"batch_id": batch.batch_id, "model": batch.model,
+                                                      "tasks": len(batch.jobs), "dimension": result.dimension}})
 
     # --- back on the actor thread ---
     def _handle_failure(self, batch: EmbedBatch, error: ProviderError) -> None:
@@ -174,6 +192,9 @@ class ProviderWorkers(Stage):
             return
         reason = "; ".join(dict.fromkeys(failures))   # each provider's word, once
         log.error("provider call failed for good", extra={"fields": {**fields, "reason": reason}})
+        now = time.time()
+        for job in batch.jobs:
+            self.ctx.metrics.task_decided(job.task_type, "failed", now - job.taken_at if job.taken_at else None)
         self.tell("reporter", TasksRejected([Rejection(job.task_id, reason, batch.batch_id) for job in batch.jobs]))
 
     def release_queued(self) -> list:

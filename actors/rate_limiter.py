@@ -44,7 +44,8 @@ class RateLimiter(Stage):
             self._send_claim(message.task, message.attempt)
 
     def _admit(self, tasks: list[TakenTask]) -> None:
-        admission = self.backend.reserve(len(tasks))
+        with self.ctx.metrics.rate_limit_check.time():
+            admission = self.backend.reserve(len(tasks))
         admitted, refused = tasks[:admission.granted], tasks[admission.granted:]
         if refused:   # released untouched: they stay pending on the server and are polled again later
             log.info("rate limit reached", extra={"fields": {"admitted": len(admitted), "refused": len(refused)}})
@@ -74,6 +75,7 @@ class RateLimiter(Stage):
         task_id = answer.task.job.task_id
         outcome = answer.result.outcome
         if outcome is PatchOutcome.DONE:
+            log.debug("task claimed", extra={"fields": {"task_id": task_id}})
             self.tell("dispatcher", TasksClaimed([answer.task.job]))
             return
         if outcome is PatchOutcome.RETRY and answer.attempt <= self.settings.processing.max_retries:

@@ -24,6 +24,7 @@ class Reporter(Stage):
     def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
         super().__init__(ctx, orphans)
         self.entries: dict[str, OutboxEntry] = {}   # in the outbox and not yet acknowledged
+        self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
         self.outcomes: Counter[str] = Counter()
 
     def setup(self) -> None:
@@ -36,10 +37,12 @@ class Reporter(Stage):
 
     def on_receive(self, message) -> None:
         if isinstance(message, BatchEmbedded):
+            self.batch_of.update((r.task_id, message.batch_id) for r in message.results)
             self._store([OutboxEntry(r.task_id, r.body, "succeeded") if r.body is not None
                          else self._failure(r.task_id, r.error or "no vector", message.batch_id)
                          for r in message.results])
         elif isinstance(message, TasksRejected):
+            self.batch_of.update((r.task_id, r.batch_id) for r in message.rejections if r.batch_id)
             self._store([self._failure(r.task_id, r.reason, r.batch_id) for r in message.rejections])
         elif isinstance(message, PatchAnswered):
             self._answered(message)
@@ -77,6 +80,8 @@ class Reporter(Stage):
             return   # answered twice (sent again after a restart): already settled
         result = answer.result
         fields = {"task_id": answer.task_id, "state": entry.state, "status": result.status}
+        if answer.task_id in self.batch_of:
+            fields["batch_id"] = self.batch_of[answer.task_id]
         if result.outcome is PatchOutcome.RETRY:
             delay = self.ctx.backoff(answer.attempt, result.retry_after)
             log.warning("report failed, kept in the outbox", extra={"fields": {
@@ -95,6 +100,7 @@ class Reporter(Stage):
             log.debug("task reported", extra={"fields": fields})
         self.outcomes[f"{entry.state}:{result.outcome.value}"] += 1
         del self.entries[answer.task_id]
+        self.batch_of.pop(answer.task_id, None)
         self.ctx.journal.acknowledge([answer.task_id])
         self.tell("poller", TasksSettled([answer.task_id]))
 

@@ -16,6 +16,7 @@ import pykka
 
 from aitp.config import Settings
 from aitp.journal import Journal
+from aitp.metrics import Metrics
 from aitp.rate_limits import AdmitAll, RateLimitBackend
 from aitp.routing import Router
 from aitp.task_api import TaskApiClient
@@ -83,6 +84,7 @@ class PipelineContext:
     vector_pool: VectorPool
     handlers: dict[str, TaskHandler]
     rate_limits: RateLimitBackend = field(default_factory=AdmitAll)
+    metrics: Metrics = field(default_factory=Metrics)
     supervisor: pykka.ActorRef | None = None
     rng: random.Random = field(default_factory=random.Random)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from aitp import __version__, logs
-from aitp.config import KEY_TO_ENV, LoadedConfig, load_config, redacted_items, secret_values
+from aitp.config import KEY_TO_ENV, LoadedConfig, env_example, load_config, redacted_items, secret_values
 from aitp.errors import ConfigError
 from aitp.service import ServiceFactory
 
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = config_commands.add_parser("show", help="the effective configuration and where each value came from")
     show.add_argument("--json", action="store_true", help="print JSON instead of TOML-like text")
+    config_commands.add_parser("env-example", help="print every setting by its environment name, with its default "
+                               "(the text of .env.example)")
     return parser
 
 
@@ -63,6 +65,9 @@ def main(argv: list[str] | None, make_service: ServiceFactory) -> int:
             from aitp.demo import run_demo
             logs.configure("WARNING", "text")
             return run_demo(make_service, tasks=args.tasks, timeout=args.timeout)
+        if args.command == "config" and args.config_command == "env-example":
+            print(env_example(), end="")
+            return EXIT_OK
         loaded = load_config(args.config)
         if args.command == "config":
             return _config_show(loaded, as_json=args.json)

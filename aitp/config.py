@@ -261,6 +261,40 @@ def leaf_types(struct_type: type = Settings, prefix: str = "") -> dict[str, Any]
 LEAF_TYPES = leaf_types()
 
 
+def generic_env_name(key: str) -> str:
+    """`batching.max_items` -> `AITP_BATCHING__MAX_ITEMS`: every setting can come from the environment
+    (Docker, Kubernetes); the original service's names above take precedence where they exist."""
+    return "AITP_" + key.upper().replace(".", "__")
+
+
+for _key in LEAF_TYPES:
+    if _key not in KEY_TO_ENV:
+        ENV_NAMES[generic_env_name(_key)] = _key
+        KEY_TO_ENV[_key] = generic_env_name(_key)
+del _key
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting by its environment name, with its default."""
+    defaults = _flatten(msgspec.to_builtins(Settings()))
+    lines = ["# Every aitp setting by its environment name, with its default (`aitp config env-example` writes",
+             "# this file). Copy it to .env and keep only what you change; the environment overrides .env,",
+             "# which overrides a TOML file (AITP_CONFIG), which overrides these defaults.", ""]
+    section = None
+    for key in LEAF_TYPES:
+        head = key.split(".")[0]
+        if head != section:
+            lines += ([""] if section else []) + [f"# [{head}]"]
+            section = head
+        value = defaults[key]
+        text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) \
+            else str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, (list, dict)):
+            text = f"'{text}'"
+        lines.append(f"{KEY_TO_ENV[key]}={text}")
+    return "\n".join(lines) + "\n"
+
+
 def load_config(
     config_file: str | os.PathLike[str] | None = None,
     *,

@@ -28,6 +28,7 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
             "OAUTH2_CLIENT_ID": "aitp-demo", "OAUTH2_CLIENT_SECRET": sandbox.client_secret or "",
             "PROCESSING_MODE": "openai", "OPENAI_API_KEY": PLACEHOLDER_OPENAI_KEY,
             "AITP_DATA_DIR": data_dir, "POLLING_INTERVAL_SECONDS": "0.5",
+            "METRICS_PORT": "0",   # any free port: the demo must not collide with a running service
         }).settings
         print(f"aitp demo: sandbox task API at {sandbox.url} with {len(queue)} tasks "
               f"({tasks} good, {len(queue) - tasks - left_alone} malformed, {left_alone} to leave alone); "
@@ -37,6 +38,10 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
         try:
             if not service.start():
                 return 1
+            monitor = getattr(service, "monitor", None)
+            if monitor is not None:
+                print(f"  health, readiness and metrics: http://127.0.0.1:{monitor.port}/health /ready /metrics",
+                      file=out, flush=True)
             drained = _show_progress(sandbox, service, left_alone, started + timeout, out)
         finally:
             service.shutdown()

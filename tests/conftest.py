@@ -120,6 +120,7 @@ def service(tmp_path):
 # --- the pipeline in this process ---
 def settings_for(server, tmp_path, toml: str = "", **env):
     base = {"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "data"), "POLLING_INTERVAL_SECONDS": "0.1",
+            "METRICS_PORT": "0",
             "RETRY_BACKOFF_FACTOR": "0.05"}
     config = None
     if toml:

@@ -164,7 +164,10 @@ def test_an_openai_400_naming_an_input_fails_only_that_task(sandbox, openai_stub
     wait_until(lambda: drained(server), message="the queue to drain")
     assert server.counts() == {"succeeded": 15, "failed": 1}
     assert "maximum context length" in server.error_of(guilty["_id"])
-    assert len(stub.requests) <= 2 + 2 * 4     # two first batches at most, then two calls per halving
+    # A bisection: the guilty text is in one call per halving (16, 8, 4, 2, 1), and far fewer calls
+    # are made than one per task.
+    assert len([r for r in stub.requests if guilty["content"]["text"] in r["inputs"]]) <= 5
+    assert len(stub.requests) < 16
 
 
 def test_a_text_too_long_for_openai_fails_before_any_call(sandbox, openai_stub, run_pipeline, tmp_path):

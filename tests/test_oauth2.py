@@ -13,7 +13,7 @@ import pytest
 
 from aitp.auth import TokenClient
 from aitp.errors import AuthError
-from aitp.sandbox.http import QuietServer
+from aitp.httpserver import QuietServer
 from aitp.sandbox.seed import embedding_task, generated_tasks, object_id
 from conftest import drained, wait_until
 

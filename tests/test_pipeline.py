@@ -2,6 +2,7 @@
 
 import msgspec
 import numpy as np
+import requests
 
 from actors.dispatcher import Dispatcher
 from actors.pipeline import Pipeline
@@ -97,7 +98,7 @@ def test_a_full_take_polls_again_without_waiting_the_interval(sandbox, run_pipel
     # Five credit-sized takes; waiting the interval after any of them would take ten minutes.
     wait_until(lambda: drained(server), timeout=60, message="the queue to drain without interval waits")
     assert server.counts() == {"succeeded": 50}
-    assert pipeline.status()["poller"]["polls"] >= 5
+    assert pipeline.status()["stages"]["poller"]["polls"] >= 5
 
 
 def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path, monkeypatch):
@@ -117,6 +118,12 @@ def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipel
     assert failures and server.counts() == {"succeeded": 80}
     assert pipeline.status()["restarts"]["dispatcher"] == 1
     assert pipeline.fatal_reason is None
+    # The restart shows in /health and /metrics.
+    monitor = f"http://127.0.0.1:{pipeline.monitor.port}"
+    health = requests.get(f"{monitor}/health", timeout=10).json()
+    assert health["stages"]["dispatcher"] == {"state": "running", "restarts": 1}
+    assert health["stages"]["poller"]["restarts"] == 0 and health["status"] == "ok"
+    assert 'aitp_actor_restarts_total{stage="dispatcher"} 1.0' in requests.get(f"{monitor}/metrics", timeout=10).text
 
 
 def test_a_stage_failing_past_its_intensity_stops_the_service(sandbox, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler
 import msgspec
 import numpy as np
 
-from aitp.sandbox.http import QuietServer
+from aitp.httpserver import QuietServer
 
 POISON = "<<nan>>"   # an input containing this makes the stub's model produce NaN
 

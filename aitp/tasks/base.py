@@ -19,6 +19,8 @@ class EmbeddingJob(msgspec.Struct, frozen=True):
     task_id: str
     model: str
     text: str
+    task_type: str = "text_embedding"
+    taken_at: float = 0.0     # time.time() when the poller took it (for ai_task_processing_duration_seconds)
 
 
 class TaskHandler(abc.ABC):

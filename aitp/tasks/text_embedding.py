@@ -34,4 +34,4 @@ class TextEmbeddingHandler(TaskHandler):
             raise TaskRejected(f"content.text has {len(content.text)} characters, more than the limit of {limit}")
         if not content.model.strip():
             raise TaskRejected("content.model is empty")
-        return EmbeddingJob(task_id=task_id, model=content.model, text=content.text)
+        return EmbeddingJob(task_id=task_id, model=content.model, text=content.text, task_type=self.type_name)

@@ -1,4 +1,4 @@
-"""The HTTP server the sandbox and the Ollama stub share."""
+"""The threading HTTP server behind the monitoring endpoints, the sandbox and the stubs."""
 
 from __future__ import annotations
 

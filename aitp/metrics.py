@@ -1,0 +1,141 @@
+"""Prometheus metrics: the original service's names (so dashboards keep working) and the pipeline's own.
+
+Events are counted where they happen (a task decided, a request answered, a provider call made).
+Levels (tasks in flight, queue depths, breaker states, rate-limit usage, restarts, outbox size)
+are read from the pipeline's status at scrape time by `StatusCollector`, so they are never stale.
+Process workers return the seconds they spent with each result; the parent records them here, so
+no multiprocess mode is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+BREAKER_STATE = {"closed": 0, "open": 1, "half-open": 2}
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Metrics:
+    """One registry per pipeline (tests run several in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.tasks_processed = Counter("ai_tasks_processed", "Tasks decided, by type and final state",
+                                       ["task_type", "status"], registry=registry)
+        self.task_duration = Histogram("ai_task_processing_duration_seconds", "From taking a task to its result",
+                                       ["task_type"], buckets=_LATENCY, registry=registry)
+        self.api_requests = Counter("api_requests", "Task API requests", ["endpoint", "method", "status_code"],
+                                    registry=registry)
+        self.api_duration = Histogram("api_request_duration_seconds", "Task API request time",
+                                      ["endpoint", "method"], buckets=_LATENCY, registry=registry)
+        self.provider_requests = {
+            name: Counter(f"{name}_requests", f"{name} embedding calls", ["model", "status"], registry=registry)
+            for name in ("openai", "ollama", "mock")}
+        self.provider_tokens = {
+            name: Counter(f"{name}_tokens_used", f"Tokens {name} reported", ["model"], registry=registry)
+            for name in ("openai", "ollama", "mock")}
+        self.batch_size = Histogram("aitp_batch_size", "Inputs per provider call", ["provider"], buckets=_BATCH,
+                                    registry=registry)
+        self.provider_latency = Histogram("aitp_provider_latency_seconds", "Provider call time", ["provider"],
+                                          buckets=_LATENCY, registry=registry)
+        self.vector_work = Histogram("aitp_vector_work_seconds",
+                                     "Time a process worker spent decoding, checking and encoding one batch",
+                                     buckets=_LATENCY, registry=registry)
+        self.rate_limit_check = Histogram("rate_limit_check_duration_seconds", "Time to reserve rate-limit units",
+                                          buckets=_LATENCY, registry=registry)
+
+    # --- recorders the stages call ---
+    def task_decided(self, task_type: str, status: str, seconds: float | None = None) -> None:
+        self.tasks_processed.labels(task_type, status).inc()
+        if seconds is not None:
+            self.task_duration.labels(task_type).observe(max(0.0, seconds))
+
+    def api_request(self, endpoint: str, method: str, status: str, seconds: float) -> None:
+        self.api_requests.labels(endpoint, method, status).inc()
+        self.api_duration.labels(endpoint, method).observe(seconds)
+
+    def provider_call(self, provider: str, model: str, status: str, inputs: int, seconds: float,
+                      tokens: int = 0) -> None:
+        if provider in self.provider_requests:
+            self.provider_requests[provider].labels(model, status).inc()
+            if tokens:
+                self.provider_tokens[provider].labels(model).inc(tokens)
+        self.batch_size.labels(provider).observe(inputs)
+        self.provider_latency.labels(provider).observe(seconds)
+
+    def expose(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def watch(self, status: Callable[[], dict]) -> None:
+        """Report the levels in `status()` (the pipeline's status) at every scrape."""
+        self.registry.register(StatusCollector(status))
+
+
+class StatusCollector:
+    def __init__(self, status: Callable[[], dict]) -> None:
+        self._status = status
+
+    def describe(self):
+        return []   # not known before the first scrape; keeps registration from calling collect()
+
+    def collect(self):
+        try:
+            status = self._status()
+        except Exception:  # noqa: BLE001 - a scrape during shutdown gets the event metrics only
+            return
+        stages = status.get("stages", {})
+        poller = stages.get("poller", {})
+        in_flight = GaugeMetricFamily("ai_tasks_in_flight", "Tasks taken and not yet settled")
+        in_flight.add_metric([], poller.get("in_flight", 0))
+        yield in_flight
+        credit = GaugeMetricFamily("aitp_poller_credit", "Tasks the poller may still take")
+        credit.add_metric([], poller.get("credit", 0))
+        yield credit
+
+        up = GaugeMetricFamily("aitp_stage_up", "1 while a stage runs", labels=["stage"])
+        depth = GaugeMetricFamily("aitp_stage_queue_depth", "Work a stage holds", labels=["stage"])
+        for name, stage in stages.items():
+            up.add_metric([name], 0 if stage.get("state") == "down" else 1)
+            depth.add_metric([name], stage.get("queued", 0) + stage.get("active", 0))
+        yield up
+        yield depth
+
+        restarts = CounterMetricFamily("aitp_actor_restarts", "Stage restarts by the supervisor", labels=["stage"])
+        for name, count in status.get("restarts", {}).items():
+            restarts.add_metric([name], count)
+        yield restarts
+        worker_restarts = CounterMetricFamily("aitp_process_worker_restarts", "Process pools replaced")
+        worker_restarts.add_metric([], status.get("process_worker_restarts", 0))
+        yield worker_restarts
+        outbox = GaugeMetricFamily("aitp_outbox_size", "Results journaled and not yet acknowledged")
+        outbox.add_metric([], status.get("outbox", 0))
+        yield outbox
+        left_alone = CounterMetricFamily("aitp_tasks_left_alone", "Tasks not touched, by type",
+                                         labels=["task_type"])
+        for kind, count in poller.get("left_alone", {}).items():
+            left_alone.add_metric([kind], count)
+        yield left_alone
+
+        breakers = GaugeMetricFamily("circuit_breaker_state", "0 closed, 1 open, 2 half-open", labels=["service"])
+        for name, breaker in status.get("breakers", {}).items():
+            breakers.add_metric([name], BREAKER_STATE.get(breaker.get("state"), 1))
+        yield breakers
+
+        limits = status.get("rate_limits", {})
+        families = {key: GaugeMetricFamily(name, text, labels=["period"]) for key, name, text in (
+            ("used", "rate_limit_current_usage", "Units used in the current window"),
+            ("limit", "rate_limit_max_allowed", "Units allowed per window"),
+            ("remaining", "rate_limit_remaining", "Units left in the current window"))}
+        for tier in limits.get("tiers", []):
+            for key, family in families.items():
+                family.add_metric([tier["period"]], tier[key])
+        yield from families.values()
+        exceeded = CounterMetricFamily("rate_limit_exceeded", "Reservations refused, by the tier that was full",
+                                       labels=["period"])
+        for period, count in limits.get("exceeded", {}).items():
+            exceeded.add_metric([period], count)
+        yield exceeded

@@ -1,0 +1,81 @@
+"""`/health`, `/ready` and `/metrics` on METRICS_PORT, served from a thread of their own.
+
+- `/health`: JSON of the service's state (mode, stages with restarts, breakers, token held or not,
+  rate-limit usage); 200 while the service runs, 503 once it is failing or stopping. Never a secret.
+- `/ready`: 503 until the pipeline is up, its models present and a token held (when OAuth2 is
+  configured); 200 after. For load balancers and Kubernetes readiness probes.
+- `/metrics`: Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler
+from typing import Callable
+
+import msgspec
+
+from aitp.httpserver import QuietServer
+
+log = logging.getLogger("aitp.monitoring")
+
+
+class MonitoringServer:
+    def __init__(self, port: int, *, health: Callable[[], tuple[int, dict]], ready: Callable[[], tuple[bool, str]],
+                 metrics: Callable[[], bytes], host: str = "0.0.0.0") -> None:
+        self._server = QuietServer((host, port), _handler(health, ready, metrics))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="aitp-monitoring",
+                                        daemon=True)
+        self._thread.start()
+        log.info("monitoring listening", extra={"fields": {"port": self.port,
+                                                            "paths": ["/health", "/ready", "/metrics"]}})
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(health, ready, metrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - probes every few seconds: quiet
+            pass
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            try:
+                if path == "/metrics":
+                    return self._reply(200, metrics(), "text/plain; version=0.0.4; charset=utf-8")
+                if path == "/health":
+                    status, body = health()
+                    return self._reply(status, msgspec.json.encode(body), "application/json")
+                if path == "/ready":
+                    is_ready, why = ready()
+                    body = msgspec.json.encode({"ready": is_ready, "reason": why})
+                    return self._reply(200 if is_ready else 503, body, "application/json")
+            except Exception as exc:  # noqa: BLE001 - a probe must get an answer, not a dropped connection
+                log.exception("monitoring endpoint failed", extra={"fields": {"path": path}})
+                return self._reply(500, msgspec.json.encode({"error": type(exc).__name__}), "application/json")
+            self._reply(404, b'{"error":"not found"}', "application/json")
+
+        do_HEAD = do_GET
+
+    return Handler

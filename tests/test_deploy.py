@@ -1,0 +1,133 @@
+"""Docker and compose, kept correct by reading (no Docker engine runs here): the services, ports,
+volumes and healthchecks hang together, Prometheus scrapes the processor, the dashboard asks only
+for metrics the service exposes, and .env.example lists every setting with its default."""
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from aitp.config import ENV_NAMES, KEY_TO_ENV, LEAF_TYPES, env_example, load_config, parse_dotenv
+from aitp.metrics import Metrics, StatusCollector
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(path: str) -> dict:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def test_compose_services_ports_volumes_and_healthchecks_hang_together():
+    compose = load("docker-compose.yml")
+    services = compose["services"]
+    assert set(services) == {"processor", "ollama", "prometheus", "grafana"}
+    declared_volumes = set(compose["volumes"])
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repository"
+            else:
+                assert source in declared_volumes, f"{name} uses volume {source} that is not declared"
+        for dependency in service.get("depends_on", []):
+            assert dependency in services
+
+    processor = services["processor"]
+    assert processor["build"] == "." and (ROOT / "Dockerfile").is_file()
+    assert "8001:8001" in processor["ports"] and processor["environment"]["METRICS_PORT"] == "8001"
+    assert any(v.endswith(":/data") for v in processor["volumes"]) and processor["environment"]["AITP_DATA_DIR"] == "/data"
+    assert "/health" in " ".join(processor["healthcheck"]["test"]) and "8001" in " ".join(processor["healthcheck"]["test"])
+    assert processor["environment"]["OLLAMA_BASE_URL"] == "http://ollama:11434"
+    assert "11434:11434" in services["ollama"]["ports"]
+    assert processor["depends_on"]["ollama"]["condition"] == "service_healthy" and "healthcheck" in services["ollama"]
+    assert processor["restart"] == "unless-stopped"       # exit 1 after a fatal error: Docker restarts it
+    assert not any(key in json.dumps(processor) for key in ("OPENAI_API_KEY", "OAUTH2_CLIENT_SECRET"))  # from .env
+
+    # The GPU is one override file away, and the override only touches Ollama.
+    gpu = load("docker-compose.gpu.yml")["services"]
+    assert set(gpu) == {"ollama"}
+    devices = gpu["ollama"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_prometheus_scrapes_the_processor_where_it_listens():
+    prometheus = load("deploy/prometheus/prometheus.yml")
+    targets = [t for job in prometheus["scrape_configs"] for group in job["static_configs"] for t in group["targets"]]
+    assert targets == ["processor:8001"]
+    assert prometheus["scrape_configs"][0]["metrics_path"] == "/metrics"
+    mount = load("docker-compose.yml")["services"]["prometheus"]["volumes"][0]
+    assert mount.startswith("./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml")
+
+
+def exposed_names() -> set[str]:
+    """Every sample name the service can expose, from a real registry and a status with every part."""
+    metrics = Metrics()
+    metrics.task_decided("text_embedding", "succeeded", 0.1)
+    metrics.api_request("/api/ai-tasks/pending", "GET", "200", 0.01)
+    for provider in ("openai", "ollama"):
+        metrics.provider_call(provider, "m", "success", 4, 0.1, tokens=10)
+    metrics.vector_work.observe(0.01)
+    metrics.rate_limit_check.observe(0.001)
+    status = {"stages": {"poller": {"in_flight": 1, "credit": 2, "left_alone": {"x": 1}}, "dispatcher": {"queued": 1}},
+              "restarts": {"poller": 0}, "process_worker_restarts": 0, "outbox": 0,
+              "breakers": {"ollama": {"state": "closed"}},
+              "rate_limits": {"tiers": [{"period": "minute", "limit": 5, "used": 1, "remaining": 4}],
+                              "exceeded": {"minute": 0}}}
+    metrics.registry.register(StatusCollector(lambda: status))
+    return {sample.name for family in metrics.registry.collect() for sample in family.samples}
+
+
+def test_the_dashboard_asks_only_for_exposed_metrics_and_covers_the_original_names():
+    provisioning = load("deploy/grafana/provisioning/dashboards/aitp.yml")
+    assert provisioning["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    datasource = load("deploy/grafana/provisioning/datasources/prometheus.yml")["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/aitp.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in expressions
+            for name in re.findall(r"\b(?:ai|api|openai|ollama|circuit|rate_limit|aitp)_[a-z_]+\b", expr)}
+    exposed = exposed_names()
+    assert used <= exposed, used - exposed
+    original = {"ai_tasks_processed_total", "ai_task_processing_duration_seconds_bucket", "ai_tasks_in_flight",
+                "api_requests_total", "api_request_duration_seconds_bucket", "openai_requests_total",
+                "openai_tokens_used_total", "ollama_requests_total", "ollama_tokens_used_total",
+                "circuit_breaker_state", "rate_limit_current_usage", "rate_limit_max_allowed",
+                "rate_limit_exceeded_total", "rate_limit_check_duration_seconds_bucket", "rate_limit_remaining"}
+    assert original <= exposed and original <= used
+    assert all(panel["datasource"]["uid"] == datasource["uid"] for panel in dashboard["panels"])
+
+
+def test_the_dockerfile_runs_as_a_user_keeps_data_on_a_volume_and_bakes_in_no_secret():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)", text, re.M)
+    assert stages and all(image.startswith("python:3.11-slim") for image in stages)
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert 'VOLUME ["/data"]' in text and "AITP_DATA_DIR=/data" in text
+    assert re.search(r"^HEALTHCHECK .*\n?.*/health", text, re.M)
+    assert "EXPOSE 8001" in text
+    instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    for secret_name in ("OPENAI_API_KEY", "CLIENT_SECRET", "TOKEN"):
+        assert secret_name not in instructions
+    for copied in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert (ROOT / copied).exists(), copied
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in ignored and "tests" in ignored
+
+
+def test_env_example_lists_every_setting_with_its_default(tmp_path):
+    text = (ROOT / ".env.example").read_text()
+    assert text == env_example(), "regenerate it: aitp config env-example > .env.example"
+    values = parse_dotenv(ROOT / ".env.example")
+    assert set(values) == set(ENV_NAMES) and set(KEY_TO_ENV) == set(LEAF_TYPES)
+    # Read back as a .env, it changes nothing: every line is the default.
+    (tmp_path / ".env").write_text(text)
+    assert load_config(environ={}, dotenv_dir=tmp_path).settings == load_config(environ={}, dotenv_dir="/x").settings
+
+
+def test_every_setting_can_come_from_the_environment():
+    settings = load_config(environ={"AITP_BATCHING__MAX_ITEMS": "32", "AITP_SUPERVISION__POLLER__INTENSITY": "9",
+                                    "AITP_MODELS__DIMENSIONS": '{"m": 12}'}, dotenv_dir="/x").settings
+    assert settings.batching.max_items == 32 and settings.supervision.poller.intensity == 9
+    assert settings.models.dimensions == {"m": 12}
