@@ -40,6 +40,15 @@ class TasksRejected(msgspec.Struct, frozen=True):
     rejections: list[Rejection]
 
 
+class TasksReleased(msgspec.Struct, frozen=True):
+    """To Reporter: no provider could take these tasks now; put them back to `pending` (through the
+    outbox, so the release itself survives a crash) for a later poll, rather than fail them."""
+
+    task_ids: list[str]
+    reason: str
+    batch_id: str = ""
+
+
 class ClaimAnswered(msgspec.Struct, frozen=True):
     """A claim PATCH came back (to RateLimiter, from its claim threads)."""
 

@@ -4,7 +4,9 @@ Each provider has CONCURRENCY_LIMIT call slots. A batch follows the route the Di
 (in hybrid mode: Ollama, then the OpenAI endpoint with the same model). A failure that one input
 can cause splits the batch in halves so that only the guilty task fails; another failure passes
 the batch to the next provider of its route, and at the end of the route the batch is retried
-with backoff (routed afresh, around open breakers) until MAX_RETRIES is spent.
+with backoff (routed afresh, around open breakers) until MAX_RETRIES is spent. Then a task whose
+batch failed for its own sake fails with the reason; one that failed only because no provider
+could take it (down, overloaded, key refused) goes back to `pending` instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from aitp.dimensions import DimensionPins
 from aitp.errors import DimensionMismatch, ProviderError, RowContractError, VectorContractError
 from aitp.vectors import VectorJob, VectorJobResult
 from actors.dispatcher import new_batch_id
-from actors.messages import BatchEmbedded, CallFailed, CallFinished, EmbedBatch, Rejection, TasksRejected
+from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch, Rejection, TasksRejected,
+                             TasksReleased)
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.provider_workers")
@@ -191,6 +194,15 @@ class ProviderWorkers(Stage):
                                                       failures=[]))
             return
         reason = "; ".join(dict.fromkeys(failures))   # each provider's word, once
+        if error.retryable and not error.input_specific and (error.counts_as_outage or error.provider == "router"
+                                                            or error.status == 429):
+            # The providers are down or refusing us, not this input: a valid task must not fail for
+            # that. It goes back to pending and is taken again once a provider answers.
+            log.warning("no provider could take the batch; its tasks go back to pending",
+                        extra={"fields": {**fields, "reason": reason}})
+            self.ctx.metrics.tasks_released.inc(len(batch.jobs))
+            self.tell("reporter", TasksReleased([job.task_id for job in batch.jobs], reason, batch.batch_id))
+            return
         log.error("provider call failed for good", extra={"fields": {**fields, "reason": reason}})
         now = time.time()
         for job in batch.jobs:

@@ -12,10 +12,12 @@ from collections import Counter
 from aitp.contract import state_body
 from aitp.journal import OutboxEntry
 from aitp.task_api import PatchOutcome
-from actors.messages import BatchEmbedded, PatchAnswered, ReportResults, TasksRejected, TasksSettled
+from actors.messages import (BatchEmbedded, PatchAnswered, ReportResults, TasksRejected, TasksReleased,
+                             TasksSettled)
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.reporter")
+_RELEASE_BODY = state_body("pending")
 
 
 class Reporter(Stage):
@@ -44,6 +46,9 @@ class Reporter(Stage):
         elif isinstance(message, TasksRejected):
             self.batch_of.update((r.task_id, r.batch_id) for r in message.rejections if r.batch_id)
             self._store([self._failure(r.task_id, r.reason, r.batch_id) for r in message.rejections])
+        elif isinstance(message, TasksReleased):
+            self.batch_of.update((task_id, message.batch_id) for task_id in message.task_ids if message.batch_id)
+            self._store([OutboxEntry(task_id, _RELEASE_BODY, "pending") for task_id in message.task_ids])
         elif isinstance(message, PatchAnswered):
             self._answered(message)
         elif isinstance(message, ReportResults):

@@ -49,12 +49,29 @@ class PendingList(msgspec.Struct, frozen=True):
     unusable: list[str]        # short descriptions of entries whose id may not reach a URL
 
 
+# One JSON escape at a time (so an escaped backslash is never taken for the start of an escape):
+# a surrogate pair, a lone surrogate, or any other escape.
+_ESCAPES = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+                      rb"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})|\\.")
+
+
+def replace_lone_surrogates(body: bytes) -> bytes:
+    """JSON allows a lone surrogate escape (`"\\ud800"`, which JavaScript's JSON.stringify writes);
+    msgspec, like UTF-8, does not. Replace each with U+FFFD so that one such task cannot make the
+    whole list unreadable (no provider could embed the lone surrogate anyway)."""
+    return _ESCAPES.sub(lambda m: rb"\ufffd" if m.group(1) else m.group(0), body)
+
+
 def decode_pending(body: bytes) -> PendingList:
     """Split the pending list; raises ContractError only when the body is not a JSON array."""
     try:
         raws = _list_decoder.decode(body)
     except msgspec.DecodeError as exc:
-        raise ContractError(f"pending list is not a JSON array: {exc}") from None
+        repaired = replace_lone_surrogates(body) if b"\\u" in body else body
+        try:
+            raws = _list_decoder.decode(repaired)
+        except msgspec.DecodeError:
+            raise ContractError(f"pending list is not a JSON array: {exc}") from None
     tasks: list[Task] = []
     unusable: list[str] = []
     for raw in raws:

@@ -26,6 +26,8 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         self.tasks_processed = Counter("ai_tasks_processed", "Tasks decided, by type and final state",
                                        ["task_type", "status"], registry=registry)
+        self.tasks_released = Counter("aitp_tasks_released", "Tasks put back to pending because no provider "
+                                      "could take them", registry=registry)
         self.task_duration = Histogram("ai_task_processing_duration_seconds", "From taking a task to its result",
                                        ["task_type"], buckets=_LATENCY, registry=registry)
         self.api_requests = Counter("api_requests", "Task API requests", ["endpoint", "method", "status_code"],

@@ -9,6 +9,7 @@ person or a test look inside.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import secrets
 import threading
@@ -56,7 +57,11 @@ class _Store:
     def pending_body(self) -> bytes:
         with self.lock:
             if self._pending_cache is None:
-                self._pending_cache = _encoder.encode([t for t in self.tasks.values() if t.get("state") == "pending"])
+                pending = [t for t in self.tasks.values() if t.get("state") == "pending"]
+                try:
+                    self._pending_cache = _encoder.encode(pending)
+                except UnicodeEncodeError:   # a lone surrogate: escape it as Node's JSON.stringify does
+                    self._pending_cache = json.dumps(pending, separators=(",", ":")).encode()
             return self._pending_cache
 
     def set_state(self, task_id: str, state: str, result: object, error: object = None) -> None:
