@@ -1,7 +1,9 @@
 """Reporter: journals every result in the outbox, then PATCHes it, retrying until the API takes it.
 
 A computed vector is never dropped: only an answer from the API (taken, gone, or refused for
-good) removes it from the outbox.
+good) removes it from the outbox. While the API is down, results are parked and one of them is
+sent as a probe per backoff period, so an outage costs a request every few seconds, not one per
+result; the first answer sends every parked result again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class Reporter(Stage):
         super().__init__(ctx, orphans)
         self.entries: dict[str, OutboxEntry] = {}   # in the outbox and not yet acknowledged
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
+        self.parked: dict[str, None] = {}           # waiting for the API to answer again, in order
+        self.api_failures = 0                       # failed reports in a row
+        self.probe_scheduled = False
         self.outcomes: Counter[str] = Counter()
 
     def setup(self) -> None:
@@ -52,8 +57,10 @@ class Reporter(Stage):
         elif isinstance(message, PatchAnswered):
             self._answered(message)
         elif isinstance(message, ReportResults):
+            self.probe_scheduled = False
             for task_id in message.task_ids:
                 if task_id in self.entries:
+                    self.parked.pop(task_id, None)
                     self._send(self.entries[task_id], message.attempt)
 
     def _failure(self, task_id: str, reason: str, batch_id: str) -> OutboxEntry:
@@ -67,7 +74,10 @@ class Reporter(Stage):
         self.ctx.journal.add_results(entries)
         for entry in entries:
             self.entries[entry.task_id] = entry
-            self._send(entry, 1)
+            if self.api_failures:    # the API is down: wait with the others for the probe to get through
+                self.parked[entry.task_id] = None
+            else:
+                self._send(entry, 1)
 
     def _send(self, entry: OutboxEntry, attempt: int) -> None:
         directory, api = self.ctx.directory, self.ctx.task_api
@@ -88,11 +98,24 @@ class Reporter(Stage):
         if answer.task_id in self.batch_of:
             fields["batch_id"] = self.batch_of[answer.task_id]
         if result.outcome is PatchOutcome.RETRY:
-            delay = self.ctx.backoff(answer.attempt, result.retry_after)
-            log.warning("report failed, kept in the outbox", extra={"fields": {
-                **fields, "detail": result.detail, "retry_in_s": round(delay, 2)}})
-            self.later(delay, ReportResults([answer.task_id], answer.attempt + 1))
+            self.api_failures += 1
+            self.parked[answer.task_id] = None
+            if not self.probe_scheduled:
+                self.probe_scheduled = True
+                delay = self.ctx.backoff(self.api_failures, result.retry_after)
+                log.warning("report failed, results kept in the outbox", extra={"fields": {
+                    **fields, "detail": result.detail, "parked": len(self.parked), "retry_in_s": round(delay, 2)}})
+                probe = next(iter(self.parked))
+                self.later(delay, ReportResults([probe], answer.attempt + 1))
             return
+        if self.api_failures or self.parked:   # the API answers again: send what waited for it
+            self.api_failures = 0
+            waiting, self.parked = list(self.parked), {}
+            if waiting:
+                log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
+            for task_id in waiting:
+                if task_id in self.entries and task_id != answer.task_id:
+                    self._send(self.entries[task_id], 1)
         if result.outcome is PatchOutcome.GONE:
             log.warning("task disappeared before its result was reported", extra={"fields": fields})
         elif result.outcome is PatchOutcome.REJECTED_AFTER_SUCCESS:
@@ -110,4 +133,4 @@ class Reporter(Stage):
         self.tell("poller", TasksSettled([answer.task_id]))
 
     def status(self) -> dict:
-        return {"outbox": len(self.entries), "outcomes": dict(self.outcomes)}
+        return {"outbox": len(self.entries), "outcomes": dict(self.outcomes), "parked": len(self.parked)}

@@ -12,6 +12,8 @@ import base64
 import json
 import re
 import secrets
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -90,6 +92,10 @@ class SandboxServer:
         self.introspection_url = introspection_url
         self._introspection = requests.Session() if introspection_url else None
         self.fail_next: list[int] = []   # status codes to answer the next API requests with (fault injection)
+        # An outage of the task API, until set back to None: "503" answers 503 with Retry-After,
+        # "reset" drops each connection without an answer, "hang" answers nothing until the outage ends.
+        self.outage: str | None = None
+        self.outage_over = threading.Event()
         self._server = QuietServer((host, port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
@@ -112,12 +118,21 @@ class SandboxServer:
         return self.url
 
     def stop(self) -> None:
+        self.outage_over.set()   # let hanging requests go
         self._server.shutdown()
         self._server.server_close()
         if self._introspection is not None:
             self._introspection.close()
 
     # --- looking inside ---
+    def start_outage(self, kind: str) -> None:
+        self.outage_over.clear()
+        self.outage = kind
+
+    def end_outage(self) -> None:
+        self.outage = None
+        self.outage_over.set()
+
     def add_tasks(self, tasks: list[dict]) -> None:
         self.store.add(tasks)
 
@@ -221,6 +236,19 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 sandbox.store.requests[name] += 1
 
         def _injected_failure(self) -> bool:
+            outage = sandbox.outage
+            if outage == "503":
+                self._reply(503, b'{"message":"Service Unavailable","statusCode":503}', {"Retry-After": "1"})
+                return True
+            if outage == "reset":
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()   # an RST, as from a proxy whose upstream died
+                return True
+            if outage == "hang":
+                sandbox.outage_over.wait(30)
+                self.close_connection = True
+                return True
             if sandbox.fail_next:
                 status = sandbox.fail_next.pop(0)
                 self._error(status, "injected failure", "Injected")
