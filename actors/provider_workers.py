@@ -111,8 +111,9 @@ class ProviderWorkers(Stage):
         ctx, directory = self.ctx, self.ctx.directory
         provider, breaker = self.router.providers[name], self.router.breakers[name]
         if not breaker.begin():   # opened since the batch was routed
+            # An outage (so the tasks go back to pending if it lasts), though this call cost nothing.
             directory.tell(self.name, CallFailed(batch, ProviderError(
-                f"{name} circuit breaker is open", provider=name, counts_as_outage=False)))
+                f"{name} circuit breaker is open", provider=name, counts_as_outage=True)))
             return
         log.debug("batch sent", extra={"fields": {"batch_id": batch.batch_id, "provider": name, "model": batch.model,
                                                    "task_ids": [job.task_id for job in batch.jobs]}})
@@ -130,17 +131,27 @@ class ProviderWorkers(Stage):
                                       time.perf_counter() - started)
             directory.tell(self.name, CallFailed(batch, exc))
             return
-        breaker.end(failed=False)
         ctx.metrics.provider_call(name, batch.model, "success", len(batch.jobs), time.perf_counter() - started,
                                   raw.tokens)
         directory.tell(self.name, CallFinished(batch.batch_id, name, batch.model, raw.tokens))
         job = VectorJob(decoder=raw.decoder, payload=raw.payload, model=batch.model,
                         task_ids=[job.task_id for job in batch.jobs], dimension=self.pins.expected(batch.model),
                         max_body_bytes=self.settings.api.max_body_bytes)
-        ctx.vector_pool.submit(job).add_done_callback(lambda done: self._vectors_done(batch, name, done))
+        # The breaker hears how the call went once its answer is checked: garbage is a failure too.
+        try:
+            future = ctx.vector_pool.submit(job)
+        except Exception as exc:  # noqa: BLE001 - a closed pool (shutting down): the batch is retried
+            breaker.end(failed=False)
+            directory.tell(self.name, CallFailed(batch, ProviderError(f"vector work refused: {exc!r}", provider=name,
+                                                                      counts_as_outage=False)))
+            return
+        future.add_done_callback(lambda done: self._vectors_done(batch, name, done))
 
     def _vectors_done(self, batch: EmbedBatch, name: str, done: Future) -> None:
         error = done.exception()
+        garbage = isinstance(error, VectorContractError) and not isinstance(error, (RowContractError,
+                                                                                    DimensionMismatch))
+        self.router.breakers[name].end(failed=garbage)
         if error is None:
             result: VectorJobResult = done.result()
             self.ctx.metrics.vector_work.observe(result.seconds)   # measured in the worker, recorded here
@@ -157,7 +168,6 @@ class ProviderWorkers(Stage):
             failure = ProviderError(f"{name} response broke the vector contract: {error}", provider=name,
                                     input_specific=True, counts_as_outage=False)
         elif isinstance(error, VectorContractError):
-            self.router.breakers[name].record_failure()
             failure = ProviderError(f"{name} response broke the vector contract: {error}", provider=name)
         else:   # a process worker died; the pool replaced it, and the batch is simply retried
             failure = ProviderError(f"vector work failed: {error!r}", provider=name, counts_as_outage=False)

@@ -14,6 +14,7 @@ from aitp.journal import Claim
 from aitp.rate_limits import RateLimitBackend
 from aitp.task_api import PatchOutcome
 from actors.messages import ClaimAnswered, RetryClaim, TakenTask, TasksClaimed, TasksSettled, TasksTaken
+from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.rate_limiter")
@@ -29,11 +30,15 @@ class RateLimiter(Stage):
         self.backend = backend or ctx.rate_limits
         self.claiming = self.settings.api.claim_tasks
         self.claims_sent = 0
+        self.gate = OutageGate(ctx.backoff)            # while the API is down: park, probe, then resend
+        self.parked: dict[str, TakenTask] = {}
 
     def setup(self) -> None:
-        # Claims in flight when an earlier instance died still answer through the directory, so
-        # this stage hands no orphans over.
+        # Claims in flight when an earlier instance died still answer through the directory; the
+        # claims it had parked during an outage come back as orphans and are sent again.
         self.start_pool(self.settings.workers.claim_concurrency)
+        for task in self.inherited:
+            self._send_claim(task, 1)
 
     def on_receive(self, message) -> None:
         if isinstance(message, TasksTaken):
@@ -41,6 +46,8 @@ class RateLimiter(Stage):
         elif isinstance(message, ClaimAnswered):
             self._claim_answered(message)
         elif isinstance(message, RetryClaim):
+            self.gate.probing(message.task.job.task_id)
+            self.parked.pop(message.task.job.task_id, None)
             self._send_claim(message.task, message.attempt)
 
     def _admit(self, tasks: list[TakenTask]) -> None:
@@ -58,7 +65,11 @@ class RateLimiter(Stage):
             self.tell("dispatcher", TasksClaimed([task.job for task in admitted]))
             return
         for task in admitted:
-            self._send_claim(task, 1)
+            if self.gate.down:   # wait for the probe to get through, with the others
+                self.gate.park(task.job.task_id)
+                self.parked[task.job.task_id] = task
+            else:
+                self._send_claim(task, 1)
 
     def _send_claim(self, task: TakenTask, attempt: int) -> None:
         directory, api = self.ctx.directory, self.ctx.task_api
@@ -74,18 +85,28 @@ class RateLimiter(Stage):
     def _claim_answered(self, answer: ClaimAnswered) -> None:
         task_id = answer.task.job.task_id
         outcome = answer.result.outcome
+        if outcome is PatchOutcome.RETRY:
+            # The API is down or refusing us: never give a claim up for that (it may have landed and
+            # only its answer been lost); one probe per backoff period until the API answers again.
+            self.parked[task_id] = answer.task
+            probe = self.gate.failed(task_id, answer.result.retry_after)
+            if probe is not None:
+                probe_id, delay = probe
+                log.warning("claim failed, retrying", extra={"fields": {
+                    "task_id": task_id, "status": answer.result.status, "detail": answer.result.detail,
+                    "parked": len(self.parked), "retry_in_s": round(delay, 2)}})
+                self.later(delay, RetryClaim(self.parked[probe_id], answer.attempt + 1))
+            return
+        if self.gate.down or self.parked:   # the API answers again: claim what waited for it
+            for waiting_id in self.gate.answered():
+                waiting = self.parked.pop(waiting_id, None)
+                if waiting is not None and waiting_id != task_id:
+                    self._send_claim(waiting, 1)
         if outcome is PatchOutcome.DONE:
             log.debug("task claimed", extra={"fields": {"task_id": task_id}})
             self.tell("dispatcher", TasksClaimed([answer.task.job]))
             return
-        if outcome is PatchOutcome.RETRY and answer.attempt <= self.settings.processing.max_retries:
-            delay = self.ctx.backoff(answer.attempt, answer.result.retry_after)
-            log.warning("claim failed, retrying", extra={"fields": {
-                "task_id": task_id, "status": answer.result.status, "detail": answer.result.detail,
-                "retry_in_s": round(delay, 2)}})
-            self.later(delay, RetryClaim(answer.task, answer.attempt + 1))
-            return
-        # Gone, refused or out of retries: nothing reached a provider, so the unit goes back.
+        # Gone or refused: nothing reached a provider, so the unit goes back.
         log.warning("claim abandoned", extra={"fields": {"task_id": task_id, "outcome": outcome.value,
                                                           "status": answer.result.status,
                                                           "detail": answer.result.detail}})
@@ -94,7 +115,10 @@ class RateLimiter(Stage):
         self.ctx.journal.drop_claims([task_id])
         self.tell("poller", TasksSettled([task_id]))
 
+    def orphans(self) -> list:
+        return list(self.parked.values())
+
     def status(self) -> dict:
-        return {"claims_sent": self.claims_sent, "claiming": self.claiming,
+        return {"claims_sent": self.claims_sent, "claiming": self.claiming, "parked": len(self.parked),
                 "limits": [msgspec.structs.asdict(tier) for tier in self.backend.usage()],
                 "exceeded": dict(getattr(self.backend, "exceeded", {}))}

@@ -2,8 +2,8 @@
 
 A computed vector is never dropped: only an answer from the API (taken, gone, or refused for
 good) removes it from the outbox. While the API is down, results are parked and one of them is
-sent as a probe per backoff period, so an outage costs a request every few seconds, not one per
-result; the first answer sends every parked result again.
+sent as a probe per backoff period (actors/outage_gate.py), so an outage costs a request every
+few seconds, not one per result; the first answer sends every parked result again.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aitp.journal import OutboxEntry
 from aitp.task_api import PatchOutcome
 from actors.messages import (BatchEmbedded, PatchAnswered, ReportResults, TasksRejected, TasksReleased,
                              TasksSettled)
+from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.reporter")
@@ -29,9 +30,7 @@ class Reporter(Stage):
         super().__init__(ctx, orphans)
         self.entries: dict[str, OutboxEntry] = {}   # in the outbox and not yet acknowledged
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
-        self.parked: dict[str, None] = {}           # waiting for the API to answer again, in order
-        self.api_failures = 0                       # failed reports in a row
-        self.probe_scheduled = False
+        self.gate = OutageGate(ctx.backoff)         # while the API is down: park, probe, then resend
         self.outcomes: Counter[str] = Counter()
 
     def setup(self) -> None:
@@ -57,10 +56,9 @@ class Reporter(Stage):
         elif isinstance(message, PatchAnswered):
             self._answered(message)
         elif isinstance(message, ReportResults):
-            self.probe_scheduled = False
             for task_id in message.task_ids:
+                self.gate.probing(task_id)
                 if task_id in self.entries:
-                    self.parked.pop(task_id, None)
                     self._send(self.entries[task_id], message.attempt)
 
     def _failure(self, task_id: str, reason: str, batch_id: str) -> OutboxEntry:
@@ -74,8 +72,8 @@ class Reporter(Stage):
         self.ctx.journal.add_results(entries)
         for entry in entries:
             self.entries[entry.task_id] = entry
-            if self.api_failures:    # the API is down: wait with the others for the probe to get through
-                self.parked[entry.task_id] = None
+            if self.gate.down:    # wait with the others for the probe to get through
+                self.gate.park(entry.task_id)
             else:
                 self._send(entry, 1)
 
@@ -98,19 +96,15 @@ class Reporter(Stage):
         if answer.task_id in self.batch_of:
             fields["batch_id"] = self.batch_of[answer.task_id]
         if result.outcome is PatchOutcome.RETRY:
-            self.api_failures += 1
-            self.parked[answer.task_id] = None
-            if not self.probe_scheduled:
-                self.probe_scheduled = True
-                delay = self.ctx.backoff(self.api_failures, result.retry_after)
+            probe = self.gate.failed(answer.task_id, result.retry_after)
+            if probe is not None:
+                task_id, delay = probe
                 log.warning("report failed, results kept in the outbox", extra={"fields": {
-                    **fields, "detail": result.detail, "parked": len(self.parked), "retry_in_s": round(delay, 2)}})
-                probe = next(iter(self.parked))
-                self.later(delay, ReportResults([probe], answer.attempt + 1))
+                    **fields, "detail": result.detail, "parked": len(self.gate.parked), "retry_in_s": round(delay, 2)}})
+                self.later(delay, ReportResults([task_id], answer.attempt + 1))
             return
-        if self.api_failures or self.parked:   # the API answers again: send what waited for it
-            self.api_failures = 0
-            waiting, self.parked = list(self.parked), {}
+        if self.gate.down or self.gate.parked:   # the API answers again: send what waited for it
+            waiting = self.gate.answered()
             if waiting:
                 log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
             for task_id in waiting:
@@ -133,4 +127,4 @@ class Reporter(Stage):
         self.tell("poller", TasksSettled([answer.task_id]))
 
     def status(self) -> dict:
-        return {"outbox": len(self.entries), "outcomes": dict(self.outcomes), "parked": len(self.parked)}
+        return {"outbox": len(self.entries), "outcomes": dict(self.outcomes), "parked": len(self.gate.parked)}

@@ -66,6 +66,11 @@ class StageDirectory:
                     self._waiting[name] = waiting[index:]
                     break
 
+    def take_down(self, name: str) -> pykka.ActorRef | None:
+        """Unregister a stage that is about to be replaced: messages for it wait here meanwhile."""
+        with self._lock:
+            return self._refs.pop(name, None)
+
     def waiting(self, name: str) -> int:
         with self._lock:
             return len(self._waiting[name])
@@ -106,6 +111,7 @@ class Stage(pykka.ThreadingActor):
         self.settings = ctx.settings
         self.inherited = orphans or []
         self.pool: ThreadPoolExecutor | None = None   # for stages that make blocking calls
+        self.handing_over = False
 
     def start_pool(self, workers: int) -> ThreadPoolExecutor:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"aitp-{self.name}")
@@ -113,9 +119,10 @@ class Stage(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         # A graceful stop waits for the calls already made (a claim landing after its release
-        # would strand the task) and cancels the queued ones; the journal keeps their work.
+        # would strand the task) and cancels the queued ones; the journal keeps their work. A stage
+        # handing over to a successor lets the queued calls run too: their answers go to it.
         if self.pool:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown(wait=True, cancel_futures=not self.handing_over)
 
     def on_start(self) -> None:
         # pykka calls no on_failure for an error in on_start; report it like any other failure.
@@ -140,6 +147,14 @@ class Stage(pykka.ThreadingActor):
     def orphans(self) -> list:
         """Work this instance holds that would be lost with it; the next instance gets it back."""
         return []
+
+    def hand_over(self) -> tuple[list, list]:
+        """Asked by the supervisor (rest-for-one) after taking this stage out of the directory: give
+        back the held work and the messages not yet handled, and stop."""
+        held, undelivered = self.orphans(), self._undelivered()
+        self.handing_over = True
+        self.stop()   # after this message; on_stop still waits for the calls in flight
+        return held, undelivered
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("stage failed", extra={"fields": {"stage": self.name, "error": repr(exception_value)}})

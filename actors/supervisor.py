@@ -1,5 +1,11 @@
-"""Supervisor: starts the stages, restarts a failed one by its policy (one-for-one), and stops the
-service when a stage fails more often than its restart intensity allows."""
+"""Supervisor: starts the stages, restarts a failed one by its policy, and stops the service when a
+stage fails more often than its restart intensity allows.
+
+One-for-one restarts the failed stage alone. Rest-for-one also replaces the stages started after
+it: each is taken out of the directory (so messages for it wait there), hands its held work and
+unhandled messages to its successor, and stops. Those collateral restarts are counted but do not
+use up the intensity of the stage that failed.
+"""
 
 from __future__ import annotations
 
@@ -103,10 +109,33 @@ class Supervisor(pykka.ThreadingActor):
         spec.total_restarts += 1
         log.warning("restarting stage", extra={"fields": {"stage": name, "error": error,
                                                           "restarts": spec.total_restarts,
-                                                          "handed_over": len(orphans)}})
+                                                          "handed_over": len(orphans),
+                                                          "strategy": spec.policy.strategy}})
+        later = self._take_down_later(name) if spec.policy.strategy == "rest_for_one" else []
         self._start(spec, orphans)
         for message in undelivered:
             self.directory.tell(name, message)
+        for later_spec, held, waiting in later:
+            later_spec.total_restarts += 1
+            self._start(later_spec, held)
+            for message in waiting:
+                self.directory.tell(later_spec.name, message)
+
+    def _take_down_later(self, name: str) -> list[tuple[ChildSpec, list, list]]:
+        """Stop the stages started after `name`, last first, keeping what each held."""
+        taken = []
+        for later in reversed(self.order[self.order.index(name) + 1:]):
+            spec, ref = self.specs[later], self.directory.take_down(later)
+            held, waiting = list(spec.given), []
+            if ref is not None:
+                try:
+                    held, waiting = ref.proxy().hand_over().get(timeout=self.stop_timeout)
+                    ref.actor_stopped.wait(self.stop_timeout)
+                except (pykka.ActorDeadError, pykka.Timeout):
+                    log.warning("stage did not hand over in time", extra={"fields": {"stage": later}})
+            log.info("restarting stage with the one before it", extra={"fields": {"stage": later, "after": name}})
+            taken.append((spec, held, waiting))
+        return list(reversed(taken))
 
     # --- asked by the pipeline ---
     def restarts(self) -> dict[str, int]:

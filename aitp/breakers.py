@@ -84,17 +84,6 @@ class ProviderBreaker:
             if not was_open and self._breaker.current_state == pybreaker.STATE_OPEN:
                 self.opened_total += 1
 
-    def record_failure(self) -> None:
-        """A failure found after the call returned (a response that broke the vector contract)."""
-        with self._lock:
-            if self._breaker.current_state == pybreaker.STATE_CLOSED:
-                try:
-                    self._breaker.call(_raise_failed)
-                except (_Failed, pybreaker.CircuitBreakerError):
-                    pass
-                if self._breaker.current_state == pybreaker.STATE_OPEN:
-                    self.opened_total += 1
-
     def status(self) -> dict:
         return {"state": self.state, "failures": self._breaker.fail_counter, "opened_total": self.opened_total,
                 "retry_in_s": round(self.seconds_until_trial(), 2)}

@@ -133,6 +133,7 @@ class StorageSettings(_Section):
 
 class ChildPolicy(_Section):
     restart: Literal["permanent", "transient", "temporary"] = "permanent"
+    strategy: Literal["one_for_one", "rest_for_one"] = "one_for_one"
     intensity: NonNegative = 5
     period_seconds: Seconds = 60.0
 

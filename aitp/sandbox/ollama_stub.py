@@ -38,6 +38,8 @@ class OllamaStub:
         self.batch_sizes: list[int] = []
         self.pulls: list[str] = []
         self.fail_next: list[int] = []       # statuses to answer the next /api/embed calls with
+        self.garbage_next = 0                # answer the next N calls with 200 and a body that is not JSON
+        self.embedded: list[str] = []        # every text embedded successfully, in order
         self._server = QuietServer((host, port), _handler(self))
 
     @property
@@ -58,6 +60,9 @@ class OllamaStub:
             self.batch_sizes.append(len(inputs))
             if self.fail_next:
                 return self.fail_next.pop(0), b'{"error":"injected failure"}'
+            if self.garbage_next > 0:
+                self.garbage_next -= 1
+                return 200, b'{"model": "x", "embeddings": [[0.1, 0.2], [garbage'
         name = model.removesuffix(":latest")
         if name not in self.models or name not in self.installed:
             return 404, msgspec.json.encode({"error": f"model \"{model}\" not found, try pulling it first"})
@@ -69,6 +74,8 @@ class OllamaStub:
             if any(POISON in text for text in inputs):
                 return 500, b'{"error":"failed to encode response: json: unsupported value: NaN"}'
             vectors = [stub_vector(name, text, self.models[name]).tolist() for text in inputs]
+        with self.lock:
+            self.embedded.extend(inputs)
         return 200, msgspec.json.encode({"model": model, "embeddings": vectors,
                                          "prompt_eval_count": sum(len(t) // 4 + 1 for t in inputs)})
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 
 import msgspec
@@ -74,7 +75,7 @@ class OpenAIStub:
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
         with self.lock:
             self.requests.append({"model": model, "inputs": inputs, "dimensions": request.get("dimensions"),
-                                  "encoding_format": request.get("encoding_format")})
+                                  "encoding_format": request.get("encoding_format"), "at": time.monotonic()})
             if self.fail_next:
                 injected = self.fail_next.pop(0)
                 return injected.status, injected.body, injected.headers

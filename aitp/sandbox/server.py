@@ -56,8 +56,11 @@ class _Store:
                 self.history[key] = [task["state"]]
             self._pending_cache = None
 
-    def pending_body(self) -> bytes:
+    def pending_body(self, duplicate: bool = False) -> bytes:
         with self.lock:
+            if duplicate:
+                pending = [t for t in self.tasks.values() if t.get("state") == "pending"]
+                return json.dumps(pending + pending, separators=(",", ":")).encode()
             if self._pending_cache is None:
                 pending = [t for t in self.tasks.values() if t.get("state") == "pending"]
                 try:
@@ -95,6 +98,9 @@ class SandboxServer:
         # An outage of the task API, until set back to None: "503" answers 503 with Retry-After,
         # "reset" drops each connection without an answer, "hang" answers nothing until the outage ends.
         self.outage: str | None = None
+        self.garbage_polls = 0                   # answer the next N polls with 200 and a body that is not JSON
+        self.duplicate_in_list = False           # list every pending task twice
+        self.reject_results_of: set[str] = set() # store `succeeded`, then answer 400 (a callback that refused it)
         self.outage_over = threading.Event()
         self._server = QuietServer((host, port), _make_handler(self))
         self._thread: threading.Thread | None = None
@@ -132,6 +138,12 @@ class SandboxServer:
     def end_outage(self) -> None:
         self.outage = None
         self.outage_over.set()
+
+    def remove_task(self, task_id: str) -> None:
+        """The task disappears (deleted on the server): later PATCHes get a redirect or 404."""
+        with self.store.lock:
+            self.store.tasks.pop(task_id, None)
+            self.store._pending_cache = None
 
     def add_tasks(self, tasks: list[dict]) -> None:
         self.store.add(tasks)
@@ -223,7 +235,11 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def _json(self, status: int, obj: object) -> None:
-            self._reply(status, _encoder.encode(obj))
+            try:
+                body = _encoder.encode(obj)
+            except UnicodeEncodeError:   # a lone surrogate in a task: escape it as Node does
+                body = json.dumps(obj, separators=(",", ":")).encode()
+            self._reply(status, body)
 
         def _error(self, status: int, message: str, error: str) -> None:
             self._json(status, {"message": message, "error": error, "statusCode": status})
@@ -263,7 +279,10 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                     return
                 if not sandbox.token_valid(self.headers.get("Authorization")):
                     return self._error(403, "Forbidden resource", "Forbidden")
-                return self._reply(200, sandbox.store.pending_body())
+                if sandbox.garbage_polls > 0:
+                    sandbox.garbage_polls -= 1
+                    return self._reply(200, b"<html><body>502 Bad Gateway</body></html>")
+                return self._reply(200, sandbox.store.pending_body(sandbox.duplicate_in_list))
             if path == "/_sandbox/stats":
                 return self._json(200, sandbox.snapshot())
             if path == "/_sandbox/tasks":
@@ -303,8 +322,8 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 return self._reply(302, b"", {"Location": "/404"})
             result = update.get("result")
             sandbox.store.set_state(task_id, state, result, update.get("error"))
-            if state == "succeeded" and not (isinstance(result, list) and result
-                                             and all(isinstance(x, (int, float)) for x in result)):
+            if state == "succeeded" and (task_id in sandbox.reject_results_of or not (
+                    isinstance(result, list) and result and all(isinstance(x, (int, float)) for x in result))):
                 # The real server stores the state first, then its callback rejects the result.
                 return self._error(400, "callback rejected the result", "Bad Request")
             with sandbox.store.lock:

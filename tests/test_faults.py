@@ -1,0 +1,262 @@
+"""Fault injection: outages of every peer, hostile input, kill -9 of the service and of a process
+worker, supervision strategies. Real processes and signals against the sandbox and the stubs; each
+test checks the final state of every task. Runs are sized to keep the suite fast, not cases skipped."""
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from actors.dispatcher import Dispatcher
+from aitp.journal import Journal
+from aitp.sandbox.ollama_stub import stub_vector
+from aitp.sandbox.openai_stub import STUB_KEY, Injected
+from aitp.sandbox.seed import embedding_task, generated_tasks, hostile_tasks, object_id
+from conftest import drained, expected_unit, settings_for, wait_until
+
+OLLAMA = {"PROCESSING_MODE": "ollama", "SUPPORTED_MODELS": "nomic-embed-text"}
+
+
+def ollama_env(server, stub, **extra) -> dict[str, str]:
+    return {"API_BASE_URL": server.url, "OLLAMA_BASE_URL": stub.url, "RETRY_BACKOFF_FACTOR": "0.2", **OLLAMA,
+            **extra}
+
+
+def assert_all_succeeded_with_their_vectors(server, tasks) -> None:
+    assert server.counts() == {"succeeded": len(tasks)}
+    for task in tasks:
+        want = expected_unit(stub_vector("nomic-embed-text", task["content"]["text"], 768))
+        assert np.array_equal(np.asarray(server.result(task["_id"]), dtype=np.float32), want), task["_id"]
+
+
+def requests_over(server, seconds: float, kind: str | None = None) -> int:
+    """API requests the sandbox sees in the next `seconds` (a wait on a deadline, not a sleep in a loop)."""
+    before = sum(v for k, v in server.request_counts().items() if kind is None or k == kind)
+    deadline = time.monotonic() + seconds
+    wait_until(lambda: time.monotonic() >= deadline, timeout=seconds + 5, interval=0.1, message="the window")
+    return sum(v for k, v in server.request_counts().items() if kind is None or k == kind) - before
+
+
+# --- the task API down ---
+@pytest.mark.parametrize("kind", ["503", "reset", "hang"])
+def test_a_task_api_outage_loses_nothing_and_costs_few_requests(kind, sandbox, ollama, service, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.2)
+    tasks = generated_tasks(48)
+    server = sandbox(tasks[:32])
+    process = service(ollama_env(server, stub, REQUEST_TIMEOUT="1"))
+    wait_until(lambda: server.counts().get("succeeded", 0) >= 8, timeout=60, message="work under way")
+    server.start_outage(kind)
+    server.add_tasks(tasks[32:])
+    journal = Journal(tmp_path / "data" / "journal.sqlite3")
+    # Results computed during the outage wait in the outbox, not lost.
+    wait_until(lambda: journal.counts()["outbox"] > 0, timeout=30, message="results kept in the outbox")
+    seen = requests_over(server, 3.0)
+    assert seen <= 25, f"{seen} requests in 3 s while the API was down"    # backoff, one probe at a time
+    server.end_outage()
+    wait_until(lambda: drained(server), timeout=90, message="everything after the outage")
+    assert_all_succeeded_with_their_vectors(server, tasks)
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert journal.counts() == {"claims": 0, "outbox": 0}
+
+
+def test_a_pending_list_that_is_not_json_is_skipped_until_it_is(sandbox, service, tmp_path):
+    server = sandbox(generated_tasks(10))
+    server.garbage_polls = 3
+    process = service({"API_BASE_URL": server.url, "RETRY_BACKOFF_FACTOR": "0.1"})
+    wait_until(lambda: server.counts() == {"succeeded": 10}, timeout=60, message="the tasks once the list is JSON")
+    assert server.garbage_polls == 0 and "pending list is not a JSON array" in process.logs()
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+
+
+# --- providers down, slow or talking garbage ---
+@pytest.mark.parametrize("trouble", ["503", "garbage"])
+def test_ollama_trouble_holds_tasks_until_it_is_back(trouble, sandbox, ollama, service, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768})
+    if trouble == "503":
+        stub.fail_next.extend([503] * 100_000)
+    else:
+        stub.garbage_next = 100_000
+    tasks = generated_tasks(20)
+    server = sandbox(tasks)
+    process = service(ollama_env(server, stub, MAX_RETRIES="2", CIRCUIT_BREAKER_THRESHOLD="3",
+                                 AITP_RESILIENCE__CIRCUIT_BREAKER_RESET_SECONDS="1"))
+    wait_until(lambda: any("pending" in server.history(t["_id"])[1:] for t in tasks), timeout=60,
+               message="tasks released back to pending")
+    assert not server.counts().get("failed")
+    calls_before = len(stub.batch_sizes)
+    deadline = time.monotonic() + 3
+    wait_until(lambda: time.monotonic() >= deadline, interval=0.1, message="three seconds")
+    assert len(stub.batch_sizes) - calls_before <= 12, "no tight loop against a broken provider"
+    stub.fail_next.clear()
+    stub.garbage_next = 0
+    wait_until(lambda: server.counts() == {"succeeded": 20}, timeout=90, message="every task once Ollama is back")
+    assert_all_succeeded_with_their_vectors(server, tasks)
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+
+
+def test_openai_429_waits_as_long_as_retry_after_says(sandbox, openai_stub, service, tmp_path):
+    stub = openai_stub(models={"text-embedding-ada-002": 8})
+    stub.fail_next.extend([Injected(429, headers={"retry-after": "1.5"})] * 2)
+    tasks = generated_tasks(6, models=("text-embedding-ada-002",))
+    server = sandbox(tasks)
+    process = service({"API_BASE_URL": server.url, "OPENAI_API_KEY": STUB_KEY, "OPENAI_BASE_URL": stub.url,
+                       "AITP_MODELS__DIMENSIONS": '{"text-embedding-ada-002": 8}', "RETRY_BACKOFF_FACTOR": "0.05",
+                       "MAX_RETRIES": "5"})
+    wait_until(lambda: server.counts() == {"succeeded": 6}, timeout=60, message="the tasks after the 429s")
+    times = [r["at"] for r in stub.requests]
+    # The first two answers were 429 with Retry-After 1.5: nothing was asked again sooner.
+    assert times[1] - times[0] >= 1.4 and times[2] - times[1] >= 1.4
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+
+
+# --- hostile and bad input ---
+def test_hostile_input_is_reported_as_the_contract_says_and_blocks_nothing(sandbox, ollama, service, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768})
+    good = generated_tasks(20)
+    unicode = [embedding_task(object_id(900 + i), text) for i, text in enumerate([
+        "emoji 😀🎉👩‍👩‍👧", "עברית מימין לשמאל", "العربية", "lone surrogate \ud800 inside", "zero\u200bwidth",
+        "combining e\u0301"])]
+    huge = embedding_task(object_id(950), "x" * 10_000_000)
+    vanishing, refused = good[0], good[1]
+    hostile = hostile_tasks(500)
+    server = sandbox(good + unicode + [huge] + hostile)
+    server.duplicate_in_list = True
+    server.reject_results_of.add(refused["_id"])
+    server.remove_task(vanishing["_id"])            # listed once, gone when its result comes back
+    server.add_tasks([vanishing])
+    process = service(ollama_env(server, stub, POLLING_INTERVAL_SECONDS="0.3"))
+    wait_until(lambda: server.state_of(vanishing["_id"]) == "in_progress", timeout=60, message="the claim")
+    server.remove_task(vanishing["_id"])
+    left_alone = 5
+    wait_until(lambda: drained(server, left_alone=left_alone), timeout=90, message="the queue to drain")
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+
+    for task in good[2:]:
+        assert server.history(task["_id"]) == ["pending", "in_progress", "succeeded"]   # duplicates claimed once
+    assert server.history(refused["_id"]) == ["pending", "in_progress", "succeeded"]    # 400 after it: not retried
+    for task in unicode:
+        assert server.state_of(task["_id"]) == "succeeded", task["content"]["text"]
+    assert server.state_of(huge["_id"]) == "failed" and "10000000 characters" in server.error_of(huge["_id"])
+    assert "lone surrogate \ufffd inside" in stub.embedded
+    assert server.counts() == {"succeeded": 19 + len(unicode), "failed": 1 + 6, "pending": left_alone}
+    logs = [json.loads(line) for line in process.logs().splitlines() if line.startswith("{")]
+    assert any(line["event"] == "callback rejected the result; the task stays succeeded" for line in logs)
+    assert any(line["event"] == "task disappeared before its result was reported" for line in logs)
+    assert sum(line["event"] == "task left alone" for line in logs) == left_alone
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_list_of_100000_tasks_keeps_memory_bounded(sandbox, service, tmp_path):
+    server = sandbox(generated_tasks(100_000))
+    process = service({"API_BASE_URL": server.url, "AITP_PROCESSING__MAX_IN_FLIGHT": "64",
+                       "POLLING_INTERVAL_SECONDS": "0.2"})
+    wait_until(lambda: server.counts().get("succeeded", 0) >= 300, timeout=120, message="work on the big list")
+    wait_until(lambda: server.request_counts().get("GET pending", 0) >= 6, timeout=120, message="several polls")
+    rss = _rss_mb(process.proc.pid)
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert rss < 400, f"{rss:.0f} MB resident with 100,000 tasks pending"   # about 30 MB of JSON per poll
+    assert not server.counts().get("in_progress")
+
+
+# --- kill -9 ---
+def test_kill_9_at_random_moments_loses_nothing_and_never_embeds_a_journaled_result_again(
+        sandbox, ollama, service, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.05, input_cost=0.003)
+    tasks = generated_tasks(240)
+    server = sandbox(tasks)
+    env = ollama_env(server, stub)
+    journal_path = tmp_path / "data" / "journal.sqlite3"
+    moments = random.Random(int(os.environ.get("AITP_FAULT_SEED", "11")))
+    text_of = {t["_id"]: t["content"]["text"] for t in tasks}
+    never_again: set[str] = set()
+    for run in range(3):
+        process = service(env)
+        target = server.counts().get("succeeded", 0) + moments.randint(5, 60)
+        wait_until(lambda: server.counts().get("succeeded", 0) >= target or drained(server), timeout=90,
+                   message=f"run {run} to make progress")
+        process.signal(signal.SIGKILL)
+        process.wait(10)
+        journal = Journal(journal_path)
+        journaled = {entry.task_id for entry in journal.outbox()}
+        journal.close()
+        # Results computed and journaled before the kill: no provider may embed them again.
+        never_again |= {text_of[task_id] for task_id in journaled}
+        embedded_at_kill = len(stub.embedded)
+        if journaled:
+            break
+    last = service(env)
+    wait_until(lambda: server.counts() == {"succeeded": 240}, timeout=120, message="every task in the end")
+    last.signal(signal.SIGTERM)
+    assert last.wait(60) == 0
+    assert_all_succeeded_with_their_vectors(server, tasks)
+    assert never_again, "no kill caught a result in the outbox; raise call_cost"
+    assert not never_again & set(stub.embedded[embedded_at_kill:])
+    assert Journal(journal_path).counts() == {"claims": 0, "outbox": 0}
+
+
+def _worker_pids(parent: int) -> list[int]:
+    pids = []
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            pids.append(int(child))
+    return pids
+
+
+def test_kill_9_of_a_process_worker_mid_batch_retries_the_batch(sandbox, ollama, service, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.02)
+    tasks = generated_tasks(300)
+    server = sandbox(tasks)
+    process = service(ollama_env(server, stub, METRICS_PORT="0"))
+    wait_until(lambda: server.counts().get("succeeded", 0) >= 16, timeout=60, message="work under way")
+    workers = wait_until(lambda: _worker_pids(process.proc.pid), message="the process workers")
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: server.counts() == {"succeeded": 300}, timeout=120, message="every task")
+    port = next(json.loads(line)["port"] for line in process.logs().splitlines() if "monitoring listening" in line)
+    health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+    assert health["process_worker_restarts"] >= 1
+    assert workers[0] not in _worker_pids(process.proc.pid)
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert_all_succeeded_with_their_vectors(server, tasks)
+
+
+# --- supervision ---
+def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipeline, tmp_path, monkeypatch):
+    failures = []
+    original = Dispatcher._cut
+
+    def fail_once(self, model, *, flush):
+        if not failures and self.queues.get(model):
+            failures.append(model)
+            raise RuntimeError("injected dispatcher fault")
+        return original(self, model, flush=flush)
+
+    monkeypatch.setattr(Dispatcher, "_cut", fail_once)
+    server = sandbox(generated_tasks(120))
+    toml = "[supervision.dispatcher]\nstrategy = \"rest_for_one\"\n"
+    pipeline = run_pipeline(settings_for(server, tmp_path, toml))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert failures and server.counts() == {"succeeded": 120}
+    restarts = pipeline.status()["restarts"]
+    assert restarts == {"authenticator": 0, "reporter": 0, "provider_workers": 0, "dispatcher": 1,
+                        "rate_limiter": 1, "poller": 1}
+    assert pipeline.fatal_reason is None
