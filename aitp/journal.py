@@ -16,6 +16,8 @@ from typing import Iterator
 
 import msgspec
 
+from aitp.sqlite import open_database
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
     task_id     TEXT PRIMARY KEY,
@@ -55,13 +57,8 @@ class Journal:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        # WAL lets readers and the writer overlap; NORMAL keeps every commit durable across a
-        # process crash (not necessarily a power cut), which is the failure this journal is for.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(self.path)
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(claims)")}
         for column in ("reservation", "sent"):   # a journal written before rate-limit refunds existed

@@ -21,6 +21,8 @@ from typing import Callable
 
 import msgspec
 
+from aitp.sqlite import open_database
+
 PERIODS = ("minute", "hour", "day", "week", "month")
 ROLLING_SECONDS = {"minute": 60.0, "hour": 3600.0, "day": 86_400.0, "week": 604_800.0, "month": 2_592_000.0}
 _KEEP_SECONDS = 32 * 86_400.0    # longer than any window, fixed months included
@@ -114,11 +116,8 @@ class TieredLimits(RateLimitBackend):
         self.limits = {period: limit for period, limit in limits.items() if limit > 0}
         self.strategy, self.clock = strategy, clock
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_database(self.path)
         self._db.execute("CREATE TABLE IF NOT EXISTS reservations ("
                          "id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, units INTEGER NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS reservations_at ON reservations (at)")

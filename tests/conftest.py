@@ -151,3 +151,22 @@ def expected_unit(vector) -> np.ndarray:
 def drained(server, left_alone=0):
     counts = server.counts()
     return counts.get("pending", 0) == left_alone and not counts.get("in_progress")
+
+
+@pytest.fixture
+def dispatcher_fails_once(monkeypatch):
+    """The Dispatcher raises once, with jobs queued (so a restart must hand them over); returns the
+    list that records the failure."""
+    from actors.dispatcher import Dispatcher
+
+    failures = []
+    original = Dispatcher._cut
+
+    def fail_once(self, model, *, flush):
+        if not failures and self.queues.get(model):
+            failures.append(model)
+            raise RuntimeError("injected dispatcher fault")
+        return original(self, model, flush=flush)
+
+    monkeypatch.setattr(Dispatcher, "_cut", fail_once)
+    return failures

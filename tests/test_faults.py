@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import requests
 
-from actors.dispatcher import Dispatcher
 from aitp.journal import Journal
 from aitp.sandbox.ollama_stub import stub_vector
 from aitp.sandbox.openai_stub import STUB_KEY, Injected
@@ -240,17 +239,8 @@ def test_kill_9_of_a_process_worker_mid_batch_retries_the_batch(sandbox, ollama,
 
 
 # --- supervision ---
-def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipeline, tmp_path, monkeypatch):
-    failures = []
-    original = Dispatcher._cut
-
-    def fail_once(self, model, *, flush):
-        if not failures and self.queues.get(model):
-            failures.append(model)
-            raise RuntimeError("injected dispatcher fault")
-        return original(self, model, flush=flush)
-
-    monkeypatch.setattr(Dispatcher, "_cut", fail_once)
+def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipeline, tmp_path, dispatcher_fails_once):
+    failures = dispatcher_fails_once
     server = sandbox(generated_tasks(120))
     toml = "[supervision.dispatcher]\nstrategy = \"rest_for_one\"\n"
     pipeline = run_pipeline(settings_for(server, tmp_path, toml))

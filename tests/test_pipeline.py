@@ -101,17 +101,8 @@ def test_a_full_take_polls_again_without_waiting_the_interval(sandbox, run_pipel
     assert pipeline.status()["stages"]["poller"]["polls"] >= 5
 
 
-def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path, monkeypatch):
-    failures = []
-    original = Dispatcher._cut
-
-    def flaky_cut(self, model, *, flush):
-        if not failures and self.queues.get(model):
-            failures.append(model)
-            raise RuntimeError("injected dispatcher fault")
-        return original(self, model, flush=flush)
-
-    monkeypatch.setattr(Dispatcher, "_cut", flaky_cut)
+def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path, dispatcher_fails_once):
+    failures = dispatcher_fails_once
     server = sandbox(generated_tasks(80))
     pipeline = run_pipeline(settings_for(server, tmp_path))
     wait_until(lambda: drained(server), message="the queue to drain")
