@@ -163,7 +163,8 @@ class Pipeline:
                 continue
             in_flight.append(claim.task_id)
         if resumed or in_flight:
-            log.info("resuming the last run", extra={"fields": {"claims": len(resumed), "outbox": len(in_flight) - len(resumed)}})
+            log.info("resuming the last run", extra={"fields": {"claims": len(resumed),
+                                                                 "outbox": len(in_flight) - len(resumed)}})
         return {"dispatcher": resumed, "poller": in_flight}
 
     def _fatal(self, reason: str) -> None:

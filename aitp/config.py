@@ -192,7 +192,8 @@ class Settings(_Section):
 
     @property
     def rate_limit_path(self) -> Path:
-        return Path(self.rate_limit.storage_path) if self.rate_limit.storage_path else self.data_dir / "rate_limits.sqlite3"
+        configured = self.rate_limit.storage_path
+        return Path(configured) if configured else self.data_dir / "rate_limits.sqlite3"
 
     @property
     def auth_status_path(self) -> Path:

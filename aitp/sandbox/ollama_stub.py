@@ -40,6 +40,7 @@ class OllamaStub:
         self.fail_next: list[int] = []       # statuses to answer the next /api/embed calls with
         self.garbage_next = 0                # answer the next N calls with 200 and a body that is not JSON
         self.embedded: list[str] = []        # every text embedded successfully, in order
+        self.busy_seconds = 0.0
         self._server = QuietServer((host, port), _handler(self))
 
     @property
@@ -68,7 +69,9 @@ class OllamaStub:
             return 404, msgspec.json.encode({"error": f"model \"{model}\" not found, try pulling it first"})
         with self.gpu:
             if self.call_cost or self.input_cost:
-                time.sleep(self.call_cost + self.input_cost * len(inputs))
+                cost = self.call_cost + self.input_cost * len(inputs)
+                time.sleep(cost)
+                self.busy_seconds += cost     # the GPU model's busy time (benchmarks' busy fraction)
             if any(len(text) > self.context_chars for text in inputs):
                 return 400, b'{"error":"the input length exceeds the context length"}'
             if any(POISON in text for text in inputs):

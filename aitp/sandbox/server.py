@@ -43,6 +43,7 @@ class _Store:
         self.tokens: dict[str, float] = {}
         self.requests: Counter[str] = Counter()
         self.token_requests = 0
+        self.bytes_polled = 0                    # bytes of pending lists served (benchmarks)
         self._pending_cache: bytes | None = None
         self.add(tasks)
 
@@ -282,7 +283,10 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 if sandbox.garbage_polls > 0:
                     sandbox.garbage_polls -= 1
                     return self._reply(200, b"<html><body>502 Bad Gateway</body></html>")
-                return self._reply(200, sandbox.store.pending_body(sandbox.duplicate_in_list))
+                body = sandbox.store.pending_body(sandbox.duplicate_in_list)
+                with sandbox.store.lock:
+                    sandbox.store.bytes_polled += len(body)
+                return self._reply(200, body)
             if path == "/_sandbox/stats":
                 return self._json(200, sandbox.snapshot())
             if path == "/_sandbox/tasks":

@@ -1,0 +1,261 @@
+"""Drain a backlog with `aitp run` and with the minimal loop, against the same peers, and print figures.
+
+    python3 benchmarks/drain.py                 # 10,000 tasks, the figures of benchmarks/README.md
+    python3 benchmarks/drain.py --tasks 2000 --sweep --plot benchmarks/throughput.svg
+    python3 benchmarks/drain.py --memory 100000 # RSS with a big backlog (runs for --memory-seconds)
+
+Peers (in this process): the sandbox task API and the Ollama stub with a GPU-like latency model
+(a fixed cost per call plus a cost per input, one batch at a time). `aitp run` and the minimal
+loop run as subprocesses; their CPU time (with their process workers) comes from getrusage, their
+memory from /proc (the service and its children summed, sampled every 0.1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aitp.sandbox import SandboxServer  # noqa: E402
+from aitp.sandbox.ollama_stub import OllamaStub  # noqa: E402
+from aitp.sandbox.seed import generated_tasks  # noqa: E402
+
+
+@dataclass
+class Run:
+    label: str
+    tasks: int
+    seconds: float            # first claim to last result
+    cpu_seconds: float        # the process and its children, start to exit
+    peak_rss_mb: float
+    busy: float               # provider busy time / drain window
+    bytes_polled: int
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds
+
+    def line(self) -> str:
+        return (f"{self.label:<28} {self.rate:8.0f} tasks/s  busy {self.busy:6.1%}  "
+                f"cpu {1e6 * self.cpu_seconds / self.tasks:6.0f} µs/task  peak RSS {self.peak_rss_mb:6.0f} MB  "
+                f"polled {self.bytes_polled / self.tasks:8.0f} B/task")
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of `pid` and its children (the service and its process workers)."""
+    total = 0.0
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    for each in pids:
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
+class Peers:
+    def __init__(self, tasks: int, call_cost: float, input_cost: float) -> None:
+        self.sandbox = SandboxServer(generated_tasks(tasks))
+        self.ollama = OllamaStub(models={"nomic-embed-text": 768}, call_cost=call_cost, input_cost=input_cost)
+        self.sandbox.start()
+        self.ollama.start()
+
+    def stop(self) -> None:
+        self.sandbox.stop()
+        self.ollama.stop()
+
+
+def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[str, str],
+            stop_with_signal: bool) -> Run:
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_before, polled_before = peers.ollama.busy_seconds, peers.sandbox.store.bytes_polled
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    peak = [0.0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.1):
+            peak[0] = max(peak[0], _rss_mb(process.pid))
+
+    threading.Thread(target=sample, daemon=True).start()
+    first = done = None
+    while done is None:
+        counts = peers.sandbox.counts()
+        now = time.monotonic()
+        if first is None and (counts.get("in_progress") or counts.get("succeeded")):
+            first, busy_at_first = now, peers.ollama.busy_seconds
+        if counts.get("succeeded", 0) >= tasks:
+            done = now
+        time.sleep(0.02)
+    busy = peers.ollama.busy_seconds - busy_at_first
+    if stop_with_signal:
+        process.send_signal(signal.SIGTERM)
+    process.wait(120)
+    sampling.set()
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
+    del busy_before
+    return Run(label, tasks, done - first, cpu, peak[0], busy / (done - first),
+               peers.sandbox.store.bytes_polled - polled_before)
+
+
+def service_env(peers: Peers, data_dir: str, **extra: str) -> dict[str, str]:
+    return {"API_BASE_URL": peers.sandbox.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": peers.ollama.url,
+            "SUPPORTED_MODELS": "nomic-embed-text", "AITP_DATA_DIR": data_dir, "METRICS_PORT": "0",
+            "LOG_LEVEL": "WARNING", "POLLING_INTERVAL_SECONDS": "2", **extra}
+
+
+def run_service(tasks: int, call_cost: float, input_cost: float, label: str = "aitp run", **extra: str) -> Run:
+    peers = Peers(tasks, call_cost, input_cost)
+    try:
+        with tempfile.TemporaryDirectory() as data_dir:
+            return measure(label, [sys.executable, "-m", "actors", "run"], peers, tasks,
+                           service_env(peers, data_dir, **extra), stop_with_signal=True)
+    finally:
+        peers.stop()
+
+
+def run_minimal(tasks: int, call_cost: float, input_cost: float) -> Run:
+    peers = Peers(tasks, call_cost, input_cost)
+    try:
+        return measure("minimal loop", [sys.executable, str(ROOT / "benchmarks" / "minimal_loop.py"),
+                                        peers.sandbox.url, peers.ollama.url], peers, tasks, {},
+                       stop_with_signal=False)
+    finally:
+        peers.stop()
+
+
+def idle_latency(call_cost: float, input_cost: float, interval: float = 2.0) -> float:
+    """An idle service: seconds from a task appearing to its result."""
+    peers = Peers(1, call_cost, input_cost)
+    try:
+        with tempfile.TemporaryDirectory() as data_dir:
+            env = service_env(peers, data_dir, POLLING_INTERVAL_SECONDS=str(interval))
+            process = subprocess.Popen([sys.executable, "-m", "actors", "run"], env={**os.environ, **env}, cwd=ROOT,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while peers.sandbox.counts().get("succeeded", 0) < 1:
+                time.sleep(0.02)
+            time.sleep(interval * 1.5)    # now idle, between two polls
+            peers.sandbox.add_tasks(generated_tasks(1, start=1))
+            appeared = time.monotonic()
+            while peers.sandbox.counts().get("succeeded", 0) < 2:
+                time.sleep(0.01)
+            latency = time.monotonic() - appeared
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+            return latency
+    finally:
+        peers.stop()
+
+
+def memory(tasks: int, seconds: float) -> float:
+    """Peak RSS of the service (and its workers) working on a backlog of `tasks` for `seconds`."""
+    peers = Peers(tasks, 0.01, 0.002)
+    try:
+        with tempfile.TemporaryDirectory() as data_dir:
+            env = service_env(peers, data_dir)
+            process = subprocess.Popen([sys.executable, "-m", "actors", "run"], env={**os.environ, **env}, cwd=ROOT,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            peak, deadline = 0.0, time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                peak = max(peak, _rss_mb(process.pid))
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+            return peak
+    finally:
+        peers.stop()
+
+
+def svg_plot(path: Path, series: dict[str, list[tuple[float, float]]], x_label: str) -> None:
+    """A small line chart per series, side by side, in plain SVG (no plotting library needed)."""
+    width, height, pad = 360, 240, 45
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(series)}" height="{height}" '
+             'font-family="sans-serif" font-size="11">']
+    for index, (title, points) in enumerate(series.items()):
+        left = index * width
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        top = max(ys) * 1.1 or 1
+
+        def at(x: float, y: float) -> tuple[float, float]:
+            span = (max(xs) - min(xs)) or 1
+            return (left + pad + (x - min(xs)) / span * (width - 2 * pad),
+                    height - pad - y / top * (height - 2 * pad))
+
+        parts.append(f'<text x="{left + width / 2}" y="16" text-anchor="middle" font-weight="bold">{title}</text>')
+        parts.append(f'<line x1="{left + pad}" y1="{height - pad}" x2="{left + width - pad}" y2="{height - pad}" '
+                     'stroke="black"/>')
+        parts.append(f'<line x1="{left + pad}" y1="{pad - 10}" x2="{left + pad}" y2="{height - pad}" stroke="black"/>')
+        axis = x_label if index == 0 else "process workers"
+        parts.append(f'<text x="{left + width / 2}" y="{height - 8}" text-anchor="middle">{axis}</text>')
+        parts.append(f'<text x="{left + 10}" y="{pad - 16}">tasks/s</text>')
+        line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (at(px, py) for px, py in points))
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#1f77b4" stroke-width="2"/>')
+        for px, py in points:
+            x, y = at(px, py)
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="#1f77b4"/>')
+            parts.append(f'<text x="{x:.1f}" y="{y - 7:.1f}" text-anchor="middle">{py:.0f}</text>')
+            parts.append(f'<text x="{x:.1f}" y="{height - pad + 14}" text-anchor="middle">{px:g}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--call-cost", type=float, default=0.010, help="provider seconds per call (default 0.010)")
+    parser.add_argument("--input-cost", type=float, default=0.002, help="provider seconds per input (default 0.002)")
+    parser.add_argument("--sweep", action="store_true", help="throughput against batch size and process workers")
+    parser.add_argument("--plot", type=Path, help="write the sweep as an SVG chart")
+    parser.add_argument("--memory", type=int, nargs="*", help="peak RSS with these backlogs (e.g. 10000 100000)")
+    parser.add_argument("--memory-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; provider {args.call_cost * 1000:g} ms "
+          f"per call + {args.input_cost * 1000:g} ms per input, one batch at a time", flush=True)
+
+    if args.memory:
+        for backlog in args.memory:
+            print(f"peak RSS with {backlog:,} pending: {memory(backlog, args.memory_seconds):.0f} MB", flush=True)
+        return
+    if args.sweep:
+        by_batch = [(size, run_service(args.tasks, args.call_cost, args.input_cost, f"batch {size}",
+                                       AITP_BATCHING__MAX_ITEMS=str(size)).rate) for size in (1, 4, 8, 16, 32, 64)]
+        by_workers = [(n, run_service(args.tasks, args.call_cost, args.input_cost, f"workers {n}",
+                                      AITP_WORKERS__PROCESS_WORKERS=str(n)).rate) for n in (1, 2, 4)]
+        for label, points in (("batch size", by_batch), ("process workers", by_workers)):
+            print(f"throughput by {label}: " + ", ".join(f"{x}: {y:.0f}/s" for x, y in points), flush=True)
+        if args.plot:
+            svg_plot(args.plot, {"tasks/s by batch size": by_batch, "tasks/s by process workers": by_workers},
+                     "batch size (max_items)")
+            print(f"wrote {args.plot}")
+        return
+
+    minimal = run_minimal(args.tasks, args.call_cost, args.input_cost)
+    print(minimal.line(), flush=True)
+    service = run_service(args.tasks, args.call_cost, args.input_cost)
+    print(service.line(), flush=True)
+    print(f"ratio: aitp run drains at {service.rate / minimal.rate:.0%} of the minimal loop's rate", flush=True)
+    print(f"idle latency (polling every 2 s): {idle_latency(args.call_cost, args.input_cost):.2f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
