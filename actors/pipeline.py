@@ -192,9 +192,11 @@ class Pipeline:
         for name, _ in STAGES:
             proxy = self.stage(name)
             try:
-                stages[name] = proxy.status().get(timeout=5) if proxy else {"state": "down"}
-            except (pykka.ActorDeadError, pykka.Timeout):
+                stages[name] = proxy.status().get(timeout=2) if proxy else {"state": "down"}
+            except pykka.ActorDeadError:
                 stages[name] = {"state": "down"}
+            except pykka.Timeout:   # alive but inside a long call (a slow token fetch): not down
+                stages[name] = {"state": "busy"}
         out: dict = {"stages": stages, "breakers": ctx.router.status(), "outbox": ctx.journal.counts()["outbox"],
                      "process_worker_restarts": ctx.vector_pool.restarts}
         if self.supervisor is not None and self.supervisor.is_alive():
@@ -216,7 +218,7 @@ class Pipeline:
     def health(self) -> tuple[int, dict]:
         status = self.status()
         restarts = status.get("restarts", {})
-        stages = {name: {"state": "down" if stage.get("state") == "down" else "running",
+        stages = {name: {"state": stage.get("state") if stage.get("state") in ("down", "busy") else "running",
                          "restarts": restarts.get(name, 0)} for name, stage in status["stages"].items()}
         authenticator = status["stages"].get("authenticator", {})
         failing = self.fatal_reason is not None
