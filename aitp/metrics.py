@@ -91,53 +91,43 @@ class StatusCollector:
             return
         stages = status.get("stages", {})
         poller = stages.get("poller", {})
-        in_flight = GaugeMetricFamily("ai_tasks_in_flight", "Tasks taken and not yet settled")
-        in_flight.add_metric([], poller.get("in_flight", 0))
-        yield in_flight
-        credit = GaugeMetricFamily("aitp_poller_credit", "Tasks the poller may still take")
-        credit.add_metric([], poller.get("credit", 0))
-        yield credit
-
-        up = GaugeMetricFamily("aitp_stage_up", "1 while a stage runs", labels=["stage"])
-        depth = GaugeMetricFamily("aitp_stage_queue_depth", "Work a stage holds", labels=["stage"])
-        for name, stage in stages.items():
-            up.add_metric([name], 0 if stage.get("state") == "down" else 1)
-            depth.add_metric([name], stage.get("queued", 0) + stage.get("active", 0))
-        yield up
-        yield depth
-
-        restarts = CounterMetricFamily("aitp_actor_restarts", "Stage restarts by the supervisor", labels=["stage"])
-        for name, count in status.get("restarts", {}).items():
-            restarts.add_metric([name], count)
-        yield restarts
-        worker_restarts = CounterMetricFamily("aitp_process_worker_restarts", "Process pools replaced")
-        worker_restarts.add_metric([], status.get("process_worker_restarts", 0))
-        yield worker_restarts
-        outbox = GaugeMetricFamily("aitp_outbox_size", "Results journaled and not yet acknowledged")
-        outbox.add_metric([], status.get("outbox", 0))
-        yield outbox
-        left_alone = CounterMetricFamily("aitp_tasks_left_alone", "Tasks not touched, by type",
-                                         labels=["task_type"])
-        for kind, count in poller.get("left_alone", {}).items():
-            left_alone.add_metric([kind], count)
-        yield left_alone
-
-        breakers = GaugeMetricFamily("circuit_breaker_state", "0 closed, 1 open, 2 half-open", labels=["service"])
-        for name, breaker in status.get("breakers", {}).items():
-            breakers.add_metric([name], BREAKER_STATE.get(breaker.get("state"), 1))
-        yield breakers
+        yield _one(GaugeMetricFamily, "ai_tasks_in_flight", "Tasks taken and not yet settled",
+                   poller.get("in_flight", 0))
+        yield _one(GaugeMetricFamily, "aitp_poller_credit", "Tasks the poller may still take", poller.get("credit", 0))
+        yield _by(GaugeMetricFamily, "aitp_stage_up", "1 while a stage runs", "stage",
+                  {name: 0 if stage.get("state") == "down" else 1 for name, stage in stages.items()})
+        yield _by(GaugeMetricFamily, "aitp_stage_queue_depth", "Work a stage holds", "stage",
+                  {name: stage.get("queued", 0) + stage.get("active", 0) for name, stage in stages.items()})
+        yield _by(CounterMetricFamily, "aitp_actor_restarts", "Stage restarts by the supervisor", "stage",
+                  status.get("restarts", {}))
+        yield _one(CounterMetricFamily, "aitp_process_worker_restarts", "Process pools replaced",
+                   status.get("process_worker_restarts", 0))
+        yield _one(GaugeMetricFamily, "aitp_outbox_size", "Results journaled and not yet acknowledged",
+                   status.get("outbox", 0))
+        yield _by(CounterMetricFamily, "aitp_tasks_left_alone", "Tasks not touched, by type", "task_type",
+                  poller.get("left_alone", {}))
+        yield _by(GaugeMetricFamily, "circuit_breaker_state", "0 closed, 1 open, 2 half-open", "service",
+                  {name: BREAKER_STATE.get(breaker.get("state"), 1)
+                   for name, breaker in status.get("breakers", {}).items()})
 
         limits = status.get("rate_limits", {})
-        families = {key: GaugeMetricFamily(name, text, labels=["period"]) for key, name, text in (
-            ("used", "rate_limit_current_usage", "Units used in the current window"),
-            ("limit", "rate_limit_max_allowed", "Units allowed per window"),
-            ("remaining", "rate_limit_remaining", "Units left in the current window"))}
-        for tier in limits.get("tiers", []):
-            for key, family in families.items():
-                family.add_metric([tier["period"]], tier[key])
-        yield from families.values()
-        exceeded = CounterMetricFamily("rate_limit_exceeded", "Reservations refused, by the tier that was full",
-                                       labels=["period"])
-        for period, count in limits.get("exceeded", {}).items():
-            exceeded.add_metric([period], count)
-        yield exceeded
+        for key, name, text in (("used", "rate_limit_current_usage", "Units used in the current window"),
+                                ("limit", "rate_limit_max_allowed", "Units allowed per window"),
+                                ("remaining", "rate_limit_remaining", "Units left in the current window")):
+            yield _by(GaugeMetricFamily, name, text, "period",
+                      {tier["period"]: tier[key] for tier in limits.get("tiers", [])})
+        yield _by(CounterMetricFamily, "rate_limit_exceeded", "Reservations refused, by the tier that was full",
+                  "period", limits.get("exceeded", {}))
+
+
+def _one(family_type, name: str, text: str, value: float):
+    family = family_type(name, text)
+    family.add_metric([], value)
+    return family
+
+
+def _by(family_type, name: str, text: str, label: str, values: dict):
+    family = family_type(name, text, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family
