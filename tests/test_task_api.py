@@ -46,7 +46,7 @@ def test_patch_outcomes_follow_the_contract(sandbox):
 def test_redirect_for_unknown_id_is_never_followed(sandbox):
     server = sandbox(generated_tasks(1))
     client = TaskApiClient(server.url, timeout=5)
-    client._session.headers.pop("X-Api-Request")        # the server's default: 302 to /404
+    client._headers.pop("X-Api-Request")        # the server's default: 302 to /404
     result = client.patch(object_id(42), IN_PROGRESS)
     assert (result.outcome, result.status) == (PatchOutcome.GONE, 302)
 
