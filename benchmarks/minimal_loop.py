@@ -12,26 +12,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import numpy as np
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 
 BATCH, THREADS, TAKE = 16, 4, 256
 
 
 def main(api: str, ollama: str) -> None:
-    session = requests.Session()
-    session.mount("http://", HTTPAdapter(pool_maxsize=32))
+    http = urllib3.PoolManager(maxsize=32, retries=False)   # the leanest client aitp uses too
     claimed: set[str] = set()
 
     def patch(task_id: str, body: bytes) -> None:
-        session.patch(f"{api}/api/ai-tasks/{task_id}", data=body, headers={"Content-Type": "application/json"},
-                      timeout=30)
+        http.request("PATCH", f"{api}/api/ai-tasks/{task_id}", body=body,
+                     headers={"Content-Type": "application/json"}, timeout=30)
 
     def work(batch: list[dict], claims: ThreadPoolExecutor) -> None:
         list(claims.map(lambda t: patch(t["_id"], b'{"state":"in_progress"}'), batch))
-        answer = session.post(f"{ollama}/api/embed", timeout=60, data=msgspec.json.encode(
+        answer = http.request("POST", f"{ollama}/api/embed", timeout=60, body=msgspec.json.encode(
             {"model": batch[0]["content"]["model"], "input": [t["content"]["text"] for t in batch]}))
-        vectors = np.asarray(msgspec.json.decode(answer.content)["embeddings"], dtype=np.float64)
+        vectors = np.asarray(msgspec.json.decode(answer.data)["embeddings"], dtype=np.float64)
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
         bodies = [b'{"state":"succeeded","result":[' + ",".join(map(str, v)).encode() + b"]}" for v in vectors]
         list(claims.map(lambda pair: patch(pair[0]["_id"], pair[1]), zip(batch, bodies)))
@@ -39,7 +37,7 @@ def main(api: str, ollama: str) -> None:
     outstanding: list = []
     with ThreadPoolExecutor(THREADS) as workers, ThreadPoolExecutor(16) as claims:
         while True:
-            pending = msgspec.json.decode(session.get(f"{api}/api/ai-tasks/pending", timeout=60).content)
+            pending = msgspec.json.decode(http.request("GET", f"{api}/api/ai-tasks/pending", timeout=60).data)
             fresh = [t for t in pending if t["_id"] not in claimed][:TAKE]
             if not fresh and not outstanding:
                 return
