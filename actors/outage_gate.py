@@ -7,13 +7,15 @@ is given up: the first answer from the API sends everything that waited.
 
 from __future__ import annotations
 
-from typing import Callable, Hashable
+from typing import Callable, Generic, Hashable, TypeVar
+
+Item = TypeVar("Item")
 
 
-class OutageGate:
+class OutageGate(Generic[Item]):
     def __init__(self, backoff: Callable[[int, float | None], float]) -> None:
         self._backoff = backoff
-        self.parked: dict[Hashable, None] = {}   # in the order they failed
+        self.parked: dict[Hashable, Item] = {}   # key -> what to send again, in the order they failed
         self.failures = 0                        # failed PATCHes in a row
         self.probe_scheduled = False
 
@@ -21,25 +23,26 @@ class OutageGate:
     def down(self) -> bool:
         return self.failures > 0
 
-    def park(self, key: Hashable) -> None:
-        self.parked[key] = None
+    def park(self, key: Hashable, item: Item) -> None:
+        self.parked[key] = item
 
-    def failed(self, key: Hashable, retry_after: float | None) -> tuple[Hashable, float] | None:
-        """`key` failed: park it. Returns (key to probe with, delay) when a probe must be scheduled."""
+    def failed(self, key: Hashable, item: Item, retry_after: float | None) -> tuple[Item, float] | None:
+        """`item` failed: park it. Returns (item to probe with, delay) when a probe must be scheduled."""
         self.failures += 1
-        self.parked[key] = None
+        self.parked[key] = item
         if self.probe_scheduled:
             return None
         self.probe_scheduled = True
-        return next(iter(self.parked)), self._backoff(self.failures, retry_after)
+        return next(iter(self.parked.values())), self._backoff(self.failures, retry_after)
 
     def probing(self, key: Hashable) -> None:
         """The probe's time has come: it is sent now."""
         self.probe_scheduled = False
         self.parked.pop(key, None)
 
-    def answered(self) -> list:
-        """The API answered: everything parked goes out again."""
+    def answered(self, key: Hashable) -> list[Item]:
+        """The API answered the PATCH of `key`: everything else parked goes out again."""
         self.failures = 0
-        waiting, self.parked = list(self.parked), {}
+        self.parked.pop(key, None)
+        waiting, self.parked = list(self.parked.values()), {}
         return waiting

@@ -13,7 +13,7 @@ import pykka
 from aitp.auth import TokenClient
 from aitp import __version__
 from aitp.config import Settings
-from aitp.contract import state_body, task_type_of
+from aitp.contract import RELEASE_BODY, task_type_of
 from aitp.errors import ConfigError, ProviderError
 from aitp.metrics import Metrics
 from aitp.monitoring import MonitoringServer
@@ -41,7 +41,6 @@ log = logging.getLogger("aitp.pipeline")
 # Started downstream first, so that nothing a stage sends has to wait for its receiver.
 STAGES = (("authenticator", Authenticator), ("reporter", Reporter), ("provider_workers", ProviderWorkers),
           ("dispatcher", Dispatcher), ("rate_limiter", RateLimiter), ("poller", Poller))
-_RELEASE_BODY = state_body("pending")
 
 
 class Pipeline:
@@ -75,7 +74,7 @@ class Pipeline:
         journal = Journal(settings.journal_path)
         directory, cell = StageDirectory(), TokenCell()
         token_client = None
-        if settings.auth.client_id:
+        if settings.uses_oauth2:
             token_client = TokenClient(settings.token_url, settings.auth.client_id, settings.auth.client_secret,
                                        scope=settings.auth.scope, auth_method=settings.auth.client_auth_method,
                                        timeout=settings.api.request_timeout)
@@ -211,7 +210,7 @@ class Pipeline:
     def ready(self) -> tuple[bool, str]:
         if self.phase != "running":
             return False, self.phase
-        if self.settings.auth.client_id and (self.ctx is None or self.ctx.task_api.credentials.current() is None):
+        if self.settings.uses_oauth2 and (self.ctx is None or self.ctx.task_api.credentials.current() is None):
             return False, "no token yet"
         return True, "running"
 
@@ -229,7 +228,7 @@ class Pipeline:
             "uptime_s": round(time.monotonic() - self.created_at, 1),
             "stages": stages,
             "breakers": {name: breaker["state"] for name, breaker in status.get("breakers", {}).items()},
-            "token": {"configured": bool(self.settings.auth.client_id),
+            "token": {"configured": self.settings.uses_oauth2,
                       "held": bool(authenticator.get("token_held")),
                       "expires_at": authenticator.get("expires_at"), "last_error": authenticator.get("last_error")},
             "rate_limits": status.get("rate_limits", {}),
@@ -302,7 +301,7 @@ class Pipeline:
         journal, api = self.ctx.journal, self.ctx.task_api
         for claim in journal.claims():
             if self.settings.api.claim_tasks:
-                result = api.patch(claim.task_id, _RELEASE_BODY)
+                result = api.patch(claim.task_id, RELEASE_BODY)
                 if result.outcome not in (PatchOutcome.DONE, PatchOutcome.GONE):
                     log.warning("claim kept for the next start", extra={"fields": {
                         "task_id": claim.task_id, "status": result.status, "detail": result.detail}})

@@ -33,7 +33,7 @@ class Poller(Stage):
         self.poll_scheduled = False
         self.waiting_for_credit = False
         self.waiting_for_token = False
-        self.needs_token = bool(self.settings.auth.client_id)
+        self.needs_token = self.settings.uses_oauth2
         self.failures_in_a_row = 0
         self.stopped = False
         self.left_alone: Counter[str] = Counter()  # by type (or "unusable id"), counted once per task

@@ -103,7 +103,8 @@ class ProviderWorkers(Stage):
             alone = msgspec.structs.replace(batch, batch_id=new_batch_id(), jobs=[job])
             self._handle_failure(alone, ProviderError(reason, provider=provider, retryable=False,
                                                       counts_as_outage=False))
-        kept = [job for job in batch.jobs if not check(job.text)]
+        refused_ids = {job.task_id for job, _ in refused}
+        kept = [job for job in batch.jobs if job.task_id not in refused_ids]
         return msgspec.structs.replace(batch, jobs=kept) if kept else None
 
     # --- runs on a provider thread: no stage state touched here ---

@@ -9,7 +9,7 @@ import logging
 
 import msgspec
 
-from aitp.contract import state_body
+from aitp.contract import CLAIM_BODY
 from aitp.journal import Claim
 from aitp.rate_limits import RateLimitBackend
 from aitp.task_api import PatchOutcome
@@ -18,7 +18,6 @@ from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.rate_limiter")
-_CLAIM_BODY = state_body("in_progress")
 
 
 class RateLimiter(Stage):
@@ -30,8 +29,7 @@ class RateLimiter(Stage):
         self.backend = backend or ctx.rate_limits
         self.claiming = self.settings.api.claim_tasks
         self.claims_sent = 0
-        self.gate = OutageGate(ctx.backoff)            # while the API is down: park, probe, then resend
-        self.parked: dict[str, TakenTask] = {}
+        self.gate: OutageGate[TakenTask] = OutageGate(ctx.backoff)   # API down: park, probe, then resend
 
     def setup(self) -> None:
         # Claims in flight when an earlier instance died still answer through the directory; the
@@ -47,7 +45,6 @@ class RateLimiter(Stage):
             self._claim_answered(message)
         elif isinstance(message, RetryClaim):
             self.gate.probing(message.task.job.task_id)
-            self.parked.pop(message.task.job.task_id, None)
             self._send_claim(message.task, message.attempt)
 
     def _admit(self, tasks: list[TakenTask]) -> None:
@@ -66,8 +63,7 @@ class RateLimiter(Stage):
             return
         for task in admitted:
             if self.gate.down:   # wait for the probe to get through, with the others
-                self.gate.park(task.job.task_id)
-                self.parked[task.job.task_id] = task
+                self.gate.park(task.job.task_id, task)
             else:
                 self._send_claim(task, 1)
 
@@ -75,7 +71,7 @@ class RateLimiter(Stage):
         directory, api = self.ctx.directory, self.ctx.task_api
 
         def claim() -> None:
-            result = api.patch(task.job.task_id, _CLAIM_BODY)
+            result = api.patch(task.job.task_id, CLAIM_BODY)
             directory.tell(RateLimiter.name, ClaimAnswered(task, result, attempt))
 
         self.claims_sent += 1
@@ -88,20 +84,17 @@ class RateLimiter(Stage):
         if outcome is PatchOutcome.RETRY:
             # The API is down or refusing us: never give a claim up for that (it may have landed and
             # only its answer been lost); one probe per backoff period until the API answers again.
-            self.parked[task_id] = answer.task
-            probe = self.gate.failed(task_id, answer.result.retry_after)
+            probe = self.gate.failed(task_id, answer.task, answer.result.retry_after)
             if probe is not None:
-                probe_id, delay = probe
+                probe_task, delay = probe
                 log.warning("claim failed, retrying", extra={"fields": {
                     "task_id": task_id, "status": answer.result.status, "detail": answer.result.detail,
-                    "parked": len(self.parked), "retry_in_s": round(delay, 2)}})
-                self.later(delay, RetryClaim(self.parked[probe_id], answer.attempt + 1))
+                    "parked": len(self.gate.parked), "retry_in_s": round(delay, 2)}})
+                self.later(delay, RetryClaim(probe_task, answer.attempt + 1))
             return
-        if self.gate.down or self.parked:   # the API answers again: claim what waited for it
-            for waiting_id in self.gate.answered():
-                waiting = self.parked.pop(waiting_id, None)
-                if waiting is not None and waiting_id != task_id:
-                    self._send_claim(waiting, 1)
+        if self.gate.down or self.gate.parked:   # the API answers again: claim what waited for it
+            for waiting in self.gate.answered(task_id):
+                self._send_claim(waiting, 1)
         if outcome is PatchOutcome.DONE:
             log.debug("task claimed", extra={"fields": {"task_id": task_id}})
             self.tell("dispatcher", TasksClaimed([answer.task.job]))
@@ -116,9 +109,9 @@ class RateLimiter(Stage):
         self.tell("poller", TasksSettled([task_id]))
 
     def orphans(self) -> list:
-        return list(self.parked.values())
+        return list(self.gate.parked.values())
 
     def status(self) -> dict:
-        return {"claims_sent": self.claims_sent, "claiming": self.claiming, "parked": len(self.parked),
+        return {"claims_sent": self.claims_sent, "claiming": self.claiming, "parked": len(self.gate.parked),
                 "limits": [msgspec.structs.asdict(tier) for tier in self.backend.usage()],
                 "exceeded": dict(getattr(self.backend, "exceeded", {}))}

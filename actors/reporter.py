@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from aitp.contract import state_body
+from aitp.contract import RELEASE_BODY, state_body
 from aitp.journal import OutboxEntry
 from aitp.task_api import PatchOutcome
 from actors.messages import (BatchEmbedded, PatchAnswered, ReportResults, TasksRejected, TasksReleased,
@@ -20,7 +20,6 @@ from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.reporter")
-_RELEASE_BODY = state_body("pending")
 
 
 class Reporter(Stage):
@@ -30,7 +29,7 @@ class Reporter(Stage):
         super().__init__(ctx, orphans)
         self.entries: dict[str, OutboxEntry] = {}   # in the outbox and not yet acknowledged
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
-        self.gate = OutageGate(ctx.backoff)         # while the API is down: park, probe, then resend
+        self.gate: OutageGate[str] = OutageGate(ctx.backoff)   # API down: park task ids, probe, resend
         self.outcomes: Counter[str] = Counter()
 
     def setup(self) -> None:
@@ -52,7 +51,7 @@ class Reporter(Stage):
             self._store([self._failure(r.task_id, r.reason, r.batch_id) for r in message.rejections])
         elif isinstance(message, TasksReleased):
             self.batch_of.update((task_id, message.batch_id) for task_id in message.task_ids if message.batch_id)
-            self._store([OutboxEntry(task_id, _RELEASE_BODY, "pending") for task_id in message.task_ids])
+            self._store([OutboxEntry(task_id, RELEASE_BODY, "pending") for task_id in message.task_ids])
         elif isinstance(message, PatchAnswered):
             self._answered(message)
         elif isinstance(message, ReportResults):
@@ -73,7 +72,7 @@ class Reporter(Stage):
         for entry in entries:
             self.entries[entry.task_id] = entry
             if self.gate.down:    # wait with the others for the probe to get through
-                self.gate.park(entry.task_id)
+                self.gate.park(entry.task_id, entry.task_id)
             else:
                 self._send(entry, 1)
 
@@ -96,7 +95,7 @@ class Reporter(Stage):
         if answer.task_id in self.batch_of:
             fields["batch_id"] = self.batch_of[answer.task_id]
         if result.outcome is PatchOutcome.RETRY:
-            probe = self.gate.failed(answer.task_id, result.retry_after)
+            probe = self.gate.failed(answer.task_id, answer.task_id, result.retry_after)
             if probe is not None:
                 task_id, delay = probe
                 log.warning("report failed, results kept in the outbox", extra={"fields": {
@@ -104,11 +103,11 @@ class Reporter(Stage):
                 self.later(delay, ReportResults([task_id], answer.attempt + 1))
             return
         if self.gate.down or self.gate.parked:   # the API answers again: send what waited for it
-            waiting = self.gate.answered()
+            waiting = self.gate.answered(answer.task_id)
             if waiting:
                 log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
             for task_id in waiting:
-                if task_id in self.entries and task_id != answer.task_id:
+                if task_id in self.entries:
                     self._send(self.entries[task_id], 1)
         if result.outcome is PatchOutcome.GONE:
             log.warning("task disappeared before its result was reported", extra={"fields": fields})

@@ -156,7 +156,7 @@ def _rate_limit_lines(settings) -> list[str]:
 
 def _token_line(settings) -> str:
     """Whether the running (or last) service holds a token and until when; never the token."""
-    if not settings.auth.client_id:
+    if not settings.uses_oauth2:
         return "\n# token: none needed (no OAuth2 client configured)"
     from aitp.auth import read_auth_status
 

@@ -175,6 +175,11 @@ class Settings(_Section):
         return self.openai.api_key == PLACEHOLDER_OPENAI_KEY
 
     @property
+    def uses_oauth2(self) -> bool:
+        """A client id is configured: every task API call needs a bearer token."""
+        return bool(self.auth.client_id)
+
+    @property
     def token_url(self) -> str:
         if self.auth.token_url:
             return self.auth.token_url

@@ -108,3 +108,8 @@ def state_body(state: str, error: str | None = None) -> bytes:
     if state not in STATES:
         raise ContractError(f"invalid state {state!r}")
     return _encoder.encode(StateUpdate(state=state, error=error))
+
+
+# The two bodies every run sends most: a claim, and a task given back to the queue.
+CLAIM_BODY = state_body("in_progress")
+RELEASE_BODY = state_body("pending")
