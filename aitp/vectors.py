@@ -15,6 +15,9 @@ import msgspec
 import numpy as np
 
 from aitp.errors import DimensionMismatch, RowContractError, VectorContractError
+from aitp.float32_text import shortest_float32
+
+_encode_json = msgspec.json.Encoder().encode
 
 
 class VectorJob(msgspec.Struct, frozen=True):
@@ -139,9 +142,10 @@ def _rows(indexes: np.ndarray) -> str:
     return shown + (f" (and {indexes.size - 5} more)" if indexes.size > 5 else "")
 
 
-def success_body(vector: np.ndarray) -> bytes:
-    """`{"state":"succeeded","result":[...]}` with each float32 in its shortest round-trip form."""
-    return b'{"state":"succeeded","result":[' + ",".join(map(str, vector)).encode() + b"]}"
+def success_bodies(vectors: np.ndarray) -> list[bytes]:
+    """`{"state":"succeeded","result":[...]}` per row, each float32 in its shortest round-trip form."""
+    return [b'{"state":"succeeded","result":' + _encode_json(row) + b"}"
+            for row in shortest_float32(vectors).tolist()]
 
 
 def process_job(job: VectorJob) -> VectorJobResult:
@@ -150,8 +154,7 @@ def process_job(job: VectorJob) -> VectorJobResult:
     matrix = DECODERS[job.decoder](job.payload)
     vectors = checked_unit_vectors(matrix, len(job.task_ids), job.dimension)
     results = []
-    for task_id, vector in zip(job.task_ids, vectors, strict=True):
-        body = success_body(vector)
+    for task_id, body in zip(job.task_ids, success_bodies(vectors), strict=True):
         if len(body) > job.max_body_bytes:
             results.append(TaskVector(task_id, None, f"result body of {len(body)} bytes exceeds the "
                                                      f"API limit of {job.max_body_bytes}"))

@@ -4,13 +4,14 @@ from aitp.config import Settings
 from aitp.providers.base import Provider, RawEmbedding
 from aitp.providers.mock import MockProvider
 from aitp.providers.ollama import OllamaProvider
-from aitp.providers.openai_api import OpenAIProvider
 
 
 def remote_provider(settings: Settings, key_source: str = "default") -> Provider:
     """The OpenAI endpoint, or the mock in its place while the key is the placeholder."""
     if settings.uses_mock_provider:
         return MockProvider(settings)
+    # Imported here: the SDK takes about half a second of CPU to import, which ollama mode never needs.
+    from aitp.providers.openai_api import OpenAIProvider
     return OpenAIProvider(settings, key_source)
 
 
@@ -25,5 +26,5 @@ def providers_for(settings: Settings, key_source: str = "default") -> dict[str, 
     return {provider.name: provider for provider in chosen}
 
 
-__all__ = ["MockProvider", "OllamaProvider", "OpenAIProvider", "Provider", "RawEmbedding", "providers_for",
+__all__ = ["MockProvider", "OllamaProvider", "Provider", "RawEmbedding", "providers_for",
            "remote_provider"]
