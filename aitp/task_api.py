@@ -7,10 +7,10 @@ import time
 from typing import Callable, Protocol
 
 import msgspec
-import urllib3
 
 from aitp.contract import is_object_id
 from aitp.errors import ContractError, TaskApiError
+from aitp.http1 import Http1Client, HttpTransportError, Response
 from aitp.retry_after import retry_after_seconds
 
 
@@ -56,20 +56,12 @@ class PatchResult(msgspec.Struct, frozen=True):
 RequestObserver = Callable[[str, str, str, float], None]  # endpoint, method, status, seconds
 
 
-class _Answer(msgspec.Struct, frozen=True):
-    """What the client keeps of an HTTP answer."""
-
-    status_code: int
-    content: bytes
-    headers: dict[str, str]
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-
-def _retry_after(response: _Answer) -> float | None:
+def _retry_after(response: Response) -> float | None:
     return retry_after_seconds(response.headers)
+
+
+def _text(response: Response) -> str:
+    return response.body[:400].decode("utf-8", "replace")[:200]
 
 
 class TaskApiClient:
@@ -77,17 +69,16 @@ class TaskApiClient:
 
     def __init__(self, base_url: str, *, timeout: float, credentials: Credentials | None = None,
                  pool_size: int = 16, observer: RequestObserver | None = None) -> None:
-        self._base = base_url.rstrip("/") + "/api/ai-tasks"
-        self._timeout = timeout
+        self._base = "/api/ai-tasks"
         self.credentials: Credentials = credentials or NoCredentials()
         self._observer = observer
-        # urllib3 directly, not requests: a request costs about a third of the CPU (measured in
-        # benchmarks/README.md), and every task takes two. No retries, no redirects followed.
-        self._pool = urllib3.PoolManager(maxsize=pool_size, block=False, retries=False)
+        # Every task takes two requests, so the client's CPU per request matters (aitp/http1.py).
+        # No retries here and no redirects followed: the stages decide what a failure means.
+        self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size)
         # JSON 404s instead of a redirect to /404 for unknown ids.
         self._headers = {"Content-Type": "application/json", "X-Api-Request": "true"}
 
-    def _send(self, method: str, url: str, endpoint: str, body: bytes | None = None) -> _Answer:
+    def _send(self, method: str, path: str, endpoint: str, body: bytes | None = None) -> Response:
         """One request with the current token, renewed and retried once on 401/403."""
         token = self.credentials.current()
         for attempt in (1, 2):
@@ -97,16 +88,14 @@ class TaskApiClient:
             started = time.perf_counter()
             status = "error"
             try:
-                raw = self._pool.request(method, url, body=body, headers=headers, timeout=self._timeout,
-                                         redirect=False, retries=False)
-                response = _Answer(raw.status, raw.data, {k.lower(): v for k, v in raw.headers.items()})
-                status = str(response.status_code)
-            except urllib3.exceptions.HTTPError as exc:
-                raise TaskApiError(f"{method} {endpoint} failed: {_reason(exc)}") from None
+                response = self._http.request(method, path, headers, body)
+                status = str(response.status)
+            except HttpTransportError as exc:
+                raise TaskApiError(f"{method} {endpoint} failed: {exc.kind}") from None
             finally:
                 if self._observer:
                     self._observer(endpoint, method, status, time.perf_counter() - started)
-            if response.status_code in (401, 403):
+            if response.status in (401, 403):
                 if attempt == 1:
                     token = self.credentials.renew(token)
                     continue
@@ -118,10 +107,10 @@ class TaskApiClient:
     def fetch_pending(self) -> bytes:
         """The raw pending list (the server returns all of it and ignores `limit`)."""
         response = self._send("GET", f"{self._base}/pending", "/api/ai-tasks/pending")
-        if response.status_code != 200:
-            raise TaskApiError(f"GET pending answered {response.status_code}: {response.text[:200]}",
-                               status=response.status_code, retry_after=_retry_after(response))
-        return response.content
+        if response.status != 200:
+            raise TaskApiError(f"GET pending answered {response.status}: {_text(response)}",
+                               status=response.status, retry_after=_retry_after(response))
+        return response.body
 
     def patch(self, task_id: str, body: bytes, *, is_success: bool = False) -> PatchResult:
         if not is_object_id(task_id):
@@ -130,7 +119,7 @@ class TaskApiClient:
             response = self._send("PATCH", f"{self._base}/{task_id}", "/api/ai-tasks/:id", body)
         except TaskApiError as exc:
             return PatchResult(PatchOutcome.RETRY, detail=str(exc))
-        code, detail = response.status_code, response.text[:200]
+        code, detail = response.status, _text(response)
         if code == 200:
             return PatchResult(PatchOutcome.DONE, code)
         if code in (301, 302, 303, 307, 308, 404):
@@ -142,13 +131,5 @@ class TaskApiClient:
         return PatchResult(PatchOutcome.RETRY, code, detail, _retry_after(response))
 
     def close(self) -> None:
-        self._pool.clear()
+        self._http.close()
 
-
-def _reason(exc: urllib3.exceptions.HTTPError) -> str:
-    """A short name for what went wrong (the URL is already in the message; no headers, no token)."""
-    if isinstance(exc, urllib3.exceptions.TimeoutError):
-        return "Timeout"
-    if isinstance(exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError)):
-        return "ConnectionError"
-    return type(exc).__name__

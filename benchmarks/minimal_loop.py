@@ -2,42 +2,49 @@
 
 Poll, claim each task, one embed call per batch of 16, PATCH each normalised result; a few threads
 so that the provider always has the next batch. No journal, no actors, no retries, no checks
-beyond normalising. Run by benchmarks/drain.py:  python3 benchmarks/minimal_loop.py API_URL OLLAMA_URL
+beyond normalising. It uses aitp's own leanest parts (its HTTP client and its float32 formatting),
+so that it stays the ceiling of the machine. Run by benchmarks/drain.py:  python3 benchmarks/minimal_loop.py API_URL OLLAMA_URL
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import numpy as np
-import urllib3
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aitp.float32_text import shortest_float32  # noqa: E402
+from aitp.http1 import Http1Client  # noqa: E402
 
 BATCH, THREADS, TAKE = 16, 4, 256
 
 
 def main(api: str, ollama: str) -> None:
-    http = urllib3.PoolManager(maxsize=32, retries=False)   # the leanest client aitp uses too
+    task_api = Http1Client(api, timeout=60, max_idle=32)
+    provider = Http1Client(ollama, timeout=60, max_idle=8)
+    json_headers = {"Content-Type": "application/json"}
     claimed: set[str] = set()
 
     def patch(task_id: str, body: bytes) -> None:
-        http.request("PATCH", f"{api}/api/ai-tasks/{task_id}", body=body,
-                     headers={"Content-Type": "application/json"}, timeout=30)
+        task_api.request("PATCH", f"/api/ai-tasks/{task_id}", json_headers, body)
 
     def work(batch: list[dict], claims: ThreadPoolExecutor) -> None:
         list(claims.map(lambda t: patch(t["_id"], b'{"state":"in_progress"}'), batch))
-        answer = http.request("POST", f"{ollama}/api/embed", timeout=60, body=msgspec.json.encode(
+        answer = provider.request("POST", "/api/embed", json_headers, msgspec.json.encode(
             {"model": batch[0]["content"]["model"], "input": [t["content"]["text"] for t in batch]}))
-        vectors = np.asarray(msgspec.json.decode(answer.data)["embeddings"], dtype=np.float64)
+        vectors = np.asarray(msgspec.json.decode(answer.body)["embeddings"], dtype=np.float64)
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-        bodies = [b'{"state":"succeeded","result":[' + ",".join(map(str, v)).encode() + b"]}" for v in vectors]
+        bodies = [b'{"state":"succeeded","result":' + msgspec.json.encode(v) + b"}"
+                  for v in shortest_float32(vectors).tolist()]
         list(claims.map(lambda pair: patch(pair[0]["_id"], pair[1]), zip(batch, bodies)))
 
     outstanding: list = []
     with ThreadPoolExecutor(THREADS) as workers, ThreadPoolExecutor(16) as claims:
         while True:
-            pending = msgspec.json.decode(http.request("GET", f"{api}/api/ai-tasks/pending", timeout=60).data)
+            pending = msgspec.json.decode(task_api.request("GET", "/api/ai-tasks/pending", {}).body)
             fresh = [t for t in pending if t["_id"] not in claimed][:TAKE]
             if not fresh and not outstanding:
                 return

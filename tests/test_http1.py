@@ -1,0 +1,230 @@
+"""The task API's HTTP client against scripted raw-socket servers on 127.0.0.1."""
+
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+from aitp.http1 import Http1Client, HttpTransportError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class ScriptedServer:
+    """Accepts connections and runs `script(connection, number)` for each, in its own thread."""
+
+    def __init__(self, script, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        try:
+            if self.ssl_context:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+            self.script(Peer(sock, self), number)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class Peer:
+    def __init__(self, sock: socket.socket, server: ScriptedServer) -> None:
+        self.sock, self.server, self.pending = sock, server, b""
+
+    def read_request(self) -> bytes | None:
+        while b"\r\n\r\n" not in self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.pending += data
+        head, _, rest = self.pending.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(rest) < length:
+            rest += self.sock.recv(65536)
+        request, self.pending = head + b"\r\n\r\n" + rest[:length], rest[length:]
+        self.server.requests.append(request)
+        return request
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+def ok(body: bytes = b"{}", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def start(script, ssl_context=None) -> ScriptedServer:
+        servers.append(ScriptedServer(script, ssl_context))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def keep_answering(answer: bytes):
+    def script(peer: Peer, number: int) -> None:
+        while peer.read_request() is not None:
+            peer.send(answer)
+    return script
+
+
+def test_requests_reuse_one_kept_alive_connection_and_send_what_they_were_given(scripted):
+    server = scripted(keep_answering(ok(b'{"a":1}', b"X-Thing: yes\r\n")))
+    client = Http1Client(server.url + "/prefix/", timeout=5)
+    for _ in range(3):
+        response = client.request("PATCH", "/api/ai-tasks/1", {"Content-Type": "application/json"}, b'{"s":1}')
+        assert (response.status, response.body, response.headers["x-thing"]) == (200, b'{"a":1}', "yes")
+    assert server.connections == 1
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"PATCH /prefix/api/ai-tasks/1 HTTP/1.1\r\n")
+    assert b"\r\nContent-Length: 7" in head and b"\r\nHost: 127.0.0.1:" in head and body == b'{"s":1}'
+
+
+def test_chunked_answers_with_extensions_and_trailers(scripted):
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\n")
+    server = scripted(keep_answering(answer))
+    client = Http1Client(server.url, timeout=5)
+    assert client.request("GET", "/", {}).body == b"hello, world"
+    assert client.request("GET", "/", {}).body == b"hello, world"
+    assert server.connections == 1
+
+
+def test_a_large_body_arrives_whole(scripted):
+    big = bytes(range(256)) * 40_000
+    server = scripted(keep_answering(ok(big)))
+    assert Http1Client(server.url, timeout=5).request("GET", "/", {}).body == big
+
+
+def test_informational_answers_are_skipped(scripted):
+    server = scripted(keep_answering(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"done")))
+    assert Http1Client(server.url, timeout=5).request("PATCH", "/", {}, b"x").body == b"done"
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\n\r\nok",                       # no length: the body ends when the server closes
+])
+def test_answers_that_end_the_connection_are_not_reused(scripted, answer):
+    def script(peer: Peer, number: int) -> None:
+        peer.read_request()
+        peer.send(answer)
+    server = scripted(script)
+    client = Http1Client(server.url, timeout=5)
+    assert [client.request("GET", "/", {}).body for _ in range(2)] == [b"ok", b"ok"]
+    assert server.connections == 2
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_replaced_quietly(scripted):
+    def script(peer: Peer, number: int) -> None:
+        peer.read_request()
+        peer.send(ok(b"first" if number == 1 else b"again"))
+        if number == 1:
+            peer.read_request()              # takes the second request, then closes without answering
+    server = scripted(script)
+    client = Http1Client(server.url, timeout=5)
+    assert client.request("PATCH", "/", {}, b"1").body == b"first"
+    assert client.request("PATCH", "/", {}, b"2").body == b"again"
+    assert server.connections == 2
+
+
+def test_a_fresh_connection_closed_before_any_answer_is_an_error_not_a_retry(scripted):
+    server = scripted(lambda peer, number: peer.read_request())
+    with pytest.raises(HttpTransportError) as error:
+        Http1Client(server.url, timeout=5).request("PATCH", "/", {}, b"1")
+    assert error.value.kind == "ConnectionError" and server.connections == 1
+
+
+def test_a_close_in_the_middle_of_a_body_is_an_error(scripted):
+    def script(peer: Peer, number: int) -> None:
+        peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+    server = scripted(script)
+    with pytest.raises(HttpTransportError, match="middle of the answer"):
+        Http1Client(server.url, timeout=5).request("GET", "/", {})
+    assert server.connections == 1
+
+
+def test_a_silent_server_times_out(scripted):
+    release = threading.Event()
+    server = scripted(lambda peer, number: (peer.read_request(), release.wait(10)))
+    with pytest.raises(HttpTransportError) as error:
+        Http1Client(server.url, timeout=0.3).request("GET", "/", {})
+    release.set()
+    assert error.value.kind == "Timeout"
+
+
+def test_garbage_instead_of_a_status_line_is_a_protocol_error(scripted):
+    server = scripted(keep_answering(b"SSH-2.0-OpenSSH\r\n\r\n"))
+    with pytest.raises(HttpTransportError) as error:
+        Http1Client(server.url, timeout=5).request("GET", "/", {})
+    assert error.value.kind == "ProtocolError"
+
+
+def test_nothing_listening_is_a_connection_error():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    with pytest.raises(HttpTransportError) as error:
+        Http1Client(f"http://127.0.0.1:{port}", timeout=5).request("GET", "/", {})
+    assert error.value.kind == "ConnectionError"
+
+
+def test_a_header_value_cannot_smuggle_a_second_request(scripted):
+    server = scripted(keep_answering(ok()))
+    with pytest.raises(ValueError):
+        Http1Client(server.url, timeout=5).request("GET", "/", {"Authorization": "Bearer x\r\nX-Evil: 1"})
+    assert server.requests == []
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tls")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=30)
+    return key, cert
+
+
+def test_tls_checks_the_certificate(scripted, certificate):
+    key, cert = certificate
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    server = scripted(keep_answering(ok(b"secret")), ssl_context=server_context)
+
+    trusting = ssl.create_default_context(cafile=str(cert))
+    client = Http1Client(server.url, timeout=5, ssl_context=trusting)
+    assert [client.request("GET", "/", {}).body for _ in range(2)] == [b"secret", b"secret"]
+    assert server.connections == 1
+
+    with pytest.raises(HttpTransportError) as error:      # the system's CAs do not know this certificate
+        Http1Client(server.url, timeout=5).request("GET", "/", {})
+    assert error.value.kind == "TLSError" and "CERTIFICATE_VERIFY_FAILED" in str(error.value)
