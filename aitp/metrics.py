@@ -100,7 +100,7 @@ class StatusCollector:
                   {name: stage.get("queued", 0) + stage.get("active", 0) for name, stage in stages.items()})
         yield _by(CounterMetricFamily, "aitp_actor_restarts", "Stage restarts by the supervisor", "stage",
                   status.get("restarts", {}))
-        yield _one(CounterMetricFamily, "aitp_process_worker_restarts", "Process pools replaced",
+        yield _one(CounterMetricFamily, "aitp_process_worker_restarts", "Vector worker processes restarted after dying",
                    status.get("process_worker_restarts", 0))
         yield _one(GaugeMetricFamily, "aitp_outbox_size", "Results journaled and not yet acknowledged",
                    status.get("outbox", 0))

@@ -1,85 +1,187 @@
-"""A pool of worker processes for vector jobs that replaces itself when a worker dies."""
+"""Worker processes for vector jobs, each on a pipe of its own, replaced when one dies.
+
+Why not ProcessPoolExecutor: its workers share one result pipe. A batch's finished bodies take
+about 150 kB, more than a pipe holds, so a worker killed while writing them leaves half a message
+in the shared pipe, and the executor then waits for the rest forever, with every later job
+(tests/test_faults.py caught it). Here each worker has its own pipe and a thread in the parent
+that hands it one job at a time: a death is an end-of-file on that pipe alone, the worker is
+started again, and the job is retried once.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 from aitp.vectors import VectorJob, VectorJobResult, process_job
 
 log = logging.getLogger("aitp.vector_pool")
 
+_PING = "ping"
+_STOP_SECONDS = 5.0
+
+
+class WorkerDied(RuntimeError):
+    """A vector worker process died (killed, or crashed) while it held this job."""
+
+
+@dataclass
+class _Queued:
+    job: VectorJob
+    future: Future
+    attempts: int
+
 
 class VectorPool:
-    """`submit` returns a future; a job lost to a dead worker is resubmitted to a fresh pool once
-    per death, so a crashed process costs a retry, never a task."""
+    """`submit` returns a future; a job lost to a dead worker is retried once in its fresh
+    replacement, so a crashed process costs a retry, never a task."""
 
     def __init__(self, workers: int) -> None:
         # spawn, not fork: the parent runs many threads, and forking those is unsafe.
         self._context = multiprocessing.get_context("spawn")
-        self._workers = workers
+        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._pool = self._new_pool()
         self._closed = False
         self.restarts = 0
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self._workers, mp_context=self._context)
+        self._workers = [_Worker(self, number) for number in range(workers)]
+        for worker in self._workers:
+            worker.thread.start()
 
     def warm_up(self) -> None:
-        """Start every worker now (imports included) so the first batch does not pay for it."""
-        futures = [self._pool.submit(int, 0) for _ in range(self._workers)]
-        for future in futures:
-            future.result()
+        """Wait until every worker has started and imported what it needs."""
+        for worker in self._workers:
+            worker.ready.wait()
 
     def worker_pids(self) -> list[int]:
-        return list(getattr(self._pool, "_processes", {}) or {})
+        return [pid for pid in (worker.pid for worker in self._workers) if pid]
 
     def submit(self, job: VectorJob, attempts: int = 2) -> Future[VectorJobResult]:
-        outer: Future[VectorJobResult] = Future()
-        self._submit_into(outer, job, attempts)
-        return outer
-
-    def _submit_into(self, outer: Future, job: VectorJob, attempts: int) -> None:
+        future: Future[VectorJobResult] = Future()
         with self._lock:
-            if self._closed:   # shutting down: a late batch must not start a fresh pool
-                outer.set_exception(RuntimeError("vector pool is closed"))
-                return
-            pool = self._pool
-            try:
-                inner = pool.submit(process_job, job)
-            except (BrokenProcessPool, RuntimeError):
-                pool = self._replace(pool)
-                inner = pool.submit(process_job, job)
-
-        def relay(done: Future) -> None:
-            error = done.exception()
-            if isinstance(error, BrokenProcessPool) and attempts > 1:
-                log.warning("a vector worker process died; retrying its batch in a fresh pool",
-                            extra={"fields": {"tasks": len(job.task_ids)}})
-                with self._lock:
-                    self._replace(pool)
-                self._submit_into(outer, job, attempts - 1)
-            elif error is not None:
-                outer.set_exception(error)
+            if self._closed:   # shutting down: a late batch must not start anything
+                future.set_exception(RuntimeError("vector pool is closed"))
             else:
-                outer.set_result(done.result())
-
-        inner.add_done_callback(relay)
-
-    def _replace(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
-        """Swap in a new pool unless another thread already did (called with the lock held)."""
-        if self._pool is broken:
-            self.restarts += 1
-            broken.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-        return self._pool
+                self._queue.put(_Queued(job, future, attempts))
+        return future
 
     def close(self) -> None:
+        """Fail the jobs not started yet, let running ones finish, and stop the workers."""
         with self._lock:
             self._closed = True
-            pool = self._pool
-        pool.shutdown(wait=True, cancel_futures=True)
+            while True:
+                try:
+                    queued = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is not None and queued.future.set_running_or_notify_cancel():
+                    queued.future.set_exception(RuntimeError("vector pool is closed"))
+            for _ in self._workers:
+                self._queue.put(None)
+        for worker in self._workers:
+            worker.thread.join()
+
+    def _retry_or_fail(self, queued: _Queued, error: WorkerDied) -> None:
+        with self._lock:
+            self.restarts += 1
+            if queued.attempts > 1 and not self._closed:
+                log.warning("a vector worker process died; retrying its batch",
+                            extra={"fields": {"tasks": len(queued.job.task_ids)}})
+                self._queue.put(_Queued(queued.job, queued.future, queued.attempts - 1))
+                return
+        queued.future.set_exception(error)
+
+
+class _Worker:
+    """One worker process and the parent thread that feeds it, restarting the process when it dies."""
+
+    def __init__(self, pool: VectorPool, number: int) -> None:
+        self.pool = pool
+        self.number = number
+        self.ready = threading.Event()
+        self.pid: int | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._connection: Connection | None = None
+        self.thread = threading.Thread(target=self._run, name=f"aitp-vector-feeder-{number}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._start_process()
+            self.ready.set()
+            while (queued := self.pool._queue.get()) is not None:
+                # A retried job's future is already running; a fresh one may have been cancelled.
+                if not queued.future.running() and not queued.future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    kind, value = self._exchange(queued.job)
+                except WorkerDied as died:
+                    self.pool._retry_or_fail(queued, died)
+                    self._start_process()
+                    continue
+                if kind == "result":
+                    queued.future.set_result(value)
+                else:
+                    queued.future.set_exception(value)
+        finally:
+            self.ready.set()
+            self._stop_process()
+
+    def _exchange(self, job: object) -> tuple[str, object]:
+        try:
+            self._connection.send(job)
+            return self._connection.recv()
+        except (EOFError, OSError) as exc:
+            raise WorkerDied(f"vector worker {self.pid} died: {type(exc).__name__}") from None
+
+    def _start_process(self) -> None:
+        self._stop_process()
+        context = self.pool._context
+        parent_end, child_end = context.Pipe(duplex=True)
+        process = context.Process(target=_serve, args=(child_end,), name=f"aitp-vector-{self.number}", daemon=True)
+        process.start()
+        child_end.close()          # so that the worker's death is an end-of-file here
+        self._process, self._connection, self.pid = process, parent_end, process.pid
+        try:
+            self._exchange(_PING)
+        except WorkerDied:
+            log.error("a vector worker process died at startup", extra={"fields": {"pid": process.pid}})
+
+    def _stop_process(self) -> None:
+        process, connection = self._process, self._connection
+        self._process = self._connection = self.pid = None
+        if process is None:
+            return
+        try:
+            connection.send(None)
+        except OSError:
+            pass
+        process.join(_STOP_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join(_STOP_SECONDS)
+        connection.close()
+
+
+def _serve(connection: Connection) -> None:
+    """The worker process: answer each job with ("result", value) or ("error", exception)."""
+    while True:
+        try:
+            job = connection.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        try:
+            answer = ("result", job if isinstance(job, str) else process_job(job))
+        except Exception as exc:  # noqa: BLE001 - every error goes back to the job's future
+            answer = ("error", exc)
+        try:
+            connection.send(answer)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # noqa: BLE001 - an exception that cannot be pickled
+            connection.send(("error", RuntimeError(f"vector work failed: {exc!r}")))

@@ -219,10 +219,18 @@ def test_kill_9_at_random_moments_loses_nothing_and_never_embeds_a_journaled_res
 
 def _worker_pids(parent: int) -> list[int]:
     pids = []
-    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
-        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-            pids.append(int(child))
+    for task in Path(f"/proc/{parent}/task").iterdir():   # every thread's children: feeder threads start workers
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:    # a thread that just ended
+            continue
+        for child in children:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                pids.append(int(child))
     return pids
 
 

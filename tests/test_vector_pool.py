@@ -1,11 +1,13 @@
 import os
+import random
 import signal
+import threading
 
 import msgspec
 import pytest
 
 from aitp.errors import VectorContractError
-from aitp.vector_pool import VectorPool
+from aitp.vector_pool import VectorPool, WorkerDied
 from aitp.vectors import MockRecipe, VectorJob
 from conftest import wait_until
 
@@ -13,7 +15,7 @@ from conftest import wait_until
 def mock_job(texts, dimension=8):
     payload = msgspec.msgpack.encode(MockRecipe(model="m", texts=texts, dimension=dimension))
     return VectorJob(decoder="mock", payload=payload, model="m", task_ids=[f"t{i}" for i in range(len(texts))],
-                     dimension=dimension, max_body_bytes=100_000)
+                     dimension=dimension, max_body_bytes=1_000_000)
 
 
 @pytest.fixture
@@ -64,3 +66,22 @@ def test_a_closed_pool_refuses_work_instead_of_starting_processes():
     with pytest.raises(RuntimeError, match="closed"):
         vector_pool.submit(mock_job(["late"])).result(timeout=10)
     assert vector_pool.restarts == 0
+
+
+def test_workers_killed_at_any_moment_never_leave_a_job_hanging(pool):
+    """Kill the worker at random moments of big jobs (10 MB of bodies each): every job ends, with its
+    result or WorkerDied, and the pool goes on."""
+    rng = random.Random(3)
+    big = mock_job([f"text {i}" for i in range(200)], dimension=4096)
+    outcomes = []
+    for _ in range(15):
+        future = pool.submit(big, attempts=1)
+        threading.Event().wait(rng.uniform(0.0, 0.15))      # a random moment, not a timing assertion
+        for pid in pool.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        try:
+            outcomes.append(len(future.result(timeout=30).results))
+        except WorkerDied:
+            outcomes.append("died")
+    assert set(outcomes) <= {200, "died"} and "died" in outcomes
+    assert len(pool.submit(mock_job(["after"])).result(timeout=30).results) == 1
