@@ -8,7 +8,7 @@ from collections import Counter
 
 import msgspec
 
-from aitp.contract import decode_pending
+from aitp.contract import PendingList, Unusable, decode_pending
 from aitp.errors import ContractError, TaskApiError
 from aitp.tasks import TaskRejected
 from actors.messages import Poll, Rejection, TakenTask, TasksRejected, TasksSettled, TasksTaken, TokenArrived
@@ -112,8 +112,7 @@ class Poller(Stage):
             self._schedule(delay)
             return
         self.failures_in_a_row = 0
-        self._note_unusable(pending.unusable)
-        taken, rejected, more_left = self._take(pending.tasks, poll_number, budget)
+        taken, rejected, more_left = self._take(pending, poll_number, budget)
         self.settled_at = {k: v for k, v in self.settled_at.items() if v >= poll_number}
         if taken:
             self.tell("rate_limiter", TasksTaken(taken))
@@ -127,13 +126,18 @@ class Poller(Stage):
         else:
             self._schedule(self.settings.polling.interval_seconds)
 
-    def _take(self, tasks, poll_number: int, budget: int) -> tuple[list[TakenTask], list[Rejection], bool]:
-        """Take up to `budget` tasks (credit, and rate-limit room); report the malformed ones."""
+    def _take(self, pending: PendingList, poll_number: int,
+              budget: int) -> tuple[list[TakenTask], list[Rejection], bool]:
+        """Take up to `budget` tasks (credit, and rate-limit room); report the malformed ones.
+        Entries past the last one taken are never decoded: the next poll lists them again."""
         taken: list[TakenTask] = []
         rejected: list[Rejection] = []
         handlers = self.ctx.handlers
         now = time.time()
-        for task in tasks:
+        for task in pending:
+            if isinstance(task, Unusable):
+                self._note_unusable(task.description)
+                continue
             if task.id in self.in_flight or self.settled_at.get(task.id, -1) >= poll_number:
                 continue
             handler = handlers.get(task.type)
@@ -164,12 +168,11 @@ class Poller(Stage):
         log.info("task left alone", extra={"fields": {"task_id": task_id, "type": kind,
                                                        "why": "no handler for this type"}})
 
-    def _note_unusable(self, descriptions: list[str]) -> None:
-        for description in descriptions:
-            if description not in self._seen_left_alone and len(self._seen_left_alone) < _SEEN_LIMIT:
-                self._seen_left_alone.add(description)
-                self.left_alone["unusable id"] += 1
-                log.warning("task left alone", extra={"fields": {"why": description}})
+    def _note_unusable(self, description: str) -> None:
+        if description not in self._seen_left_alone and len(self._seen_left_alone) < _SEEN_LIMIT:
+            self._seen_left_alone.add(description)
+            self.left_alone["unusable id"] += 1
+            log.warning("task left alone", extra={"fields": {"why": description}})
 
     # --- asked by the supervisor ---
     def stop_polling(self) -> None:

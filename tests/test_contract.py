@@ -67,3 +67,14 @@ def test_state_bodies_are_compact_and_checked():
     assert msgspec.json.decode(state_body("failed", "why")) == {"state": "failed", "error": "why"}
     with pytest.raises(ContractError):
         state_body("done")
+
+
+def test_entries_are_decoded_only_as_far_as_they_are_read(monkeypatch):
+    import aitp.contract as contract
+    decoded = []
+    real_read = contract.read_entry
+    monkeypatch.setattr(contract, "read_entry", lambda raw: decoded.append(raw) or real_read(raw))
+    pending = decode_pending(msgspec.json.encode([embedding_task(object_id(i), "t") for i in range(1000)]))
+    first_three = [entry.id for _, entry in zip(range(3), pending)]
+    assert first_three == [object_id(0), object_id(1), object_id(2)]
+    assert len(decoded) == 3 and len(pending) == 1000
