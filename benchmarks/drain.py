@@ -38,6 +38,7 @@ class Run:
     tasks: int
     seconds: float            # first claim to last result
     cpu_seconds: float        # the process and its children, start to exit
+    system_seconds: float     # the kernel's part of cpu_seconds (sockets, pipes, thread wake-ups)
     peak_rss_mb: float
     busy: float               # provider busy time / drain window
     bytes_polled: int
@@ -48,7 +49,8 @@ class Run:
 
     def line(self) -> str:
         return (f"{self.label:<28} {self.rate:8.0f} tasks/s  busy {self.busy:6.1%}  "
-                f"cpu {1e6 * self.cpu_seconds / self.tasks:6.0f} µs/task  peak RSS {self.peak_rss_mb:6.0f} MB  "
+                f"cpu {1e6 * self.cpu_seconds / self.tasks:6.0f} µs/task "
+                f"({self.system_seconds / self.cpu_seconds:4.0%} system)  peak RSS {self.peak_rss_mb:6.0f} MB  "
                 f"polled {self.bytes_polled / self.tasks:8.0f} B/task")
 
 
@@ -112,9 +114,10 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
     process.wait(120)
     sampling.set()
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
+    system = usage_after.ru_stime - usage_before.ru_stime
+    cpu = (usage_after.ru_utime - usage_before.ru_utime) + system
     del busy_before
-    return Run(label, tasks, done - first, cpu, peak[0], busy / (done - first),
+    return Run(label, tasks, done - first, cpu, system, peak[0], busy / (done - first),
                peers.sandbox.store.bytes_polled - polled_before)
 
 

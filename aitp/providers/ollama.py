@@ -10,6 +10,7 @@ import requests
 
 from aitp.config import Settings
 from aitp.errors import ProviderError
+from aitp.http1 import Http1Client, HttpTransportError
 from aitp.providers.base import Provider, RawEmbedding
 
 log = logging.getLogger("aitp.providers.ollama")
@@ -37,6 +38,7 @@ class _EmbedCounts(msgspec.Struct):
 _tags_decoder = msgspec.json.Decoder(_Tags)
 _progress_decoder = msgspec.json.Decoder(_PullProgress)
 _encoder = msgspec.json.Encoder()
+_JSON = {"Content-Type": "application/json"}
 
 
 def _base_name(model: str) -> str:
@@ -55,7 +57,10 @@ class OllamaProvider(Provider):
         self._supported = {_base_name(model) for model in settings.processing.supported_models}
         self._supported_names = settings.processing.supported_models
         self._dimensions = settings.models.dimensions
-        self._session = requests.Session()
+        self._session = requests.Session()      # model listing and streamed pulls, at startup
+        # The hot path, one call per batch, on the lean client (aitp/http1.py); like the task API,
+        # Ollama is reached directly, never through an HTTP_PROXY.
+        self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8)
 
     def refusal(self, model: str) -> str | None:
         if _base_name(model) not in self._supported:
@@ -115,24 +120,23 @@ class OllamaProvider(Provider):
     def embed(self, model: str, texts: list[str]) -> RawEmbedding:
         body = _encoder.encode({"model": model, "input": texts, "truncate": False})
         try:
-            response = self._session.post(f"{self._base}/api/embed", data=body, timeout=self._timeout,
-                                          headers={"Content-Type": "application/json"})
-        except requests.RequestException as exc:
-            raise ProviderError(f"Ollama at {self._base} unreachable: {type(exc).__name__}",
-                                provider=self.name) from None
-        if response.status_code != 200:
-            detail = response.text[:200]
+            response = self._embed_client.request("POST", "/api/embed", _JSON, body)
+        except HttpTransportError as exc:
+            raise ProviderError(f"Ollama at {self._base} unreachable: {exc.kind}", provider=self.name) from None
+        if response.status != 200:
+            detail = response.body[:400].decode("utf-8", "replace")[:200]
             # One NaN fails a whole batch with 500, one over-long input with 400: split and retry.
-            raise ProviderError(f"Ollama /api/embed answered {response.status_code}: {detail}",
-                                provider=self.name, status=response.status_code,
-                                input_specific=response.status_code in (400, 500),
-                                retryable=response.status_code != 404)
+            raise ProviderError(f"Ollama /api/embed answered {response.status}: {detail}",
+                                provider=self.name, status=response.status,
+                                input_specific=response.status in (400, 500),
+                                retryable=response.status != 404)
         tokens = 0
         try:
-            tokens = msgspec.json.decode(response.content, type=_EmbedCounts).prompt_eval_count
+            tokens = msgspec.json.decode(response.body, type=_EmbedCounts).prompt_eval_count
         except msgspec.DecodeError:
             pass  # the process worker reports the garbage as a contract error for the batch
-        return RawEmbedding(decoder="ollama", payload=response.content, tokens=tokens)
+        return RawEmbedding(decoder="ollama", payload=response.body, tokens=tokens)
 
     def close(self) -> None:
         self._session.close()
+        self._embed_client.close()
