@@ -49,11 +49,10 @@ class TasksReleased(msgspec.Struct, frozen=True):
     batch_id: str = ""
 
 
-class ClaimAnswered(msgspec.Struct, frozen=True):
-    """A claim PATCH came back (to RateLimiter, from its claim threads)."""
+class ClaimsAnswered(msgspec.Struct, frozen=True):
+    """A chunk of claim PATCHes came back, in order (to RateLimiter, from its claim threads)."""
 
-    task: TakenTask
-    result: PatchResult
+    answers: list[tuple[TakenTask, PatchResult]]
     attempt: int
 
 
@@ -121,9 +120,10 @@ class ReportResults(msgspec.Struct, frozen=True):
     attempt: int = 1
 
 
-class PatchAnswered(msgspec.Struct, frozen=True):
-    task_id: str
-    result: PatchResult
+class PatchesAnswered(msgspec.Struct, frozen=True):
+    """A chunk of result PATCHes came back, in order (to Reporter, from its threads)."""
+
+    answers: list[tuple[str, PatchResult]]
     attempt: int
 
 

@@ -6,6 +6,7 @@ gets its unit refunded."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import msgspec
 
@@ -13,7 +14,7 @@ from aitp.contract import CLAIM_BODY
 from aitp.journal import Claim
 from aitp.rate_limits import RateLimitBackend
 from aitp.task_api import PatchOutcome
-from actors.messages import ClaimAnswered, RetryClaim, TakenTask, TasksClaimed, TasksSettled, TasksTaken
+from actors.messages import ClaimsAnswered, RetryClaim, TakenTask, TasksClaimed, TasksSettled, TasksTaken
 from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
@@ -35,17 +36,17 @@ class RateLimiter(Stage):
         # Claims in flight when an earlier instance died still answer through the directory; the
         # claims it had parked during an outage come back as orphans and are sent again.
         self.start_pool(self.settings.workers.claim_concurrency)
-        for task in self.inherited:
-            self._send_claim(task, 1)
+        if self.inherited:
+            self._send_claims(self.inherited, 1)
 
     def on_receive(self, message) -> None:
         if isinstance(message, TasksTaken):
             self._admit(message.tasks)
-        elif isinstance(message, ClaimAnswered):
-            self._claim_answered(message)
+        elif isinstance(message, ClaimsAnswered):
+            self._claims_answered(message)
         elif isinstance(message, RetryClaim):
             self.gate.probing(message.task.job.task_id)
-            self._send_claim(message.task, message.attempt)
+            self._send_claims([message.task], message.attempt)
 
     def _admit(self, tasks: list[TakenTask]) -> None:
         with self.ctx.metrics.rate_limit_check.time():
@@ -61,52 +62,56 @@ class RateLimiter(Stage):
         if not self.claiming:
             self.tell("dispatcher", TasksClaimed([task.job for task in admitted]))
             return
-        for task in admitted:
-            if self.gate.down:   # wait for the probe to get through, with the others
+        if self.gate.down:   # wait for the probe to get through, with the others
+            for task in admitted:
                 self.gate.park(task.job.task_id, task)
-            else:
-                self._send_claim(task, 1)
+        else:
+            self._send_claims(admitted, 1)
 
-    def _send_claim(self, task: TakenTask, attempt: int) -> None:
+    def _send_claims(self, tasks: list[TakenTask], attempt: int) -> None:
         directory, api = self.ctx.directory, self.ctx.task_api
-
-        def claim() -> None:
-            result = api.patch(task.job.task_id, CLAIM_BODY)
-            directory.tell(RateLimiter.name, ClaimAnswered(task, result, attempt))
-
-        self.claims_sent += 1
         assert self.pool is not None
-        self.pool.submit(claim)
+        for chunk in self.chunks_for_pool(tasks):
+            def claim(chunk: list[TakenTask] = chunk) -> None:
+                results = api.patch_in_order([(task.job.task_id, CLAIM_BODY, False) for task in chunk])
+                directory.tell(RateLimiter.name, ClaimsAnswered(list(zip(chunk, results)), attempt))
 
-    def _claim_answered(self, answer: ClaimAnswered) -> None:
-        task_id = answer.task.job.task_id
-        outcome = answer.result.outcome
-        if outcome is PatchOutcome.RETRY:
-            # The API is down or refusing us: never give a claim up for that (it may have landed and
-            # only its answer been lost); one probe per backoff period until the API answers again.
-            probe = self.gate.failed(task_id, answer.task, answer.result.retry_after)
-            if probe is not None:
-                probe_task, delay = probe
-                log.warning("claim failed, retrying", extra={"fields": {
-                    "task_id": task_id, "status": answer.result.status, "detail": answer.result.detail,
-                    "parked": len(self.gate.parked), "retry_in_s": round(delay, 2)}})
-                self.later(delay, RetryClaim(probe_task, answer.attempt + 1))
-            return
-        if self.gate.down or self.gate.parked:   # the API answers again: claim what waited for it
-            for waiting in self.gate.answered(task_id):
-                self._send_claim(waiting, 1)
-        if outcome is PatchOutcome.DONE:
-            log.debug("task claimed", extra={"fields": {"task_id": task_id}})
-            self.tell("dispatcher", TasksClaimed([answer.task.job]))
-            return
-        # Gone or refused: nothing reached a provider, so the unit goes back.
-        log.warning("claim abandoned", extra={"fields": {"task_id": task_id, "outcome": outcome.value,
-                                                          "status": answer.result.status,
-                                                          "detail": answer.result.detail}})
-        for reservation in self.ctx.journal.reservations_of([task_id]).values():
-            self.backend.refund(reservation, 1)
-        self.ctx.journal.drop_claims([task_id])
-        self.tell("poller", TasksSettled([task_id]))
+            self.claims_sent += len(chunk)
+            self.pool.submit(claim)
+
+    def _claims_answered(self, message: ClaimsAnswered) -> None:
+        claimed, abandoned, waiting = [], [], []
+        for task, result in message.answers:
+            task_id = task.job.task_id
+            if result.outcome is PatchOutcome.RETRY:
+                # The API is down or refusing us: never give a claim up for that (it may have landed and
+                # only its answer been lost); one probe per backoff period until the API answers again.
+                probe = self.gate.failed(task_id, task, result.retry_after)
+                if probe is not None:
+                    probe_task, delay = probe
+                    log.warning("claim failed, retrying", extra={"fields": {
+                        "task_id": task_id, "status": result.status, "detail": result.detail,
+                        "parked": len(self.gate.parked), "retry_in_s": round(delay, 2)}})
+                    self.later(delay, RetryClaim(probe_task, message.attempt + 1))
+                continue
+            if self.gate.down or self.gate.parked:   # the API answers again: claim what waited for it
+                waiting += self.gate.answered(task_id)
+            if result.outcome is PatchOutcome.DONE:
+                log.debug("task claimed", extra={"fields": {"task_id": task_id}})
+                claimed.append(task.job)
+                continue
+            log.warning("claim abandoned", extra={"fields": {"task_id": task_id, "outcome": result.outcome.value,
+                                                              "status": result.status, "detail": result.detail}})
+            abandoned.append(task_id)
+        if claimed:
+            self.tell("dispatcher", TasksClaimed(claimed))
+        if abandoned:   # gone or refused: nothing reached a provider, so the units go back
+            for reservation, units in Counter(self.ctx.journal.reservations_of(abandoned).values()).items():
+                self.backend.refund(reservation, units)
+            self.ctx.journal.drop_claims(abandoned)
+            self.tell("poller", TasksSettled(abandoned))
+        if waiting:
+            self._send_claims(waiting, 1)
 
     def orphans(self) -> list:
         return list(self.gate.parked.values())

@@ -13,8 +13,8 @@ from collections import Counter
 
 from aitp.contract import RELEASE_BODY, state_body
 from aitp.journal import OutboxEntry
-from aitp.task_api import PatchOutcome
-from actors.messages import (BatchEmbedded, PatchAnswered, ReportResults, TasksRejected, TasksReleased,
+from aitp.task_api import PatchOutcome, PatchResult
+from actors.messages import (BatchEmbedded, PatchesAnswered, ReportResults, TasksRejected, TasksReleased,
                              TasksSettled)
 from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
@@ -36,9 +36,11 @@ class Reporter(Stage):
         self.start_pool(self.settings.workers.reporter_concurrency)
         # Whatever the outbox holds (from the last run, or an earlier instance) is sent again: a
         # repeated PATCH of the same result is harmless, a lost one is not.
-        for entry in self.ctx.journal.outbox():
+        replayed = self.ctx.journal.outbox()
+        for entry in replayed:
             self.entries[entry.task_id] = entry
-            self._send(entry, 1)
+        if replayed:
+            self._send(replayed, 1)
 
     def on_receive(self, message) -> None:
         if isinstance(message, BatchEmbedded):
@@ -52,13 +54,13 @@ class Reporter(Stage):
         elif isinstance(message, TasksReleased):
             self.batch_of.update((task_id, message.batch_id) for task_id in message.task_ids if message.batch_id)
             self._store([OutboxEntry(task_id, RELEASE_BODY, "pending") for task_id in message.task_ids])
-        elif isinstance(message, PatchAnswered):
+        elif isinstance(message, PatchesAnswered):
             self._answered(message)
         elif isinstance(message, ReportResults):
             for task_id in message.task_ids:
                 self.gate.probing(task_id)
-                if task_id in self.entries:
-                    self._send(self.entries[task_id], message.attempt)
+            self._send([self.entries[task_id] for task_id in message.task_ids if task_id in self.entries],
+                       message.attempt)
 
     def _failure(self, task_id: str, reason: str, batch_id: str) -> OutboxEntry:
         # The server keeps no error text, so the reason is logged here as well as sent.
@@ -71,44 +73,54 @@ class Reporter(Stage):
         self.ctx.journal.add_results(entries)
         for entry in entries:
             self.entries[entry.task_id] = entry
-            if self.gate.down:    # wait with the others for the probe to get through
+        if self.gate.down:    # wait with the others for the probe to get through
+            for entry in entries:
                 self.gate.park(entry.task_id, entry.task_id)
-            else:
-                self._send(entry, 1)
+        else:
+            self._send(entries, 1)
 
-    def _send(self, entry: OutboxEntry, attempt: int) -> None:
+    def _send(self, entries: list[OutboxEntry], attempt: int) -> None:
         directory, api = self.ctx.directory, self.ctx.task_api
-
-        def patch() -> None:
-            result = api.patch(entry.task_id, entry.body, is_success=entry.state == "succeeded")
-            directory.tell(Reporter.name, PatchAnswered(entry.task_id, result, attempt))
-
         assert self.pool is not None
-        self.pool.submit(patch)
+        for chunk in self.chunks_for_pool(entries):
+            def patch(chunk: list[OutboxEntry] = chunk) -> None:
+                results = api.patch_in_order([(e.task_id, e.body, e.state == "succeeded") for e in chunk])
+                directory.tell(Reporter.name, PatchesAnswered([(e.task_id, r) for e, r in zip(chunk, results)],
+                                                              attempt))
 
-    def _answered(self, answer: PatchAnswered) -> None:
-        entry = self.entries.get(answer.task_id)
+            self.pool.submit(patch)
+
+    def _answered(self, message: PatchesAnswered) -> None:
+        settled: list[str] = []
+        waiting: list[str] = []
+        for task_id, result in message.answers:
+            if self._answered_one(task_id, result, message.attempt, waiting):
+                settled.append(task_id)
+        if settled:
+            self.ctx.journal.acknowledge(settled)
+            self.tell("poller", TasksSettled(settled))
+        if waiting:
+            log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
+            self._send([self.entries[task_id] for task_id in waiting if task_id in self.entries], 1)
+
+    def _answered_one(self, task_id: str, result: PatchResult, attempt: int, waiting: list[str]) -> bool:
+        """Handle one answer; True when the task left the outbox."""
+        entry = self.entries.get(task_id)
         if entry is None:
-            return   # answered twice (sent again after a restart): already settled
-        result = answer.result
-        fields = {"task_id": answer.task_id, "state": entry.state, "status": result.status}
-        if answer.task_id in self.batch_of:
-            fields["batch_id"] = self.batch_of[answer.task_id]
+            return False   # answered twice (sent again after a restart): already settled
+        fields = {"task_id": task_id, "state": entry.state, "status": result.status}
+        if task_id in self.batch_of:
+            fields["batch_id"] = self.batch_of[task_id]
         if result.outcome is PatchOutcome.RETRY:
-            probe = self.gate.failed(answer.task_id, answer.task_id, result.retry_after)
+            probe = self.gate.failed(task_id, task_id, result.retry_after)
             if probe is not None:
-                task_id, delay = probe
+                probe_id, delay = probe
                 log.warning("report failed, results kept in the outbox", extra={"fields": {
                     **fields, "detail": result.detail, "parked": len(self.gate.parked), "retry_in_s": round(delay, 2)}})
-                self.later(delay, ReportResults([task_id], answer.attempt + 1))
-            return
+                self.later(delay, ReportResults([probe_id], attempt + 1))
+            return False
         if self.gate.down or self.gate.parked:   # the API answers again: send what waited for it
-            waiting = self.gate.answered(answer.task_id)
-            if waiting:
-                log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
-            for task_id in waiting:
-                if task_id in self.entries:
-                    self._send(self.entries[task_id], 1)
+            waiting += self.gate.answered(task_id)
         if result.outcome is PatchOutcome.GONE:
             log.warning("task disappeared before its result was reported", extra={"fields": fields})
         elif result.outcome is PatchOutcome.REJECTED_AFTER_SUCCESS:
@@ -120,10 +132,9 @@ class Reporter(Stage):
         else:
             log.debug("task reported", extra={"fields": fields})
         self.outcomes[f"{entry.state}:{result.outcome.value}"] += 1
-        del self.entries[answer.task_id]
-        self.batch_of.pop(answer.task_id, None)
-        self.ctx.journal.acknowledge([answer.task_id])
-        self.tell("poller", TasksSettled([answer.task_id]))
+        del self.entries[task_id]
+        self.batch_of.pop(task_id, None)
+        return True
 
     def status(self) -> dict:
         return {"outbox": len(self.entries), "outcomes": dict(self.outcomes), "parked": len(self.gate.parked)}

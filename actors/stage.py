@@ -111,11 +111,21 @@ class Stage(pykka.ThreadingActor):
         self.settings = ctx.settings
         self.inherited = orphans or []
         self.pool: ThreadPoolExecutor | None = None   # for stages that make blocking calls
+        self.pool_size = 0
         self.handing_over = False
 
     def start_pool(self, workers: int) -> ThreadPoolExecutor:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"aitp-{self.name}")
+        self.pool_size = workers
         return self.pool
+
+    def chunks_for_pool(self, items: list) -> list[list]:
+        """`items` split in one chunk per pool thread (fewer when there are fewer items): as
+        parallel as one call per item, with one hand-off and one answer message per chunk, which
+        cost more than a request on a fast API (benchmarks/README.md)."""
+        ways = max(1, min(self.pool_size, len(items)))
+        size = -(-len(items) // ways)
+        return [items[start:start + size] for start in range(0, len(items), size)]
 
     def on_stop(self) -> None:
         # A graceful stop waits for the calls already made (a claim landing after its release

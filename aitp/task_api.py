@@ -53,6 +53,8 @@ class PatchResult(msgspec.Struct, frozen=True):
     retry_after: float | None = None
 
 
+NOT_SENT = "not sent: the request before it in its group failed"
+
 RequestObserver = Callable[[str, str, str, float], None]  # endpoint, method, status, seconds
 
 
@@ -129,6 +131,17 @@ class TaskApiClient:
         if 400 <= code < 500 and code not in (401, 403, 408, 429):
             return PatchResult(PatchOutcome.INVALID, code, detail)
         return PatchResult(PatchOutcome.RETRY, code, detail, _retry_after(response))
+
+    def patch_in_order(self, patches: list[tuple[str, bytes, bool]]) -> list[PatchResult]:
+        """PATCH each (task id, body, is_success) in turn. After the first RETRY the rest are not
+        sent and come back RETRY too: the API is failing, and each would wait out its own timeout."""
+        results: list[PatchResult] = []
+        for task_id, body, is_success in patches:
+            if results and results[-1].outcome is PatchOutcome.RETRY:
+                results.append(PatchResult(PatchOutcome.RETRY, detail=NOT_SENT))
+            else:
+                results.append(self.patch(task_id, body, is_success=is_success))
+        return results
 
     def close(self) -> None:
         self._http.close()

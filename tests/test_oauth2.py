@@ -116,8 +116,9 @@ def test_an_unreachable_token_endpoint_is_named():
 def test_short_lived_tokens_are_refreshed_about_once_per_lifetime(oauth2_server, sandbox, ollama, service,
                                                                   tmp_path):
     peer = oauth2_server(lifetime=3)
-    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.6)     # a run of several lifetimes
-    tasks = generated_tasks(112)
+    # The stub embeds one batch at a time: 12 batches of 16 take at least 7.2 s, several lifetimes.
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.6)
+    tasks = generated_tasks(192)
     server = sandbox(tasks, introspection_url=peer.introspection_url)
     env = auth_env(peer, server, tmp_path, toml="[auth]\nrefresh_margin_seconds = 0.5\n",
                    PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url, SUPPORTED_MODELS="nomic-embed-text")
@@ -125,7 +126,7 @@ def test_short_lived_tokens_are_refreshed_about_once_per_lifetime(oauth2_server,
     process = service(env)
     wait_until(lambda: drained(server), timeout=90, message="the queue to drain")
     elapsed = time.monotonic() - started
-    assert server.counts() == {"succeeded": 112}
+    assert server.counts() == {"succeeded": 192}
     assert elapsed > 2 * 3, "the run must outlast the token a few times to test refreshing"
     fetched = len(peer.token_requests(ok=True))
     api_requests = sum(server.request_counts().values())

@@ -115,3 +115,16 @@ def test_observer_sees_every_request(sandbox):
     client.fetch_pending()
     client.patch(object_id(0), IN_PROGRESS)
     assert seen == [("/api/ai-tasks/pending", "GET", "200"), ("/api/ai-tasks/:id", "PATCH", "200")]
+
+
+def test_patches_in_order_stop_at_the_first_failure(sandbox):
+    server = sandbox(generated_tasks(4))
+    client = TaskApiClient(server.url, timeout=5)
+    patches = [(object_id(i), IN_PROGRESS, False) for i in range(4)]
+    assert [r.outcome for r in client.patch_in_order(patches[:2])] == [PatchOutcome.DONE] * 2
+    server.start_outage("503")
+    before = sum(server.request_counts().values())
+    results = client.patch_in_order(patches[2:])
+    assert [(r.outcome, r.status) for r in results] == [(PatchOutcome.RETRY, 503), (PatchOutcome.RETRY, None)]
+    assert "not sent" in results[1].detail
+    assert sum(server.request_counts().values()) == before + 1     # one request found the outage
