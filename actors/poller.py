@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import msgspec
 
@@ -18,6 +19,18 @@ log = logging.getLogger("aitp.poller")
 
 # How many left-alone ids to remember, so each is logged once without unbounded memory.
 _SEEN_LIMIT = 100_000
+
+
+@dataclass
+class _HeldList:
+    """A pending list kept for a few seconds: the next takes continue from `cursor` without a poll.
+    The server lists every pending task each time (30 MB at 100,000), so polling again for each
+    share would make draining a backlog quadratic in its size."""
+
+    pending: PendingList
+    poll_number: int
+    fetched_at: float
+    cursor: int = 0
 
 
 class Poller(Stage):
@@ -39,6 +52,7 @@ class Poller(Stage):
         self.left_alone: Counter[str] = Counter()  # by type (or "unusable id"), counted once per task
         self._seen_left_alone: set[str] = set()
         self.taken_total = 0
+        self.held: _HeldList | None = None       # the last pending list, while more is taken from it
 
     def setup(self) -> None:
         self._schedule(0)
@@ -101,19 +115,24 @@ class Poller(Stage):
             self._schedule(delay)
             return
         budget = self.credit if room is None else min(self.credit, room)
-        self.polls_begun += 1
-        poll_number = self.polls_begun
-        try:
-            pending = decode_pending(self.ctx.task_api.fetch_pending())
-        except (TaskApiError, ContractError) as exc:
-            self.failures_in_a_row += 1
-            delay = self.ctx.backoff(self.failures_in_a_row, getattr(exc, "retry_after", None))
-            log.warning("poll failed", extra={"fields": {"error": str(exc), "retry_in_s": round(delay, 2)}})
-            self._schedule(delay)
-            return
-        self.failures_in_a_row = 0
-        taken, rejected, more_left = self._take(pending, poll_number, budget)
-        self.settled_at = {k: v for k, v in self.settled_at.items() if v >= poll_number}
+        held = self._fresh_held_list()
+        if held is None:
+            self.polls_begun += 1
+            poll_number = self.polls_begun
+            try:
+                pending = decode_pending(self.ctx.task_api.fetch_pending())
+            except (TaskApiError, ContractError) as exc:
+                self.failures_in_a_row += 1
+                delay = self.ctx.backoff(self.failures_in_a_row, getattr(exc, "retry_after", None))
+                log.warning("poll failed", extra={"fields": {"error": str(exc), "retry_in_s": round(delay, 2)}})
+                self._schedule(delay)
+                return
+            self.failures_in_a_row = 0
+            held = self.held = _HeldList(pending, poll_number, time.monotonic())
+        taken, rejected, more_left = self._take(held, budget)
+        self.settled_at = {k: v for k, v in self.settled_at.items() if v >= held.poll_number}
+        if not more_left:
+            self.held = None
         if taken:
             self.tell("rate_limiter", TasksTaken(taken))
         if rejected:
@@ -126,26 +145,37 @@ class Poller(Stage):
         else:
             self._schedule(self.settings.polling.interval_seconds)
 
-    def _take(self, pending: PendingList, poll_number: int,
-              budget: int) -> tuple[list[TakenTask], list[Rejection], bool]:
-        """Take up to `budget` tasks (credit, and rate-limit room); report the malformed ones.
-        Entries past the last one taken are never decoded: the next poll lists them again."""
+    def _fresh_held_list(self) -> _HeldList | None:
+        """The last list, while it is young enough to take more from instead of polling again."""
+        held = self.held
+        if held is not None and time.monotonic() - held.fetched_at >= self.settings.polling.list_reuse_seconds:
+            held = self.held = None
+        return held
+
+    def _take(self, held: _HeldList, budget: int) -> tuple[list[TakenTask], list[Rejection], bool]:
+        """Take up to `budget` tasks (credit, and rate-limit room) from where the last take from
+        this list stopped; report the malformed ones. Entries past the last one taken are not decoded
+        yet: the next take from this list, or the next poll, reaches them."""
         taken: list[TakenTask] = []
         rejected: list[Rejection] = []
         handlers = self.ctx.handlers
         now = time.time()
-        for task in pending:
+        pending = held.pending
+        while held.cursor < len(pending):
+            if len(taken) >= budget or self.credit <= 0:
+                self.taken_total += len(taken)
+                return taken, rejected, True
+            task = pending.read(held.cursor)
+            held.cursor += 1
             if isinstance(task, Unusable):
                 self._note_unusable(task.description)
                 continue
-            if task.id in self.in_flight or self.settled_at.get(task.id, -1) >= poll_number:
+            if task.id in self.in_flight or self.settled_at.get(task.id, -1) >= held.poll_number:
                 continue
             handler = handlers.get(task.type)
             if handler is None:
                 self._leave_alone(task.id, task.type)
                 continue
-            if len(taken) >= budget or self.credit <= 0:
-                return taken, rejected, True
             self.in_flight.add(task.id)
             try:
                 job = handler.parse(task.id, task.raw)
@@ -177,6 +207,7 @@ class Poller(Stage):
     # --- asked by the supervisor ---
     def stop_polling(self) -> None:
         self.stopped = True
+        self.held = None
 
     def status(self) -> dict:
         return {"in_flight": len(self.in_flight), "credit": self.credit, "polls": self.polls_begun,

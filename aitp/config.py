@@ -60,6 +60,7 @@ class ProcessingSettings(_Section):
 
 class PollingSettings(_Section):
     interval_seconds: Seconds = 10.0
+    list_reuse_seconds: NonNegativeSeconds = 5.0
 
 
 class OpenAISettings(_Section):

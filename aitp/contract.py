@@ -62,6 +62,9 @@ class PendingList:
         for raw in self._entries:
             yield read_entry(raw)
 
+    def read(self, index: int) -> Task | Unusable:
+        return read_entry(self._entries[index])
+
     @property
     def tasks(self) -> list[Task]:
         return [entry for entry in self if isinstance(entry, Task)]

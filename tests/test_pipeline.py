@@ -2,6 +2,7 @@
 
 import msgspec
 import numpy as np
+import pytest
 import requests
 
 from actors.dispatcher import Dispatcher
@@ -95,10 +96,11 @@ def test_a_full_take_polls_again_without_waiting_the_interval(sandbox, run_pipel
     server = sandbox(generated_tasks(50))
     settings = settings_for(server, tmp_path, "[processing]\nmax_in_flight = 10\n", POLLING_INTERVAL_SECONDS="600")
     pipeline = run_pipeline(settings)
-    # Five credit-sized takes; waiting the interval after any of them would take ten minutes.
+    # Five credit-sized takes (from one list, or polls); waiting the interval after any of them
+    # would take ten minutes.
     wait_until(lambda: drained(server), timeout=60, message="the queue to drain without interval waits")
     assert server.counts() == {"succeeded": 50}
-    assert pipeline.status()["stages"]["poller"]["polls"] >= 5
+    assert pipeline.status()["stages"]["poller"]["taken"] == 50
 
 
 def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path, dispatcher_fails_once):
@@ -154,3 +156,18 @@ def test_the_last_run_is_resumed_from_the_journal(sandbox, run_pipeline, tmp_pat
     assert server.counts() == {"succeeded": 4}
     assert server.result(object_id(1)) == [0.6, 0.8]            # sent from the outbox, not recomputed
     assert server.history(object_id(0)) == ["pending", "in_progress", "succeeded"]   # resumed, not re-claimed
+
+
+@pytest.mark.parametrize("reuse_seconds", ["60", "0"])
+def test_a_backlog_is_taken_from_one_list_while_it_is_fresh(sandbox, run_pipeline, tmp_path, reuse_seconds):
+    server = sandbox(generated_tasks(480))
+    toml = f"[processing]\nmax_in_flight = 32\n[polling]\nlist_reuse_seconds = {reuse_seconds}\n"
+    # A long interval: the polls counted are those made for more credit, not the idle ones after.
+    run_pipeline(settings_for(server, tmp_path, toml, POLLING_INTERVAL_SECONDS="60"))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.counts() == {"succeeded": 480}
+    polls = server.request_counts()["GET pending"]
+    if reuse_seconds == "60":        # one list serves every take (credit 32, taken again when half free)
+        assert polls == 1
+    else:                            # a poll for each take
+        assert polls >= 480 // 32
