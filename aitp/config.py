@@ -94,7 +94,7 @@ class ModelSettings(_Section):
 
 
 class BatchingSettings(_Section):
-    max_items: Positive = 16
+    max_items: Positive = 15
     max_text_chars: Positive = 64_000
     linger_ms: NonNegativeSeconds = 5.0
 

@@ -241,7 +241,7 @@ def main() -> None:
         return
     if args.sweep:
         by_batch = [(size, run_service(args.tasks, args.call_cost, args.input_cost, f"batch {size}",
-                                       AITP_BATCHING__MAX_ITEMS=str(size)).rate) for size in (1, 4, 8, 16, 32, 64)]
+                                       AITP_BATCHING__MAX_ITEMS=str(size)).rate) for size in (1, 4, 8, 15, 32, 64)]
         by_workers = [(n, run_service(args.tasks, args.call_cost, args.input_cost, f"workers {n}",
                                       AITP_WORKERS__PROCESS_WORKERS=str(n)).rate) for n in (1, 2, 4)]
         for label, points in (("batch size", by_batch), ("process workers", by_workers)):

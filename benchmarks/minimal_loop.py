@@ -1,6 +1,6 @@
 """The ceiling to compare aitp with: the least a processor must do against the same peers.
 
-Poll, claim each task, one embed call per batch of 16, PATCH each normalised result; a few threads
+Poll, claim each task, one embed call per batch of 15, PATCH each normalised result; a few threads
 so that the provider always has the next batch. No journal, no actors, no retries, no checks
 beyond normalising. It uses aitp's own leanest parts (its HTTP client and its float32 formatting),
 so that it stays the ceiling of the machine. Run by benchmarks/drain.py:  python3 benchmarks/minimal_loop.py API_URL OLLAMA_URL
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aitp.float32_text import shortest_float32  # noqa: E402
 from aitp.http1 import Http1Client  # noqa: E402
 
-BATCH, THREADS, TAKE = 16, 4, 256
+BATCH, THREADS, TAKE = 15, 4, 256     # aitp's default batch size
 
 
 def main(api: str, ollama: str) -> None:

@@ -65,7 +65,7 @@ def test_precedence_defaults_then_file_then_dotenv_then_environment(tmp_path):
     assert s.processing.max_in_flight == 50            # file over default
     assert s.processing.concurrency_limit == 5         # .env over file
     assert s.polling.interval_seconds == 8.0           # environment over .env
-    assert s.batching.max_items == 16                  # default
+    assert s.batching.max_items == 15                  # default
     assert loaded.sources["processing.max_in_flight"].startswith("file ")
     assert loaded.sources["processing.concurrency_limit"] == ".env CONCURRENCY_LIMIT"
 
