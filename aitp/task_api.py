@@ -106,7 +106,7 @@ class TaskApiClient:
             return response
         return response
 
-    def fetch_pending(self) -> bytes:
+    def fetch_pending(self) -> bytes | bytearray:
         """The raw pending list (the server returns all of it and ignores `limit`)."""
         response = self._send("GET", f"{self._base}/pending", "/api/ai-tasks/pending")
         if response.status != 200:

@@ -228,3 +228,23 @@ def test_tls_checks_the_certificate(scripted, certificate):
     with pytest.raises(HttpTransportError) as error:      # the system's CAs do not know this certificate
         Http1Client(server.url, timeout=5).request("GET", "/", {})
     assert error.value.kind == "TLSError" and "CERTIFICATE_VERIFY_FAILED" in str(error.value)
+
+
+@pytest.mark.parametrize("trusted_idle_seconds", [0.0, 60.0])   # asks the kernel first / trusts a fresh one
+def test_a_connection_the_server_closed_after_answering_is_not_a_failure(scripted, monkeypatch,
+                                                                         trusted_idle_seconds):
+    monkeypatch.setattr("aitp.http1._TRUSTED_IDLE_SECONDS", trusted_idle_seconds)
+    closed = threading.Event()
+
+    def script(peer: Peer, number: int) -> None:
+        peer.read_request()
+        peer.send(ok(b"first" if number == 1 else b"again"))   # says keep-alive, then closes anyway
+        if number == 1:
+            peer.sock.shutdown(socket.SHUT_RDWR)
+            closed.set()
+    server = scripted(script)
+    client = Http1Client(server.url, timeout=5)
+    assert client.request("GET", "/", {}).body == b"first"
+    closed.wait(10)
+    assert client.request("GET", "/", {}).body == b"again"
+    assert server.connections == 2
