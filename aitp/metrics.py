@@ -47,18 +47,30 @@ class Metrics:
         self.vector_work = Histogram("aitp_vector_work_seconds",
                                      "Time a process worker spent decoding, checking and encoding one batch",
                                      buckets=_LATENCY, registry=registry)
+        self._task_children: dict[tuple, tuple] = {}
+        self._request_children: dict[tuple, tuple] = {}
         self.rate_limit_check = Histogram("rate_limit_check_duration_seconds", "Time to reserve rate-limit units",
                                           buckets=_LATENCY, registry=registry)
 
     # --- recorders the stages call ---
+    # Labelled children are kept: these two run for every task and every request, and `labels()`
+    # takes a lock and builds its key each time.
     def task_decided(self, task_type: str, status: str, seconds: float | None = None) -> None:
-        self.tasks_processed.labels(task_type, status).inc()
+        key = (task_type, status)
+        if (children := self._task_children.get(key)) is None:
+            children = self._task_children[key] = (self.tasks_processed.labels(task_type, status),
+                                                   self.task_duration.labels(task_type))
+        children[0].inc()
         if seconds is not None:
-            self.task_duration.labels(task_type).observe(max(0.0, seconds))
+            children[1].observe(max(0.0, seconds))
 
     def api_request(self, endpoint: str, method: str, status: str, seconds: float) -> None:
-        self.api_requests.labels(endpoint, method, status).inc()
-        self.api_duration.labels(endpoint, method).observe(seconds)
+        key = (endpoint, method, status)
+        if (children := self._request_children.get(key)) is None:
+            children = self._request_children[key] = (self.api_requests.labels(endpoint, method, status),
+                                                      self.api_duration.labels(endpoint, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def provider_call(self, provider: str, model: str, status: str, inputs: int, seconds: float,
                       tokens: int = 0) -> None:
