@@ -1,7 +1,7 @@
 """A small HTTP/1.1 client for the task API: kept-alive connections, no redirects, no retries.
 
 Why not urllib3 or requests: every task costs two PATCHes, and on loopback a request costs about
-290 µs of client CPU with urllib3 (700 µs with requests) against about 40 µs here
+300 µs of client CPU with urllib3 (700 µs with requests) against about 100 µs here
 (benchmarks/README.md). The task API needs little of HTTP: a few headers, small JSON bodies and
 one large GET. What this still does properly: TLS with certificate checks, chunked and
 read-to-close bodies, 1xx answers, `Connection: close`, timeouts on every socket operation, and

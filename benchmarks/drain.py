@@ -13,6 +13,7 @@ memory from /proc (the service and its children summed, sampled every 0.1 s).
 from __future__ import annotations
 
 import argparse
+import statistics
 import os
 import resource
 import signal
@@ -231,6 +232,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write the sweep as an SVG chart")
     parser.add_argument("--memory", type=int, nargs="*", help="peak RSS with these backlogs (e.g. 10000 100000)")
     parser.add_argument("--memory-seconds", type=float, default=20.0)
+    parser.add_argument("--repeat", type=int, default=1, help="run the comparison this many times, print medians")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; provider {args.call_cost * 1000:g} ms "
           f"per call + {args.input_cost * 1000:g} ms per input, one batch at a time", flush=True)
@@ -252,11 +254,22 @@ def main() -> None:
             print(f"wrote {args.plot}")
         return
 
-    minimal = run_minimal(args.tasks, args.call_cost, args.input_cost)
-    print(minimal.line(), flush=True)
-    service = run_service(args.tasks, args.call_cost, args.input_cost)
-    print(service.line(), flush=True)
-    print(f"ratio: aitp run drains at {service.rate / minimal.rate:.0%} of the minimal loop's rate", flush=True)
+    pairs = []
+    for _ in range(args.repeat):   # alternated, so that a slow spell of the machine hits both
+        minimal = run_minimal(args.tasks, args.call_cost, args.input_cost)
+        print(minimal.line(), flush=True)
+        service = run_service(args.tasks, args.call_cost, args.input_cost)
+        print(service.line(), flush=True)
+        print(f"ratio: aitp run drains at {service.rate / minimal.rate:.0%} of the minimal loop's rate", flush=True)
+        pairs.append((minimal, service))
+    if args.repeat > 1:
+        print(f"medians of {args.repeat}: " + "; ".join(
+            f"{label} {statistics.median(run.rate for run in runs):.0f} tasks/s, busy "
+            f"{statistics.median(run.busy for run in runs):.1%}, "
+            f"{statistics.median(1e6 * run.cpu_seconds / run.tasks for run in runs):.0f} µs/task"
+            for label, runs in (("minimal loop", [m for m, _ in pairs]), ("aitp run", [a for _, a in pairs]))),
+            flush=True)
+        print(f"median ratio: {statistics.median(a.rate / m.rate for m, a in pairs):.0%}", flush=True)
     print(f"idle latency (polling every 2 s): {idle_latency(args.call_cost, args.input_cost):.2f} s", flush=True)
 
 
