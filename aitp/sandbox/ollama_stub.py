@@ -67,16 +67,18 @@ class OllamaStub:
         name = model.removesuffix(":latest")
         if name not in self.models or name not in self.installed:
             return 404, msgspec.json.encode({"error": f"model \"{model}\" not found, try pulling it first"})
+        # Made before taking the "GPU": the stub's own Python work is not GPU time, and it would
+        # otherwise show as idle GPU in the benchmarks' busy fraction.
+        vectors = [stub_vector(name, text, self.models[name]).tolist() for text in inputs]
         with self.gpu:
             if self.call_cost or self.input_cost:
-                cost = self.call_cost + self.input_cost * len(inputs)
-                time.sleep(cost)
-                self.busy_seconds += cost     # the GPU model's busy time (benchmarks' busy fraction)
+                started = time.perf_counter()
+                time.sleep(self.call_cost + self.input_cost * len(inputs))
+                self.busy_seconds += time.perf_counter() - started   # the GPU model's busy time
             if any(len(text) > self.context_chars for text in inputs):
                 return 400, b'{"error":"the input length exceeds the context length"}'
             if any(POISON in text for text in inputs):
                 return 500, b'{"error":"failed to encode response: json: unsupported value: NaN"}'
-            vectors = [stub_vector(name, text, self.models[name]).tolist() for text in inputs]
         with self.lock:
             self.embedded.extend(inputs)
         return 200, msgspec.json.encode({"model": model, "embeddings": vectors,
