@@ -1,17 +1,26 @@
 """Dispatcher: groups claimed jobs by model into batches (item cap, text and token budgets, short
-linger) and routes each batch to the providers whose breakers are not open."""
+linger) and routes each batch to the providers whose breakers are not open.
+
+A partial batch goes out only when a provider would otherwise idle (ProviderWorkers says so) or
+after a short linger while it does: behind a busy provider it waits to fill, since every call has a
+fixed cost (at 2 ms per input and 10 ms per call, batches averaging 12 instead of 15 cost 7 % of
+the throughput). `_MAX_HOLD_SECONDS` bounds the wait whatever the messages say."""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from aitp.tasks import EmbeddingJob
 from aitp.tokens import estimate_tokens
-from actors.messages import EmbedBatch, FlushBatches, TasksClaimed
+from actors.messages import EmbedBatch, FlushBatches, ProviderHungry, TasksClaimed
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.dispatcher")
+
+
+_MAX_HOLD_SECONDS = 1.0
 
 
 def new_batch_id() -> str:
@@ -28,6 +37,8 @@ class Dispatcher(Stage):
         self.linger = batching.linger_ms / 1000
         self.queues: dict[str, list[EmbeddingJob]] = {}
         self.flush_scheduled = False
+        self.provider_hungry = True    # until a batch goes out; then ProviderWorkers says when
+        self.held_since: float | None = None     # when the oldest queued job arrived
         self.batches_sent = 0
         self.limits: dict[str, tuple[int, int | None]] = {}   # model -> (items, tokens) per call
 
@@ -40,10 +51,23 @@ class Dispatcher(Stage):
             self._enqueue(message.jobs)
         elif isinstance(message, FlushBatches):
             self.flush_scheduled = False
-            for model in list(self.queues):
-                self._cut(model, flush=True)
+            held_too_long = self.held_since is not None and time.monotonic() - self.held_since >= _MAX_HOLD_SECONDS
+            if self.provider_hungry or held_too_long:
+                self._flush()
+            elif self.queues:
+                self.flush_scheduled = True
+                self.later(_MAX_HOLD_SECONDS, FlushBatches())
+        elif isinstance(message, ProviderHungry):
+            self.provider_hungry = True
+            self._flush()
+
+    def _flush(self) -> None:
+        for model in list(self.queues):
+            self._cut(model, flush=True)
 
     def _enqueue(self, jobs: list[EmbeddingJob]) -> None:
+        if not self.queues:
+            self.held_since = time.monotonic()
         for job in jobs:
             self.queues.setdefault(job.model, []).append(job)
         for model in list(self.queues):
@@ -78,11 +102,14 @@ class Dispatcher(Stage):
                 break   # not full yet: wait for the linger
             batch, queue[:size] = queue[:size], []
             self.batches_sent += 1
+            self.provider_hungry = False
             # Routed now, around open breakers; ProviderWorkers re-routes it after a backoff.
             self.tell("provider_workers", EmbedBatch(new_batch_id(), model, batch,
                                                      route=self.ctx.router.route(model)))
         if not queue:
             del self.queues[model]
+            if not self.queues:
+                self.held_since = None
 
     def release_queued(self) -> list[EmbeddingJob]:
         """Shutting down: hand back every job not yet sent to a provider."""

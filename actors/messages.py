@@ -68,7 +68,11 @@ class TasksClaimed(msgspec.Struct, frozen=True):
 
 
 class FlushBatches(msgspec.Struct, frozen=True):
-    """Dispatcher to itself: the linger is over; send partial batches."""
+    """Dispatcher to itself: the linger is over; send partial batches if a provider would idle."""
+
+
+class ProviderHungry(msgspec.Struct, frozen=True):
+    """ProviderWorkers to Dispatcher: a call slot is free and no batch waits for it."""
 
 
 class EmbedBatch(msgspec.Struct, frozen=True):

@@ -22,8 +22,8 @@ from aitp.dimensions import DimensionPins
 from aitp.errors import DimensionMismatch, ProviderError, RowContractError, VectorContractError
 from aitp.vectors import VectorJob, VectorJobResult
 from actors.dispatcher import new_batch_id
-from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch, Rejection, TasksRejected,
-                             TasksReleased)
+from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch, ProviderHungry, Rejection,
+                             TasksRejected, TasksReleased)
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.provider_workers")
@@ -42,6 +42,7 @@ class ProviderWorkers(Stage):
         self.pins = pins or DimensionPins(self.settings.models.dimensions, ctx.journal)
         self.calls: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()     # "provider/model" -> tokens the provider reported
+        self.said_hungry = False                  # told the Dispatcher a slot is free, and got nothing since
 
     def setup(self) -> None:
         self.start_pool(self.settings.workers.provider_threads * max(1, len(self.router.providers)))
@@ -51,6 +52,7 @@ class ProviderWorkers(Stage):
 
     def on_receive(self, message) -> None:
         if isinstance(message, EmbedBatch):
+            self.said_hungry = False
             self._accept(message)
         elif isinstance(message, CallFinished):
             self.active.pop(message.batch_id, None)
@@ -91,6 +93,9 @@ class ProviderWorkers(Stage):
             assert self.pool is not None
             self.pool.submit(self._call, batch, provider)
         self.queue = waiting
+        if not self.queue and not self.said_hungry and any(busy[name] < self.limit for name in self.router.providers):
+            self.said_hungry = True   # the Dispatcher may now send a partial batch rather than let a slot idle
+            self.tell("dispatcher", ProviderHungry())
 
     def _drop_refused_inputs(self, batch: EmbedBatch, provider: str) -> EmbedBatch | None:
         """Inputs this provider will not take (too long for OpenAI) leave the batch as a batch of

@@ -264,3 +264,37 @@ def test_while_no_provider_can_take_them_tasks_go_back_to_pending_then_succeed(
     for task in tasks:
         assert np.array_equal(vector_of(server, task),
                               openai_expected("text-embedding-ada-002", task["content"]["text"], 48))
+
+
+def test_a_trickle_behind_a_busy_provider_fills_batches_instead_of_sending_each_part(sandbox, openai_stub,
+                                                                                     run_pipeline, tmp_path):
+    stub = openai_stub(models={"text-embedding-ada-002": 48})
+    stub.gate.clear()                                  # the provider holds its first call
+    model = ("text-embedding-ada-002",)
+    server = sandbox(generated_tasks(8, models=model))
+    run_pipeline(settings_for(server, tmp_path, SMALL_DIMENSIONS + "[batching]\nmax_items = 8\n",
+                              OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, CONCURRENCY_LIMIT="1"))
+    wait_until(lambda: stub.in_flight == 1, message="the first batch inside the provider")
+    start = 8
+    for count in (3, 3, 2):                            # three trickles, each claimed before the next
+        server.add_tasks(generated_tasks(count, models=model, start=start))
+        start += count
+        wait_until(lambda: server.counts().get("in_progress", 0) == start, message="the trickle claimed")
+    stub.gate.set()
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.counts() == {"succeeded": 16}
+    assert [len(r["inputs"]) for r in stub.requests] == [8, 8]   # not 8, 3, 3, 2
+
+
+def test_a_partial_batch_is_not_held_for_ever_behind_a_stuck_provider(sandbox, openai_stub, run_pipeline, tmp_path):
+    stub = openai_stub(models={"text-embedding-ada-002": 48})
+    stub.gate.clear()
+    server = sandbox(generated_tasks(11, models=("text-embedding-ada-002",)))
+    pipeline = run_pipeline(settings_for(server, tmp_path, SMALL_DIMENSIONS + "[batching]\nmax_items = 8\n",
+                                         OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, CONCURRENCY_LIMIT="1"))
+    wait_until(lambda: stub.in_flight == 1 and server.counts().get("in_progress") == 11, message="all claimed")
+    # The provider never frees its slot, yet the 3 left over leave the Dispatcher after its longest hold.
+    wait_until(lambda: pipeline.status()["stages"]["dispatcher"]["queued"] == 0, message="the partial batch sent")
+    stub.gate.set()
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert [len(r["inputs"]) for r in stub.requests] == [8, 3]
