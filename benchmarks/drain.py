@@ -43,6 +43,7 @@ class Run:
     peak_rss_mb: float
     busy: float               # provider busy time / drain window
     bytes_polled: int
+    provider_calls: int
 
     @property
     def rate(self) -> float:
@@ -52,7 +53,8 @@ class Run:
         return (f"{self.label:<28} {self.rate:8.0f} tasks/s  busy {self.busy:6.1%}  "
                 f"cpu {1e6 * self.cpu_seconds / self.tasks:6.0f} µs/task "
                 f"({self.system_seconds / self.cpu_seconds:4.0%} system)  peak RSS {self.peak_rss_mb:6.0f} MB  "
-                f"polled {self.bytes_polled / self.tasks:8.0f} B/task")
+                f"polled {self.bytes_polled / self.tasks:8.0f} B/task  "
+                f"batch {self.tasks / max(1, self.provider_calls):5.1f} inputs")
 
 
 def _rss_mb(pid: int) -> float:
@@ -90,6 +92,7 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
             stop_with_signal: bool) -> Run:
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before, polled_before = peers.ollama.busy_seconds, peers.sandbox.store.bytes_polled
+    calls_before = len(peers.ollama.batch_sizes)
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     peak = [0.0]
@@ -119,7 +122,7 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + system
     del busy_before
     return Run(label, tasks, done - first, cpu, system, peak[0], busy / (done - first),
-               peers.sandbox.store.bytes_polled - polled_before)
+               peers.sandbox.store.bytes_polled - polled_before, len(peers.ollama.batch_sizes) - calls_before)
 
 
 def service_env(peers: Peers, data_dir: str, **extra: str) -> dict[str, str]:
