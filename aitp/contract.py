@@ -65,14 +65,6 @@ class PendingList:
     def read(self, index: int) -> Task | Unusable:
         return read_entry(self._entries[index])
 
-    @property
-    def tasks(self) -> list[Task]:
-        return [entry for entry in self if isinstance(entry, Task)]
-
-    @property
-    def unusable(self) -> list[str]:
-        return [entry.description for entry in self if isinstance(entry, Unusable)]
-
 
 # One JSON escape at a time (so an escaped backslash is never taken for the start of an escape):
 # a surrogate pair, a lone surrogate, or any other escape.

@@ -2,7 +2,7 @@ import msgspec
 import pytest
 
 from aitp.config import Settings, load_config
-from aitp.contract import decode_pending, is_object_id, state_body
+from aitp.contract import Task, Unusable, decode_pending, is_object_id, state_body
 from aitp.errors import ContractError
 from aitp.sandbox.seed import embedding_task, hostile_tasks, object_id
 from aitp.tasks import HANDLERS, TaskRejected
@@ -20,11 +20,12 @@ def test_each_task_is_decoded_on_its_own():
     good = embedding_task(object_id(1), "hello")
     body = msgspec.json.encode([good, 7, "text", {"_id": {"$oid": "x"}}, {"type": "text_embedding"},
                                 embedding_task("../x", "t"), {"_id": object_id(2), "type": 5}])
-    pending = decode_pending(body)
-    assert [t.id for t in pending.tasks] == [object_id(1), object_id(2)]
-    assert pending.tasks[1].type == "5"          # a non-string type is never handled
-    assert len(pending.unusable) == 5
-    assert msgspec.json.decode(pending.tasks[0].raw)["content"]["text"] == "hello"
+    entries = list(decode_pending(body))
+    tasks = [entry for entry in entries if isinstance(entry, Task)]
+    assert [t.id for t in tasks] == [object_id(1), object_id(2)]
+    assert tasks[1].type == "5"          # a non-string type is never handled
+    assert sum(isinstance(entry, Unusable) for entry in entries) == 5
+    assert msgspec.json.decode(tasks[0].raw)["content"]["text"] == "hello"
 
 
 @pytest.mark.parametrize("body", [b"", b"{}", b"<html>502</html>", b"[1,"])

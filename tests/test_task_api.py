@@ -28,7 +28,7 @@ class CountingCredentials:
 def test_pending_list_ignores_limit_and_returns_everything(sandbox):
     server = sandbox(generated_tasks(30))
     client = TaskApiClient(server.url, timeout=5)
-    assert len(decode_pending(client.fetch_pending()).tasks) == 30
+    assert len(decode_pending(client.fetch_pending())) == 30
 
 
 def test_patch_outcomes_follow_the_contract(sandbox):
@@ -68,7 +68,7 @@ def test_403_renews_the_token_once_and_retries(sandbox):
     assert credentials.renewals == 1
     assert credentials.accepted_tokens == {credentials.token}    # told which token the API took
     server.revoke_tokens()
-    assert len(decode_pending(client.fetch_pending()).tasks) == 0
+    assert len(decode_pending(client.fetch_pending())) == 0
     assert credentials.renewals == 2
 
 
