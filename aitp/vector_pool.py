@@ -126,6 +126,9 @@ class _Worker:
                     queued.future.set_result(value)
                 else:
                     queued.future.set_exception(value)
+        except Exception:   # cannot start a worker process (out of memory, file descriptors, ...)
+            log.exception("a vector worker feeder stopped; the other workers take its jobs",
+                          extra={"fields": {"worker": self.number}})
         finally:
             self.ready.set()
             self._stop_process()
