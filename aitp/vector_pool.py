@@ -6,17 +6,26 @@ in the shared pipe, and the executor then waits for the rest forever, with every
 (tests/test_faults.py caught it). Here each worker has its own pipe and a thread in the parent
 that hands it one job at a time: a death is an end-of-file on that pipe alone, the worker is
 started again, and the job is retried once.
+
+Workers are plain `python -m aitp.vector_pool FD` subprocesses on an inherited socket, not
+multiprocessing processes: those need a resource-tracker process (15 MB) and re-import the
+script that started the service in every worker.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
 import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from aitp.vectors import VectorJob, VectorJobResult, process_job
 
@@ -42,8 +51,11 @@ class VectorPool:
     replacement, so a crashed process costs a retry, never a task."""
 
     def __init__(self, workers: int) -> None:
-        # spawn, not fork: the parent runs many threads, and forking those is unsafe.
-        self._context = multiprocessing.get_context("spawn")
+        # A fresh interpreter per worker (never a fork: the parent runs many threads), finding
+        # this package where the parent found it.
+        package_root = str(Path(__file__).resolve().parents[1])
+        self._worker_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
         self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -104,7 +116,7 @@ class _Worker:
         self.number = number
         self.ready = threading.Event()
         self.pid: int | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: subprocess.Popen | None = None
         self._connection: Connection | None = None
         self.thread = threading.Thread(target=self._run, name=f"aitp-vector-feeder-{number}", daemon=True)
 
@@ -142,12 +154,13 @@ class _Worker:
 
     def _start_process(self) -> None:
         self._stop_process()
-        context = self.pool._context
-        parent_end, child_end = context.Pipe(duplex=True)
-        process = context.Process(target=_serve, args=(child_end,), name=f"aitp-vector-{self.number}", daemon=True)
-        process.start()
-        child_end.close()          # so that the worker's death is an end-of-file here
-        self._process, self._connection, self.pid = process, parent_end, process.pid
+        parent_end, child_end = socket.socketpair()
+        try:
+            process = subprocess.Popen([sys.executable, "-m", "aitp.vector_pool", str(child_end.fileno())],
+                                       pass_fds=(child_end.fileno(),), env=self.pool._worker_env)
+        finally:
+            child_end.close()      # so that the worker's death is an end-of-file here
+        self._process, self._connection, self.pid = process, Connection(parent_end.detach()), process.pid
         try:
             self._exchange(_PING)
         except WorkerDied:
@@ -162,10 +175,11 @@ class _Worker:
             connection.send(None)
         except OSError:
             pass
-        process.join(_STOP_SECONDS)
-        if process.is_alive():
+        try:
+            process.wait(_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
             process.kill()
-            process.join(_STOP_SECONDS)
+            process.wait(_STOP_SECONDS)
         connection.close()
 
 
@@ -188,3 +202,11 @@ def _serve(connection: Connection) -> None:
             return
         except Exception as exc:  # noqa: BLE001 - an exception that cannot be pickled
             connection.send(("error", RuntimeError(f"vector work failed: {exc!r}")))
+
+
+if __name__ == "__main__":      # a worker: python -m aitp.vector_pool FD
+    # Ctrl-C and a SIGTERM to the whole group (systemd does that) are for the service to handle:
+    # it finishes its batches, then stops its workers; a worker that outlives it reads end-of-file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _serve(Connection(int(sys.argv[1])))

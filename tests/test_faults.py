@@ -229,7 +229,7 @@ def _worker_pids(parent: int) -> list[int]:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            if b"aitp.vector_pool" in cmdline:
                 pids.append(int(child))
     return pids
 
