@@ -69,15 +69,9 @@ class RateLimiter(Stage):
             self._send_claims(admitted, 1)
 
     def _send_claims(self, tasks: list[TakenTask], attempt: int) -> None:
-        directory, api = self.ctx.directory, self.ctx.task_api
-        assert self.pool is not None
-        for chunk in self.chunks_for_pool(tasks):
-            def claim(chunk: list[TakenTask] = chunk) -> None:
-                results = api.patch_in_order([(task.job.task_id, CLAIM_BODY, False) for task in chunk])
-                directory.tell(RateLimiter.name, ClaimsAnswered(list(zip(chunk, results)), attempt))
-
-            self.claims_sent += len(chunk)
-            self.pool.submit(claim)
+        self.claims_sent += len(tasks)
+        self.patch_in_chunks(tasks, lambda task: (task.job.task_id, CLAIM_BODY, False),
+                             lambda pairs: ClaimsAnswered(pairs, attempt))
 
     def _claims_answered(self, message: ClaimsAnswered) -> None:
         claimed, abandoned, waiting = [], [], []

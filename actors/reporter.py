@@ -80,15 +80,8 @@ class Reporter(Stage):
             self._send(entries, 1)
 
     def _send(self, entries: list[OutboxEntry], attempt: int) -> None:
-        directory, api = self.ctx.directory, self.ctx.task_api
-        assert self.pool is not None
-        for chunk in self.chunks_for_pool(entries):
-            def patch(chunk: list[OutboxEntry] = chunk) -> None:
-                results = api.patch_in_order([(e.task_id, e.body, e.state == "succeeded") for e in chunk])
-                directory.tell(Reporter.name, PatchesAnswered([(e.task_id, r) for e, r in zip(chunk, results)],
-                                                              attempt))
-
-            self.pool.submit(patch)
+        self.patch_in_chunks(entries, lambda e: (e.task_id, e.body, e.state == "succeeded"),
+                             lambda pairs: PatchesAnswered([(e.task_id, r) for e, r in pairs], attempt))
 
     def _answered(self, message: PatchesAnswered) -> None:
         settled: list[str] = []

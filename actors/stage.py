@@ -10,7 +10,7 @@ import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pykka
 
@@ -19,7 +19,7 @@ from aitp.journal import Journal
 from aitp.metrics import Metrics
 from aitp.rate_limits import AdmitAll, RateLimitBackend
 from aitp.routing import Router
-from aitp.task_api import TaskApiClient
+from aitp.task_api import PatchResult, TaskApiClient
 from aitp.tasks import TaskHandler
 from aitp.timers import Scheduler, backoff_delay
 from aitp.vector_pool import VectorPool
@@ -119,13 +119,23 @@ class Stage(pykka.ThreadingActor):
         self.pool_size = workers
         return self.pool
 
-    def chunks_for_pool(self, items: list) -> list[list]:
-        """`items` split in one chunk per pool thread (fewer when there are fewer items): as
+    def patch_in_chunks(self, items: list, patch_of: Callable[[Any], tuple[str, bytes, bool]],
+                        answer: Callable[[list[tuple[Any, PatchResult]]], Any]) -> None:
+        """PATCH `items` on the pool, one chunk per thread (fewer when there are fewer items): as
         parallel as one call per item, with one hand-off and one answer message per chunk, which
-        cost more than a request on a fast API (benchmarks/README.md)."""
+        cost more than a request on a fast API (benchmarks/README.md). Each chunk goes in order,
+        stops at its first failure (TaskApiClient.patch_in_order), and tells this stage
+        `answer([(item, result), ...])`."""
+        assert self.pool is not None
+        directory, api, name = self.ctx.directory, self.ctx.task_api, self.name
         ways = max(1, min(self.pool_size, len(items)))
         size = -(-len(items) // ways)
-        return [items[start:start + size] for start in range(0, len(items), size)]
+        for start in range(0, len(items), size):
+            def send(chunk: list = items[start:start + size]) -> None:
+                results = api.patch_in_order([patch_of(item) for item in chunk])
+                directory.tell(name, answer(list(zip(chunk, results))))
+
+            self.pool.submit(send)
 
     def on_stop(self) -> None:
         # A graceful stop waits for the calls already made (a claim landing after its release
