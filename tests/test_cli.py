@@ -44,10 +44,3 @@ def test_sandbox_command_serves_a_task_file(tmp_path):
         process.terminate()
         process.wait(timeout=10)
 
-
-def test_the_entry_module_imports_nothing_until_it_runs():
-    # spawn imports the `aitp` console script, and with it actors.app, in every vector worker.
-    code = ("import sys, actors.app; "
-            "print(sorted(m for m in sys.modules if m.startswith(('actors.', 'aitp', 'numpy', 'pykka', 'requests'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
-    assert out.strip() == "['actors.app']"
