@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from aitp.contract import PendingList, Unusable, decode_pending
+from aitp.contract import PendingList, PendingSplitter, Task, Unusable, read_entry
 from aitp.errors import ContractError, TaskApiError
 from aitp.tasks import TaskRejected
 from actors.messages import Poll, Rejection, TakenTask, TasksRejected, TasksSettled, TasksTaken, TokenArrived
@@ -19,6 +19,11 @@ log = logging.getLogger("aitp.poller")
 
 # How many left-alone ids to remember, so each is logged once without unbounded memory.
 _SEEN_LIMIT = 100_000
+# How much of one pending list to keep: a few shares of takes, so that memory does not grow with
+# the backlog (the server lists all of it, 38 MB at 100,000 tasks). Reaching either limit makes the
+# list "truncated": once it is used up, the next poll comes at once.
+_KEEP_PER_CREDIT = 8
+_KEEP_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -119,8 +124,11 @@ class Poller(Stage):
         if held is None:
             self.polls_begun += 1
             poll_number = self.polls_begun
+            splitter = PendingSplitter(self._screen, max_entries=_KEEP_PER_CREDIT * self.capacity,
+                                       max_bytes=_KEEP_BYTES)
             try:
-                pending = decode_pending(self.ctx.task_api.fetch_pending())
+                self.ctx.task_api.fetch_pending(splitter.feed)
+                pending = splitter.finish()
             except (TaskApiError, ContractError) as exc:
                 self.failures_in_a_row += 1
                 delay = self.ctx.backoff(self.failures_in_a_row, getattr(exc, "retry_after", None))
@@ -131,8 +139,11 @@ class Poller(Stage):
             held = self.held = _HeldList(pending, poll_number, time.monotonic())
         taken, rejected, more_left = self._take(held, budget)
         self.settled_at = {k: v for k, v in self.settled_at.items() if v >= held.poll_number}
-        if not more_left:
+        if held.cursor >= len(held.pending):
             self.held = None
+            # The server listed more than was kept: poll again at once, unless this list gave
+            # nothing at all (then polling at once could only spin).
+            more_left = more_left or (held.pending.truncated and bool(taken or rejected))
         if taken:
             self.tell("rate_limiter", TasksTaken(taken))
         if rejected:
@@ -145,6 +156,21 @@ class Poller(Stage):
         else:
             self._schedule(self.settings.polling.interval_seconds)
 
+    def _screen(self, raw: msgspec.Raw) -> Task | None:
+        """Which entries of an arriving list are worth keeping: a usable id, a type some handler
+        takes, not in flight now. The others are noted (once each) and dropped, so they never
+        use up what a list may keep."""
+        entry = read_entry(raw)
+        if isinstance(entry, Unusable):
+            self._note_unusable(entry.description)
+            return None
+        if entry.id in self.in_flight:
+            return None
+        if entry.type not in self.ctx.handlers:
+            self._leave_alone(entry.id, entry.type)
+            return None
+        return entry
+
     def _fresh_held_list(self) -> _HeldList | None:
         """The last list, while it is young enough to take more from instead of polling again."""
         held = self.held
@@ -154,8 +180,8 @@ class Poller(Stage):
 
     def _take(self, held: _HeldList, budget: int) -> tuple[list[TakenTask], list[Rejection], bool]:
         """Take up to `budget` tasks (credit, and rate-limit room) from where the last take from
-        this list stopped; report the malformed ones. Entries past the last one taken are not decoded
-        yet: the next take from this list, or the next poll, reaches them."""
+        this list stopped (entries were screened as the list arrived); report the malformed ones.
+        The third value says whether the take stopped for want of budget with entries left."""
         taken: list[TakenTask] = []
         rejected: list[Rejection] = []
         handlers = self.ctx.handlers
@@ -167,15 +193,10 @@ class Poller(Stage):
                 return taken, rejected, True
             task = pending.read(held.cursor)
             held.cursor += 1
-            if isinstance(task, Unusable):
-                self._note_unusable(task.description)
-                continue
+            # Taken or settled since the list arrived (a list is reused for a few seconds).
             if task.id in self.in_flight or self.settled_at.get(task.id, -1) >= held.poll_number:
                 continue
-            handler = handlers.get(task.type)
-            if handler is None:
-                self._leave_alone(task.id, task.type)
-                continue
+            handler = handlers[task.type]
             self.in_flight.add(task.id)
             try:
                 job = handler.parse(task.id, task.raw)

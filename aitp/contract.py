@@ -8,7 +8,7 @@ poll that takes 128 tasks from a list of 100,000 decodes little more than those 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgspec
 
@@ -49,21 +49,21 @@ class Unusable(msgspec.Struct, frozen=True):
 
 
 class PendingList:
-    """One poll's answer: a raw slice per entry, each decoded only when the iteration reaches it."""
+    """What one poll kept of the pending list, in server order. `truncated`: the server listed more
+    than was kept, so the next poll will find more even if nothing new arrives."""
 
-    def __init__(self, entries: list[msgspec.Raw]) -> None:
+    def __init__(self, entries: list, truncated: bool = False) -> None:
         self._entries = entries
+        self.truncated = truncated
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __iter__(self) -> Iterator[Task | Unusable]:
-        """Tasks with a usable id and a string type, and Unusable entries, in server order."""
-        for raw in self._entries:
-            yield read_entry(raw)
+    def __iter__(self) -> Iterator:
+        return iter(self._entries)
 
-    def read(self, index: int) -> Task | Unusable:
-        return read_entry(self._entries[index])
+    def read(self, index: int):
+        return self._entries[index]
 
 
 # One JSON escape at a time (so an escaped backslash is never taken for the start of an escape):
@@ -79,17 +79,115 @@ def replace_lone_surrogates(body: bytes) -> bytes:
     return _ESCAPES.sub(lambda m: rb"\ufffd" if m.group(1) else m.group(0), body)
 
 
-def decode_pending(body: bytes) -> PendingList:
-    """Split the pending list; raises ContractError only when the body is not a JSON array."""
+_SEGMENT_BYTES = 1 << 20          # split what has arrived once this much has piled up
+_CUTS_TRIED = 4                   # candidate boundaries tried per segment before waiting for more
+_AFTER_CLOSE = re.compile(rb"[ \t\r\n]*,[ \t\r\n]*\{")
+
+
+class PendingSplitter:
+    """Splits the pending list as it arrives, keeping only the first entries `keep` accepts.
+
+    The server sends every pending task on every poll (38 MB at 100,000), and a poll only needs
+    the next few thousand, so holding the whole body would make memory grow with the backlog.
+    Arriving bytes are cut into segments of about 1 MB at a `},{` between two entries, each segment
+    is split by msgspec, and each entry goes through `keep` (None drops it). Once `max_entries` are
+    kept or `max_bytes` of them, the rest of the body is read and dropped.
+
+    A cut that falls inside a string or a nested value can never be taken for a real one: the
+    segment is then not a complete JSON array (the entry's own `{` stays open), so its decode
+    fails and an earlier candidate, or more data, is tried. A body that is not a JSON array fails
+    in `finish` with a ContractError.
+    """
+
+    def __init__(self, keep: Callable[[msgspec.Raw], Any] = None, *,
+                 max_entries: int | None = None, max_bytes: int | None = None) -> None:
+        self._keep = keep or read_entry
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._buffer = bytearray()       # the unsplit rest, always a JSON array's opening part
+        self._entries: list = []
+        self._kept_bytes = 0
+        self._full = False
+        self._truncated = False
+        self._split_at = _SEGMENT_BYTES
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if self._full:
+            return                       # kept enough: the rest only has to be read off the socket
+        self._buffer += data
+        if len(self._buffer) >= self._split_at:
+            self._split_some()
+
+    def finish(self) -> PendingList:
+        if not self._full:
+            raws = _decode_segment(bytes(self._buffer))
+            if raws is None:
+                raise ContractError(f"pending list is not a JSON array: {bytes(self._buffer[:60])!r}")
+            self._buffer = bytearray()
+            self._accept(raws, more_follows=False)
+        return PendingList(self._entries, self._truncated)
+
+    def _split_some(self) -> None:
+        buffer = self._buffer
+        end = len(buffer)
+        for _ in range(_CUTS_TRIED):
+            boundary = _last_boundary(buffer, end)
+            if boundary is None:
+                break
+            close, comma = boundary
+            raws = _decode_segment(bytes(buffer[:close + 1]) + b"]")
+            if raws is not None:
+                del buffer[:comma]
+                buffer[0:1] = b"["       # the comma becomes the opening of the rest
+                self._split_at = _SEGMENT_BYTES
+                self._accept(raws, more_follows=True)
+                return
+            end = close                  # inside a string or a nested value: try an earlier one
+        self._split_at = len(buffer) + _SEGMENT_BYTES     # no luck: wait for more before trying again
+
+    def _accept(self, raws: list[msgspec.Raw], more_follows: bool) -> None:
+        for index, raw in enumerate(raws):
+            if (self._max_entries is not None and len(self._entries) >= self._max_entries) or \
+                    (self._max_bytes is not None and self._kept_bytes >= self._max_bytes):
+                self._full = self._truncated = True
+                self._buffer = bytearray()
+                return
+            entry = self._keep(raw)
+            if entry is not None:
+                self._entries.append(entry)
+                self._kept_bytes += len(raw)
+        if more_follows and self._max_entries is not None and len(self._entries) >= self._max_entries:
+            self._full = self._truncated = True
+            self._buffer = bytearray()
+
+
+def _last_boundary(buffer: bytearray, end: int) -> tuple[int, int] | None:
+    """The last `}` before `end` followed by a comma and a `{` (JSON whitespace allowed between):
+    where one entry may end and the next begin. Returns the positions of the `}` and the comma."""
+    while (close := buffer.rfind(b"}", 0, end)) >= 0:
+        if _AFTER_CLOSE.match(buffer, close + 1):
+            return close, buffer.index(b",", close + 1)
+        end = close
+    return None
+
+
+def _decode_segment(segment: bytes) -> list[msgspec.Raw] | None:
     try:
-        raws = _list_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        repaired = replace_lone_surrogates(body) if b"\\u" in body else body
-        try:
-            raws = _list_decoder.decode(repaired)
-        except msgspec.DecodeError:
-            raise ContractError(f"pending list is not a JSON array: {exc}") from None
-    return PendingList(raws)
+        return _list_decoder.decode(segment)
+    except msgspec.DecodeError:
+        if b"\\u" not in segment:
+            return None
+    try:
+        return _list_decoder.decode(replace_lone_surrogates(segment))
+    except msgspec.DecodeError:
+        return None
+
+
+def decode_pending(body: bytes) -> PendingList:
+    """Split a whole pending list; raises ContractError only when the body is not a JSON array."""
+    splitter = PendingSplitter()
+    splitter.feed(body)
+    return splitter.finish()
 
 
 def read_entry(raw: msgspec.Raw) -> Task | Unusable:

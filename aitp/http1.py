@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
 _MAX_HEADER_BYTES = 64 * 1024
@@ -42,7 +42,13 @@ class _ClosedBeforeAnswer(HttpTransportError):
 class Response(NamedTuple):
     status: int
     headers: dict[str, str]       # names in lower case
-    body: bytes | bytearray       # a large body stays in the buffer it was read into (no copy)
+    body: bytes | bytearray       # a large body stays in the buffer it was read into (no copy);
+                                  # empty when it went to a body sink
+
+
+# Asked with an answer's status and headers; returns where that answer's body goes, piece by
+# piece, or None to read it whole into Response.body.
+BodySink = Callable[[int, dict[str, str]], Callable[[memoryview | bytes], None] | None]
 
 
 class Http1Client:
@@ -64,19 +70,22 @@ class Http1Client:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
 
-    def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> Response:
-        """`path` is appended to the base URL's path. Raises HttpTransportError without an answer."""
+    def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
+                *, body_sink: BodySink | None = None) -> Response:
+        """`path` is appended to the base URL's path. Raises HttpTransportError without an answer.
+        With `body_sink`, a large body can be consumed as it arrives instead of held whole; an
+        exception raised by the sink closes the connection and reaches the caller."""
         head = self._head(method, self.path_prefix + path, headers, body)
         connection, reused = self._take()
         try:
             try:
-                return self._exchange(connection, method, head, body)
+                return self._exchange(connection, method, head, body, body_sink)
             except _ClosedBeforeAnswer:
                 if not reused:
                     raise
             connection.close()                # the server dropped a kept-alive connection: one fresh try
             connection = self._connect()
-            return self._exchange(connection, method, head, body)
+            return self._exchange(connection, method, head, body, body_sink)
         except BaseException:
             connection.close()
             raise
@@ -96,9 +105,10 @@ class Http1Client:
             lines.append(f"Content-Length: {len(body or b'')}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _exchange(self, connection: _Connection, method: str, head: bytes, body: bytes | None) -> Response:
+    def _exchange(self, connection: _Connection, method: str, head: bytes, body: bytes | None,
+                  body_sink: BodySink | None) -> Response:
         connection.send(head + body if body else head)
-        response, keep_alive = connection.read_response(method)
+        response, keep_alive = connection.read_response(method, body_sink)
         if keep_alive:
             self._give_back(connection)
         else:
@@ -178,7 +188,7 @@ class _Connection:
         except OSError as exc:
             raise _ClosedBeforeAnswer("ConnectionError", f"sending the request: {type(exc).__name__}") from None
 
-    def read_response(self, method: str) -> tuple[Response, bool]:
+    def read_response(self, method: str, body_sink: BodySink | None = None) -> tuple[Response, bool]:
         while True:
             status, version, headers = self._read_head()
             if 100 <= status < 200 and status != 101:
@@ -188,17 +198,20 @@ class _Connection:
         keep_alive = ("close" not in connection_header if version == "HTTP/1.1"
                       else "keep-alive" in connection_header)
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            body = b""
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            body = self._read_chunked()
+            return Response(status, headers, b""), keep_alive
+        sink = body_sink(status, headers) if body_sink is not None else None
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = self._read_chunked(sink)
         elif "content-length" in headers:
             try:
                 length = int(headers["content-length"])
             except ValueError:
                 raise HttpTransportError("ProtocolError", "bad Content-Length") from None
-            body = self._read_exactly(length)
+            if length < 0:
+                raise HttpTransportError("ProtocolError", "negative Content-Length")
+            body = self._read_exactly(length) if sink is None else self._stream_exactly(length, sink)
         else:
-            body, keep_alive = self._read_to_close(), False
+            body, keep_alive = self._read_to_close(sink), False
         return Response(status, headers, body), keep_alive
 
     def _read_head(self) -> tuple[int, str, dict[str, str]]:
@@ -238,6 +251,22 @@ class _Connection:
         del self._buffer[:length]
         return body
 
+    def _stream_exactly(self, length: int, sink: Callable[[memoryview | bytes], None]) -> bytes:
+        """Hand `length` body bytes to `sink` as they arrive, holding at most one read of them."""
+        if self._buffer:
+            have = min(length, len(self._buffer))
+            sink(bytes(self._buffer[:have]))
+            del self._buffer[:have]
+            length -= have
+        if length:
+            scratch = memoryview(bytearray(min(length, _RECEIVE_BYTES)))
+            while length:
+                # Never read past this body: what follows belongs to the next answer.
+                count = self._receive_into(scratch[:min(length, len(scratch))])
+                sink(scratch[:count])
+                length -= count
+        return b""
+
     def _read_line(self) -> bytes:
         while (end := self._buffer.find(b"\r\n")) < 0:
             if len(self._buffer) > _MAX_HEADER_BYTES:
@@ -247,7 +276,7 @@ class _Connection:
         del self._buffer[:end + 2]
         return line
 
-    def _read_chunked(self) -> bytes:
+    def _read_chunked(self, sink: Callable[[memoryview | bytes], None] | None = None) -> bytes:
         parts = []
         while True:
             size_text = self._read_line().split(b";", 1)[0].strip()
@@ -259,12 +288,15 @@ class _Connection:
                 while self._read_line():      # trailers, up to the empty line
                     pass
                 return b"".join(parts)
-            parts.append(self._read_exactly(size))
+            parts.append(self._read_exactly(size) if sink is None else self._stream_exactly(size, sink))
             if self._read_exactly(2) != b"\r\n":
                 raise HttpTransportError("ProtocolError", "chunk not followed by CRLF")
 
-    def _read_to_close(self) -> bytes:
+    def _read_to_close(self, sink: Callable[[memoryview | bytes], None] | None = None) -> bytes:
         while True:
+            if sink is not None and self._buffer:
+                sink(bytes(self._buffer))
+                self._buffer.clear()
             try:
                 self._fill()
             except HttpTransportError as exc:
@@ -272,6 +304,9 @@ class _Connection:
                     raise
                 body = bytes(self._buffer)
                 self._buffer.clear()
+                if sink is not None and body:
+                    sink(body)
+                    body = b""
                 return body
 
     def _fill(self) -> None:

@@ -10,7 +10,7 @@ import msgspec
 
 from aitp.contract import is_object_id
 from aitp.errors import ContractError, TaskApiError
-from aitp.http1 import Http1Client, HttpTransportError, Response
+from aitp.http1 import BodySink, Http1Client, HttpTransportError, Response
 from aitp.retry_after import retry_after_seconds
 
 
@@ -80,7 +80,8 @@ class TaskApiClient:
         # JSON 404s instead of a redirect to /404 for unknown ids.
         self._headers = {"Content-Type": "application/json", "X-Api-Request": "true"}
 
-    def _send(self, method: str, path: str, endpoint: str, body: bytes | None = None) -> Response:
+    def _send(self, method: str, path: str, endpoint: str, body: bytes | None = None,
+              body_sink: BodySink | None = None) -> Response:
         """One request with the current token, renewed and retried once on 401/403."""
         token = self.credentials.current()
         for attempt in (1, 2):
@@ -90,7 +91,7 @@ class TaskApiClient:
             started = time.perf_counter()
             status = "error"
             try:
-                response = self._http.request(method, path, headers, body)
+                response = self._http.request(method, path, headers, body, body_sink=body_sink)
                 status = str(response.status)
             except HttpTransportError as exc:
                 raise TaskApiError(f"{method} {endpoint} failed: {exc.kind}") from None
@@ -106,9 +107,11 @@ class TaskApiClient:
             return response
         return response
 
-    def fetch_pending(self) -> bytes | bytearray:
-        """The raw pending list (the server returns all of it and ignores `limit`)."""
-        response = self._send("GET", f"{self._base}/pending", "/api/ai-tasks/pending")
+    def fetch_pending(self, consume: Callable[[memoryview | bytes], None] | None = None) -> bytes | bytearray:
+        """The raw pending list (the server returns all of it and ignores `limit`). With `consume`,
+        a 200 answer's body goes there piece by piece as it arrives, and b"" is returned."""
+        sink = None if consume is None else (lambda status, headers: consume if status == 200 else None)
+        response = self._send("GET", f"{self._base}/pending", "/api/ai-tasks/pending", body_sink=sink)
         if response.status != 200:
             raise TaskApiError(f"GET pending answered {response.status}: {_text(response)}",
                                status=response.status, retry_after=_retry_after(response))

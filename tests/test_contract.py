@@ -2,7 +2,7 @@ import msgspec
 import pytest
 
 from aitp.config import Settings, load_config
-from aitp.contract import Task, Unusable, decode_pending, is_object_id, state_body
+from aitp.contract import PendingSplitter, Task, Unusable, decode_pending, is_object_id, read_entry, state_body
 from aitp.errors import ContractError
 from aitp.sandbox.seed import embedding_task, hostile_tasks, object_id
 from aitp.tasks import HANDLERS, TaskRejected
@@ -70,12 +70,73 @@ def test_state_bodies_are_compact_and_checked():
         state_body("done")
 
 
-def test_entries_are_decoded_only_as_far_as_they_are_read(monkeypatch):
+def _tricky_list() -> list:
+    """Entries whose text or extra fields hold what looks like a boundary between two entries."""
+    entries = []
+    for i in range(300):
+        text = [f"plain {i}", 'x"},{"_id":"' + object_id(900) + '"', "} , {", "\\},{\\", "🚀 },{ é"][i % 5]
+        entries.append(embedding_task(object_id(i), text, extra={"nested": [{"a": i}, {"b": [{}, {}]}]} if i % 7 == 0 else {}))
+    return entries
+
+
+@pytest.mark.parametrize("piece", [1, 97, 4096, 10**7])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_list_split_as_it_arrives_keeps_every_entry_whatever_the_pieces(monkeypatch, piece, indent):
+    import json
     import aitp.contract as contract
-    decoded = []
-    real_read = contract.read_entry
-    monkeypatch.setattr(contract, "read_entry", lambda raw: decoded.append(raw) or real_read(raw))
-    pending = decode_pending(msgspec.json.encode([embedding_task(object_id(i), "t") for i in range(1000)]))
-    first_three = [entry.id for _, entry in zip(range(3), pending)]
-    assert first_three == [object_id(0), object_id(1), object_id(2)]
-    assert len(decoded) == 3 and len(pending) == 1000
+    monkeypatch.setattr(contract, "_SEGMENT_BYTES", 3000)     # many cuts, several candidates in strings
+    entries = _tricky_list()
+    body = json.dumps(entries, indent=indent, ensure_ascii=False).encode()
+    splitter = PendingSplitter()
+    for start in range(0, len(body), piece):
+        splitter.feed(memoryview(body)[start:start + piece])
+    pending = splitter.finish()
+    assert not pending.truncated
+    assert [msgspec.json.decode(task.raw) for task in pending] == entries
+
+
+def test_a_lone_surrogate_in_one_segment_spoils_only_its_text(monkeypatch):
+    import aitp.contract as contract
+    monkeypatch.setattr(contract, "_SEGMENT_BYTES", 2000)
+    entries = [embedding_task(object_id(i), f"text {i}") for i in range(100)]
+    body = msgspec.json.encode(entries).replace(b'"text 50"', b'"text \\ud800 50"')
+    splitter = PendingSplitter()
+    for start in range(0, len(body), 500):
+        splitter.feed(body[start:start + 500])
+    tasks = list(splitter.finish())
+    assert len(tasks) == 100
+    assert msgspec.json.decode(tasks[50].raw)["content"]["text"] == "text \ufffd 50"
+
+
+@pytest.mark.parametrize("count, truncated", [(9, False), (10, False), (11, True), (500, True)])
+def test_the_splitter_keeps_at_most_max_entries_and_says_when_there_were_more(count, truncated):
+    splitter = PendingSplitter(max_entries=10)
+    splitter.feed(msgspec.json.encode([embedding_task(object_id(i), "t") for i in range(count)]))
+    pending = splitter.finish()
+    assert [task.id for task in pending] == [object_id(i) for i in range(min(count, 10))]
+    assert pending.truncated is truncated
+
+
+def test_entries_dropped_by_keep_do_not_use_up_the_limit():
+    entries = [embedding_task(object_id(i), "t", type="other" if i < 50 else "text_embedding") for i in range(70)]
+    kept = PendingSplitter(lambda raw: (t := read_entry(raw)).type == "text_embedding" and t or None, max_entries=10)
+    kept.feed(msgspec.json.encode(entries))
+    pending = kept.finish()
+    assert [task.id for task in pending] == [object_id(i) for i in range(50, 60)] and pending.truncated
+
+
+def test_memory_stays_bounded_however_long_the_list(monkeypatch):
+    import tracemalloc
+    body = msgspec.json.encode([embedding_task(object_id(i), "some text " * 30) for i in range(40_000)])
+    assert len(body) > 20 * 2**20
+    splitter = PendingSplitter(max_entries=1000)
+    tracemalloc.start()
+    try:
+        for start in range(0, len(body), 256 * 1024):
+            splitter.feed(memoryview(body)[start:start + 256 * 1024])
+        pending = splitter.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(pending) == 1000 and pending.truncated
+    assert peak < 6 * 2**20, f"peak {peak / 2**20:.1f} MB while splitting a {len(body) / 2**20:.0f} MB list"

@@ -122,6 +122,72 @@ def test_a_large_body_arrives_whole(scripted):
     assert Http1Client(server.url, timeout=5).request("GET", "/", {}).body == big
 
 
+class Collect:
+    """A body sink that records the pieces it was handed (copied: a piece may be a reused buffer)."""
+
+    def __init__(self, only_status: int | None = None) -> None:
+        self.pieces: list[bytes] = []
+        self.only_status = only_status
+
+    def __call__(self, status: int, headers: dict):
+        return None if self.only_status not in (None, status) else (lambda piece: self.pieces.append(bytes(piece)))
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_body_sink_gets_a_large_body_in_pieces_and_the_next_answer_stays_intact(scripted, framing):
+    big = bytes(range(256)) * 8_000
+    if framing == "length":
+        answer = ok(big)
+    elif framing == "chunked":
+        answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+            b"%x\r\n%s\r\n" % (len(big[i:i + 300_000]), big[i:i + 300_000]) for i in range(0, len(big), 300_000)) + b"0\r\n\r\n"
+    else:
+        answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + big
+
+    def script(peer: Peer, number: int) -> None:
+        peer.read_request()
+        if framing == "close":
+            peer.send(answer)
+            return
+        peer.read_request()              # both requests in hand: the answers leave back to back
+        peer.send(answer + ok(b"next"))
+    server = scripted(script)
+    client = Http1Client(server.url, timeout=5)
+    sink = Collect()
+    if framing != "close":
+        # Two requests on one connection, written before any answer is read, so that the second
+        # answer is already in the socket while the first body streams: it must not be eaten.
+        connection, _ = client._take()
+        connection.send(client._head("GET", "/big", {}, None) + client._head("GET", "/next", {}, None))
+        first, _ = connection.read_response("GET", sink)
+        second, _ = connection.read_response("GET")
+        assert second.body == b"next"
+    else:
+        first = client.request("GET", "/big", {}, body_sink=sink)
+    assert first.status == 200 and first.body == b""
+    assert b"".join(sink.pieces) == big and len(sink.pieces) > 1
+    assert max(map(len, sink.pieces)) <= 300_000
+
+
+def test_a_body_sink_can_decline_an_answer_which_then_arrives_whole(scripted):
+    server = scripted(keep_answering(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nForbidden"))
+    sink = Collect(only_status=200)
+    response = Http1Client(server.url, timeout=5).request("GET", "/", {}, body_sink=sink)
+    assert (response.status, response.body, sink.pieces) == (403, b"Forbidden", [])
+
+
+def test_a_sink_that_raises_closes_the_connection(scripted):
+    server = scripted(keep_answering(ok(b"x" * 500_000)))
+    client = Http1Client(server.url, timeout=5)
+
+    def refuse(piece):
+        raise ValueError("not wanted")
+    with pytest.raises(ValueError):
+        client.request("GET", "/", {}, body_sink=lambda status, headers: refuse)
+    assert client.request("GET", "/", {}).body == b"x" * 500_000
+    assert server.connections == 2       # the half-read connection was not reused
+
+
 def test_informational_answers_are_skipped(scripted):
     server = scripted(keep_answering(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"done")))
     assert Http1Client(server.url, timeout=5).request("PATCH", "/", {}, b"x").body == b"done"

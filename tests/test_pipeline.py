@@ -7,6 +7,7 @@ import requests
 
 from actors.dispatcher import Dispatcher
 from actors.pipeline import Pipeline
+from actors.poller import _KEEP_PER_CREDIT
 from aitp.contract import is_object_id
 from aitp.journal import Claim, Journal, OutboxEntry
 from aitp.sandbox.ollama_stub import POISON, stub_vector
@@ -167,7 +168,17 @@ def test_a_backlog_is_taken_from_one_list_while_it_is_fresh(sandbox, run_pipelin
     wait_until(lambda: drained(server), message="the queue to drain")
     assert server.counts() == {"succeeded": 480}
     polls = server.request_counts()["GET pending"]
-    if reuse_seconds == "60":        # one list serves every take (credit 32, taken again when half free)
-        assert polls == 1
+    if reuse_seconds == "60":        # a list serves every take until what was kept of it is used up
+        assert polls == -(-480 // (_KEEP_PER_CREDIT * 32))
     else:                            # a poll for each take
         assert polls >= 480 // 32
+
+
+def test_tasks_behind_a_long_run_of_unhandled_ones_are_still_reached(sandbox, run_pipeline, tmp_path):
+    # More tasks of a type no handler takes than a poll keeps: they must not hide the others.
+    unhandled = [dict(task, type="identifying_data") for task in generated_tasks(300)]
+    server = sandbox(unhandled + generated_tasks(40, start=300))
+    run_pipeline(settings_for(server, tmp_path, "[processing]\nmax_in_flight = 4\n"))
+    wait_until(lambda: drained(server, 300), message="the embedding tasks to drain")
+    assert server.counts() == {"pending": 300, "succeeded": 40}
+    assert all(server.history(task["_id"]) == ["pending"] for task in unhandled)
