@@ -83,7 +83,8 @@ class Pipeline:
         workers = settings.workers
         task_api = TaskApiClient(settings.api.base_url, timeout=settings.api.request_timeout,
                                  credentials=credentials, observer=self.metrics.api_request,
-                                 pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2)
+                                 pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
+                                 pipelining=settings.api.pipelining)
         vector_pool = VectorPool(workers.process_workers)
         vector_pool.warm_up()
         self.ctx = ctx = PipelineContext(

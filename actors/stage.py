@@ -28,6 +28,11 @@ from actors.messages import StageFailed
 log = logging.getLogger("aitp.actors")
 
 
+# The fewest PATCHes a pipelined chunk carries: a batch's results go as one chunk, and a large
+# take's claims spread over the pool threads.
+_PIPELINED_CHUNK = 16
+
+
 class StageDirectory:
     """Name -> current actor. A message for a stage that is down waits here and goes to the
     restarted stage, so a restart loses no message."""
@@ -121,14 +126,15 @@ class Stage(pykka.ThreadingActor):
 
     def patch_in_chunks(self, items: list, patch_of: Callable[[Any], tuple[str, bytes, bool]],
                         answer: Callable[[list[tuple[Any, PatchResult]]], Any]) -> None:
-        """PATCH `items` on the pool, one chunk per thread (fewer when there are fewer items): as
-        parallel as one call per item, with one hand-off and one answer message per chunk, which
-        cost more than a request on a fast API (benchmarks/README.md). Each chunk goes in order,
-        stops at its first failure (TaskApiClient.patch_in_order), and tells this stage
-        `answer([(item, result), ...])`."""
+        """PATCH `items` on the pool in chunks, each pipelined on one connection (or, where the API
+        cannot take that, sent one by one, a chunk per thread), with one hand-off and one answer
+        message per chunk, which cost more than a request on a fast API (benchmarks/README.md).
+        A chunk stops at its first request without an answer (TaskApiClient.patch_in_order) and
+        tells this stage `answer([(item, result), ...])`."""
         assert self.pool is not None
         directory, api, name = self.ctx.directory, self.ctx.task_api, self.name
-        ways = max(1, min(self.pool_size, len(items)))
+        smallest = _PIPELINED_CHUNK if api.pipelining else 1
+        ways = max(1, min(self.pool_size, len(items) // smallest))
         size = -(-len(items) // ways)
         for start in range(0, len(items), size):
             def send(chunk: list = items[start:start + size]) -> None:

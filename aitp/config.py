@@ -35,6 +35,7 @@ class ApiSettings(_Section):
     request_timeout: Seconds = 30.0
     claim_tasks: bool = True
     max_body_bytes: Positive = 100_000
+    pipelining: bool = True
 
 
 class AuthSettings(_Section):

@@ -11,6 +11,7 @@ before it answered (the only case where the request certainly was not processed)
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import ssl
@@ -19,12 +20,15 @@ import time
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
+log = logging.getLogger("aitp.http1")
+
 _MAX_HEADER_BYTES = 64 * 1024
 # A connection given back this recently is reused without asking the kernel whether the server
 # closed it (one syscall less per request); servers keep idle connections for seconds (Node: 5 s),
 # and a close in that window is still caught: it fails before any answer and is retried once.
 _TRUSTED_IDLE_SECONDS = 1.0
 _RECEIVE_BYTES = 256 * 1024
+_PIPELINE_GROUP_BYTES = 64 * 1024
 
 
 class HttpTransportError(Exception):
@@ -55,7 +59,7 @@ class Http1Client:
     """Requests to one origin (`base_url`'s scheme, host and port) over a small pool of connections."""
 
     def __init__(self, base_url: str, *, timeout: float, max_idle: int = 16,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, pipelining: bool = True) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -69,6 +73,9 @@ class Http1Client:
         self._ssl_context = ssl_context or (ssl.create_default_context() if self._tls else None)
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        # Off for good once a server (or a proxy before it) answered part of a group and then went
+        # silent: `pipeline` then sends one request at a time.
+        self.pipelining = pipelining
 
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
                 *, body_sink: BodySink | None = None) -> Response:
@@ -89,6 +96,53 @@ class Http1Client:
         except BaseException:
             connection.close()
             raise
+
+    def pipeline(self, method: str, requests: list[tuple[str, dict[str, str], bytes | None]]
+                 ) -> list[Response | HttpTransportError]:
+        """Send the (path, headers, body) requests back to back on one connection, then read the
+        answers in order: one write and a few reads for a group instead of a round trip each
+        (benchmarks/README.md). Only for idempotent requests: the ones the server did not answer
+        before closing are sent again on a fresh connection (servers close after some number of
+        requests: nginx after 1,000). Returns, in order, a Response or the HttpTransportError that
+        stopped that request; after an error, the rest get it too."""
+        messages = [self._head(method, self.path_prefix + path, headers, body) + (body or b"")
+                    for path, headers, body in requests]
+        results: list[Response | HttpTransportError] = []
+        while len(results) < len(messages):
+            group = _next_group(messages, len(results)) if self.pipelining else len(results) + 1
+            connection, reused = self._take()
+            answered = 0
+            keep_alive = True
+            try:
+                connection.send(b"".join(messages[len(results):group]))
+                while len(results) < group and keep_alive:
+                    connection.expect_answer()
+                    response, keep_alive = connection.read_response(method)
+                    results.append(response)
+                    answered += 1
+            except _ClosedBeforeAnswer as exc:
+                # Closed before the next answer, so the rest were not carried out: again on a fresh
+                # connection, unless this one was fresh and answered nothing at all.
+                connection.close()
+                if not answered and not reused:
+                    results += [exc] * (len(messages) - len(results))
+                continue
+            except HttpTransportError as exc:
+                connection.close()
+                if exc.kind == "Timeout" and answered and self.pipelining:
+                    self.pipelining = False
+                    log.warning("the task API answered part of a group of pipelined requests, then "
+                                "nothing: sending one request at a time from now on")
+                results += [exc] * (len(messages) - len(results))
+                break
+            except BaseException:
+                connection.close()
+                raise
+            if keep_alive:
+                self._give_back(connection)
+            else:
+                connection.close()
+        return results
 
     def close(self) -> None:
         with self._lock:
@@ -151,6 +205,17 @@ class Http1Client:
         return _Connection(sock)
 
 
+def _next_group(messages: list[bytes], start: int) -> int:
+    """Where the group of pipelined requests that begins at `start` ends. A group is at most
+    _PIPELINE_GROUP_BYTES, so the whole of it fits in the kernel's socket buffers even while the
+    server writes answers nobody reads yet: sending can never wait on the server, nor it on us."""
+    end, size = start, 0
+    while end < len(messages) and (end == start or size + len(messages[end]) <= _PIPELINE_GROUP_BYTES):
+        size += len(messages[end])
+        end += 1
+    return end
+
+
 class _Connection:
     """One socket and the bytes read past the end of the last answer."""
 
@@ -187,6 +252,10 @@ class _Connection:
             raise HttpTransportError("Timeout", "sending the request") from None
         except OSError as exc:
             raise _ClosedBeforeAnswer("ConnectionError", f"sending the request: {type(exc).__name__}") from None
+
+    def expect_answer(self) -> None:
+        """The next bytes read begin a new answer (a pipelined one may already be buffered)."""
+        self._received_any = bool(self._buffer)
 
     def read_response(self, method: str, body_sink: BodySink | None = None) -> tuple[Response, bool]:
         while True:

@@ -53,13 +53,26 @@ class PatchResult(msgspec.Struct, frozen=True):
     retry_after: float | None = None
 
 
-NOT_SENT = "not sent: the request before it in its group failed"
+NO_ANSWER = "no answer: the request before it in its group failed"
 
 RequestObserver = Callable[[str, str, str, float], None]  # endpoint, method, status, seconds
 
 
 def _retry_after(response: Response) -> float | None:
     return retry_after_seconds(response.headers)
+
+
+def _patch_result(response: Response, is_success: bool) -> PatchResult:
+    code, detail = response.status, _text(response)
+    if code == 200:
+        return PatchResult(PatchOutcome.DONE, code)
+    if code in (301, 302, 303, 307, 308, 404):
+        return PatchResult(PatchOutcome.GONE, code, detail)
+    if code == 400 and is_success:
+        return PatchResult(PatchOutcome.REJECTED_AFTER_SUCCESS, code, detail)
+    if 400 <= code < 500 and code not in (401, 403, 408, 429):
+        return PatchResult(PatchOutcome.INVALID, code, detail)
+    return PatchResult(PatchOutcome.RETRY, code, detail, _retry_after(response))
 
 
 def _text(response: Response) -> str:
@@ -70,13 +83,13 @@ class TaskApiClient:
     """One kept-alive connection pool shared by every stage that talks to the task API."""
 
     def __init__(self, base_url: str, *, timeout: float, credentials: Credentials | None = None,
-                 pool_size: int = 16, observer: RequestObserver | None = None) -> None:
+                 pool_size: int = 16, observer: RequestObserver | None = None, pipelining: bool = True) -> None:
         self._base = "/api/ai-tasks"
         self.credentials: Credentials = credentials or NoCredentials()
         self._observer = observer
         # Every task takes two requests, so the client's CPU per request matters (aitp/http1.py).
         # No retries here and no redirects followed: the stages decide what a failure means.
-        self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size)
+        self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size, pipelining=pipelining)
         # JSON 404s instead of a redirect to /404 for unknown ids.
         self._headers = {"Content-Type": "application/json", "X-Api-Request": "true"}
 
@@ -117,6 +130,11 @@ class TaskApiClient:
                                status=response.status, retry_after=_retry_after(response))
         return response.body
 
+    @property
+    def pipelining(self) -> bool:
+        """Whether PATCHes go pipelined (configured, and not turned off by a server that dropped them)."""
+        return self._http.pipelining
+
     def patch(self, task_id: str, body: bytes, *, is_success: bool = False) -> PatchResult:
         if not is_object_id(task_id):
             raise ContractError(f"refusing to put task id {task_id[:40]!r} into a URL")
@@ -124,26 +142,47 @@ class TaskApiClient:
             response = self._send("PATCH", f"{self._base}/{task_id}", "/api/ai-tasks/:id", body)
         except TaskApiError as exc:
             return PatchResult(PatchOutcome.RETRY, detail=str(exc))
-        code, detail = response.status, _text(response)
-        if code == 200:
-            return PatchResult(PatchOutcome.DONE, code)
-        if code in (301, 302, 303, 307, 308, 404):
-            return PatchResult(PatchOutcome.GONE, code, detail)
-        if code == 400 and is_success:
-            return PatchResult(PatchOutcome.REJECTED_AFTER_SUCCESS, code, detail)
-        if 400 <= code < 500 and code not in (401, 403, 408, 429):
-            return PatchResult(PatchOutcome.INVALID, code, detail)
-        return PatchResult(PatchOutcome.RETRY, code, detail, _retry_after(response))
+        return _patch_result(response, is_success)
 
     def patch_in_order(self, patches: list[tuple[str, bytes, bool]]) -> list[PatchResult]:
-        """PATCH each (task id, body, is_success) in turn. After the first RETRY the rest are not
-        sent and come back RETRY too: the API is failing, and each would wait out its own timeout."""
-        results: list[PatchResult] = []
-        for task_id, body, is_success in patches:
-            if results and results[-1].outcome is PatchOutcome.RETRY:
-                results.append(PatchResult(PatchOutcome.RETRY, detail=NOT_SENT))
-            else:
-                results.append(self.patch(task_id, body, is_success=is_success))
+        """PATCH each (task id, body, is_success), pipelined on one connection (a PATCH of a state
+        is idempotent, so one the server may not have carried out can be sent again). After the first
+        request without an answer the rest come back RETRY too: the API is failing."""
+        for task_id, _, _ in patches:
+            if not is_object_id(task_id):
+                raise ContractError(f"refusing to put task id {task_id[:40]!r} into a URL")
+        results: list[PatchResult | None] = [None] * len(patches)
+        todo = list(range(len(patches)))
+        token = self.credentials.current()
+        for attempt in (1, 2):
+            headers = dict(self._headers)
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            started = time.perf_counter()
+            answers = self._http.pipeline("PATCH", [(f"{self._base}/{patches[i][0]}", headers, patches[i][1])
+                                                    for i in todo])
+            seconds = (time.perf_counter() - started) / max(1, len(todo))
+            refused = []
+            failed = False
+            for index, answer in zip(todo, answers):
+                if isinstance(answer, HttpTransportError):
+                    results[index] = PatchResult(PatchOutcome.RETRY, detail=NO_ANSWER if failed else
+                                                 f"PATCH /api/ai-tasks/:id failed: {answer.kind}")
+                    if not failed and self._observer:
+                        self._observer("/api/ai-tasks/:id", "PATCH", "error", seconds)
+                    failed = True
+                    continue
+                if self._observer:
+                    self._observer("/api/ai-tasks/:id", "PATCH", str(answer.status), seconds)
+                if answer.status in (401, 403) and attempt == 1:
+                    refused.append(index)
+                results[index] = _patch_result(answer, patches[index][2])
+            if token and any(r is not None and r.status not in (None, 401, 403) for r in results):
+                self.credentials.accepted(token)
+            if not refused:
+                break
+            token = self.credentials.renew(token)       # once, for all the refused ones
+            todo = refused
         return results
 
     def close(self) -> None:

@@ -170,3 +170,18 @@ def dispatcher_fails_once(monkeypatch):
 
     monkeypatch.setattr(Dispatcher, "_cut", fail_once)
     return failures
+
+
+@pytest.fixture
+def scripted():
+    """Start a ScriptedServer (tests/scripted.py) running `script(peer, connection_number)`."""
+    from scripted import ScriptedServer
+    servers = []
+
+    def start(script, ssl_context=None):
+        servers.append(ScriptedServer(script, ssl_context))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

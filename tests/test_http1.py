@@ -8,83 +8,9 @@ import threading
 import pytest
 
 from aitp.http1 import Http1Client, HttpTransportError
+from scripted import Peer, ok
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class ScriptedServer:
-    """Accepts connections and runs `script(connection, number)` for each, in its own thread."""
-
-    def __init__(self, script, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.script = script
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.ssl_context = ssl_context
-        self.connections = 0
-        self.requests: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
-
-    def _serve(self, sock: socket.socket, number: int) -> None:
-        try:
-            if self.ssl_context:
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
-            self.script(Peer(sock, self), number)
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            sock.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-class Peer:
-    def __init__(self, sock: socket.socket, server: ScriptedServer) -> None:
-        self.sock, self.server, self.pending = sock, server, b""
-
-    def read_request(self) -> bytes | None:
-        while b"\r\n\r\n" not in self.pending:
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.pending += data
-        head, _, rest = self.pending.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        while len(rest) < length:
-            rest += self.sock.recv(65536)
-        request, self.pending = head + b"\r\n\r\n" + rest[:length], rest[length:]
-        self.server.requests.append(request)
-        return request
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-
-def ok(body: bytes = b"{}", extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
-
-
-@pytest.fixture
-def scripted():
-    servers = []
-
-    def start(script, ssl_context=None) -> ScriptedServer:
-        servers.append(ScriptedServer(script, ssl_context))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def keep_answering(answer: bytes):
@@ -314,3 +240,51 @@ def test_a_connection_the_server_closed_after_answering_is_not_a_failure(scripte
     closed.wait(10)
     assert client.request("GET", "/", {}).body == b"again"
     assert server.connections == 2
+
+
+def _answer_each(limit=None):
+    """Answer each request with its own path; close after `limit` answers on a connection."""
+    def script(peer: Peer, number: int) -> None:
+        answered = 0
+        while (request := peer.read_request()) is not None:
+            peer.send(ok(request.split(b" ")[1]))
+            answered += 1
+            if answered == limit:
+                return
+    return script
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(scripted):
+    server = scripted(_answer_each())
+    client = Http1Client(server.url, timeout=5)
+    answers = client.pipeline("PATCH", [(f"/t/{i}", {}, b"x" * i) for i in range(20)])
+    assert [a.body for a in answers] == [f"/t/{i}".encode() for i in range(20)]
+    assert server.connections == 1
+    assert [r.split(b"\r\n\r\n")[1] for r in server.requests] == [b"x" * i for i in range(20)]
+
+
+def test_requests_a_server_closed_on_are_sent_again_on_a_fresh_connection(scripted):
+    server = scripted(_answer_each(limit=3))       # like nginx's keepalive_requests
+    client = Http1Client(server.url, timeout=5)
+    answers = client.pipeline("PATCH", [(f"/t/{i}", {}, b"{}") for i in range(10)])
+    assert [a.body for a in answers] == [f"/t/{i}".encode() for i in range(10)]
+    assert server.connections == 4
+
+
+def test_a_fresh_connection_that_answers_nothing_fails_every_request_once(scripted):
+    server = scripted(lambda peer, number: peer.read_request())
+    answers = Http1Client(server.url, timeout=5).pipeline("PATCH", [("/a", {}, b"1"), ("/b", {}, b"2")])
+    assert all(isinstance(a, HttpTransportError) for a in answers) and server.connections == 1
+
+
+def test_a_pipelined_group_stays_within_what_socket_buffers_hold():
+    from aitp.http1 import _PIPELINE_GROUP_BYTES, _next_group
+    sizes = [20_000] * 7 + [200_000, 10]
+    messages = [b"x" * size for size in sizes]
+    groups, start = [], 0
+    while start < len(messages):
+        end = _next_group(messages, start)
+        groups.append(sizes[start:end])
+        start = end
+    assert groups == [[20_000] * 3, [20_000] * 3, [20_000], [200_000], [10]]
+    assert all(sum(g) <= _PIPELINE_GROUP_BYTES or len(g) == 1 for g in groups)

@@ -182,3 +182,14 @@ def test_tasks_behind_a_long_run_of_unhandled_ones_are_still_reached(sandbox, ru
     wait_until(lambda: drained(server, 300), message="the embedding tasks to drain")
     assert server.counts() == {"pending": 300, "succeeded": 40}
     assert all(server.history(task["_id"]) == ["pending"] for task in unhandled)
+
+
+@pytest.mark.parametrize("pipelining", ["true", "false"])
+def test_claims_and_reports_land_with_and_without_pipelining(sandbox, run_pipeline, tmp_path, pipelining):
+    tasks = generated_tasks(200)
+    server = sandbox(tasks)
+    pipeline = run_pipeline(settings_for(server, tmp_path, f"[api]\npipelining = {pipelining}\n"))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.counts() == {"succeeded": 200}
+    assert all(server.history(t["_id"]) == ["pending", "in_progress", "succeeded"] for t in tasks)
+    assert pipeline.ctx.task_api.pipelining is (pipelining == "true")

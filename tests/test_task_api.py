@@ -117,14 +117,34 @@ def test_observer_sees_every_request(sandbox):
     assert seen == [("/api/ai-tasks/pending", "GET", "200"), ("/api/ai-tasks/:id", "PATCH", "200")]
 
 
-def test_patches_in_order_stop_at_the_first_failure(sandbox):
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_patches_in_order_each_get_their_own_answer(sandbox, pipelining):
     server = sandbox(generated_tasks(4))
-    client = TaskApiClient(server.url, timeout=5)
-    patches = [(object_id(i), IN_PROGRESS, False) for i in range(4)]
-    assert [r.outcome for r in client.patch_in_order(patches[:2])] == [PatchOutcome.DONE] * 2
+    client = TaskApiClient(server.url, timeout=5, pipelining=pipelining)
+    patches = [(object_id(i), IN_PROGRESS, False) for i in range(3)] + [(object_id(99), IN_PROGRESS, False)]
+    results = client.patch_in_order(patches)
+    assert [(r.outcome, r.status) for r in results] == [(PatchOutcome.DONE, 200)] * 3 + [(PatchOutcome.GONE, 404)]
+    assert [server.state_of(object_id(i)) for i in range(4)] == ["in_progress"] * 3 + ["pending"]
     server.start_outage("503")
-    before = sum(server.request_counts().values())
-    results = client.patch_in_order(patches[2:])
-    assert [(r.outcome, r.status) for r in results] == [(PatchOutcome.RETRY, 503), (PatchOutcome.RETRY, None)]
-    assert "not sent" in results[1].detail
-    assert sum(server.request_counts().values()) == before + 1     # one request found the outage
+    assert {(r.outcome, r.status) for r in client.patch_in_order(patches[:2])} == {(PatchOutcome.RETRY, 503)}
+
+
+def _answers_one_request_per_read(peer, number):
+    """A server (or proxy) that mishandles pipelining: of the requests one read brings, it answers
+    the first and drops the others."""
+    while peer.sock.recv(65536):
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+
+def test_a_server_that_drops_pipelined_requests_costs_one_timeout_then_none(scripted):
+    # The group times out once, after its first answer; the client then sends one request at a time.
+    server = scripted(_answers_one_request_per_read)
+    client = TaskApiClient(server.url, timeout=0.5)
+    patches = [(object_id(i), IN_PROGRESS, False) for i in range(4)]
+    results = client.patch_in_order(patches)
+    assert results[0].outcome is PatchOutcome.DONE
+    assert [r.outcome for r in results[1:]] == [PatchOutcome.RETRY] * 3
+    assert "Timeout" in results[1].detail and all("no answer" in r.detail for r in results[2:])
+    assert client._http.pipelining is False
+    # One at a time from now on: each connection answers its one request.
+    assert [r.outcome for r in client.patch_in_order(patches[1:])] == [PatchOutcome.DONE] * 3
