@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -27,11 +28,20 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import msgspec
+
 from aitp.vectors import VectorJob, VectorJobResult, process_job
 
 log = logging.getLogger("aitp.vector_pool")
 
-_PING = "ping"
+# The wire between the parent and a worker: one message per job, its first byte saying what it is.
+# Jobs and results go as msgpack (a batch's vectors are some 240 kB in and 150 kB out, which
+# pickle copies through more layers); only an exception goes as a pickle.
+_PING, _STOP, _JOB = b"P", b"S", b"J"
+_RESULT, _ERROR = b"R", b"E"
+_encoder = msgspec.msgpack.Encoder()
+_job_decoder = msgspec.msgpack.Decoder(VectorJob)
+_result_decoder = msgspec.msgpack.Decoder(VectorJobResult)
 _STOP_SECONDS = 5.0
 
 
@@ -134,7 +144,7 @@ class _Worker:
                     self.pool._retry_or_fail(queued, died)
                     self._start_process()
                     continue
-                if kind == "result":
+                if kind == _RESULT:
                     queued.future.set_result(value)
                 else:
                     queued.future.set_exception(value)
@@ -145,12 +155,20 @@ class _Worker:
             self.ready.set()
             self._stop_process()
 
-    def _exchange(self, job: object) -> tuple[str, object]:
+    def _exchange(self, job: VectorJob | None) -> tuple[bytes, object]:
+        """Send a job (None: a ping) and wait for its answer: (_RESULT, result), (_ERROR, exception)
+        or (_PING, None)."""
         try:
-            self._connection.send(job)
-            return self._connection.recv()
-        except (EOFError, OSError) as exc:
-            raise WorkerDied(f"vector worker {self.pid} died: {type(exc).__name__}") from None
+            self._connection.send_bytes(_PING if job is None else _tagged(_JOB, job))
+            answer = self._connection.recv_bytes()
+        except (EOFError, OSError):
+            raise WorkerDied(f"vector worker {self.pid} died: end of its pipe") from None
+        kind, body = answer[:1], memoryview(answer)[1:]
+        if kind == _RESULT:
+            return kind, _result_decoder.decode(body)
+        if kind == _ERROR:
+            return kind, pickle.loads(body)
+        return kind, None
 
     def _start_process(self) -> None:
         self._stop_process()
@@ -162,7 +180,7 @@ class _Worker:
             child_end.close()      # so that the worker's death is an end-of-file here
         self._process, self._connection, self.pid = process, Connection(parent_end.detach()), process.pid
         try:
-            self._exchange(_PING)
+            self._exchange(None)
         except WorkerDied:
             log.error("a vector worker process died at startup", extra={"fields": {"pid": process.pid}})
 
@@ -172,7 +190,7 @@ class _Worker:
         if process is None:
             return
         try:
-            connection.send(None)
+            connection.send_bytes(_STOP)
         except OSError:
             pass
         try:
@@ -184,24 +202,36 @@ class _Worker:
 
 
 def _serve(connection: Connection) -> None:
-    """The worker process: answer each job with ("result", value) or ("error", exception)."""
+    """The worker process: answer each job with its result or the exception it raised."""
     while True:
         try:
-            job = connection.recv()
+            message = connection.recv_bytes()
         except (EOFError, OSError):
             return
-        if job is None:
+        kind = message[:1]
+        if kind == _STOP:
             return
         try:
-            answer = ("result", job if isinstance(job, str) else process_job(job))
+            answer = _PING if kind == _PING else _tagged(_RESULT, process_job(_job_decoder.decode(memoryview(message)[1:])))
         except Exception as exc:  # noqa: BLE001 - every error goes back to the job's future
-            answer = ("error", exc)
+            answer = _ERROR + _pickled(exc)
         try:
-            connection.send(answer)
+            connection.send_bytes(answer)
         except (EOFError, OSError):
             return
-        except Exception as exc:  # noqa: BLE001 - an exception that cannot be pickled
-            connection.send(("error", RuntimeError(f"vector work failed: {exc!r}")))
+
+
+def _tagged(kind: bytes, value: msgspec.Struct) -> bytearray:
+    message = bytearray(kind)
+    _encoder.encode_into(value, message, 1)      # written after the tag: no second copy
+    return message
+
+
+def _pickled(exc: Exception) -> bytes:
+    try:
+        return pickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot be pickled goes as its text
+        return pickle.dumps(RuntimeError(f"vector work failed: {exc!r}"))
 
 
 if __name__ == "__main__":      # a worker: python -m aitp.vector_pool FD

@@ -39,6 +39,7 @@ class Run:
     tasks: int
     seconds: float            # first claim to last result
     cpu_seconds: float        # the process and its children, start to exit
+    drain_cpu_seconds: float  # the same, from the first claim to the last result only
     system_seconds: float     # the kernel's part of cpu_seconds (sockets, pipes, thread wake-ups)
     peak_rss_mb: float
     busy: float               # provider busy time / drain window
@@ -52,7 +53,8 @@ class Run:
     def line(self) -> str:
         return (f"{self.label:<28} {self.rate:8.0f} tasks/s  busy {self.busy:6.1%}  "
                 f"cpu {1e6 * self.cpu_seconds / self.tasks:6.0f} µs/task "
-                f"({self.system_seconds / self.cpu_seconds:4.0%} system)  peak RSS {self.peak_rss_mb:6.0f} MB  "
+                f"({self.system_seconds / self.cpu_seconds:4.0%} system; "
+                f"{1e6 * self.drain_cpu_seconds / self.tasks:4.0f} while draining)  peak RSS {self.peak_rss_mb:6.0f} MB  "
                 f"polled {self.bytes_polled / self.tasks:8.0f} B/task  "
                 f"batch {self.tasks / max(1, self.provider_calls):5.1f} inputs")
 
@@ -74,6 +76,24 @@ def _rss_mb(pid: int) -> float:
         except OSError:
             pass
     return total
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU so far of `pid` and its children (the process workers), from /proc."""
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    ticks = 0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Peers:
@@ -108,9 +128,9 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
         counts = peers.sandbox.counts()
         now = time.monotonic()
         if first is None and (counts.get("in_progress") or counts.get("succeeded")):
-            first, busy_at_first = now, peers.ollama.busy_seconds
+            first, busy_at_first, cpu_at_first = now, peers.ollama.busy_seconds, _tree_cpu_seconds(process.pid)
         if counts.get("succeeded", 0) >= tasks:
-            done = now
+            done, cpu_at_done = now, _tree_cpu_seconds(process.pid)
         time.sleep(0.02)
     busy = peers.ollama.busy_seconds - busy_at_first
     if stop_with_signal:
@@ -121,7 +141,7 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
     system = usage_after.ru_stime - usage_before.ru_stime
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + system
     del busy_before
-    return Run(label, tasks, done - first, cpu, system, peak[0], busy / (done - first),
+    return Run(label, tasks, done - first, cpu, cpu_at_done - cpu_at_first, system, peak[0], busy / (done - first),
                peers.sandbox.store.bytes_polled - polled_before, len(peers.ollama.batch_sizes) - calls_before)
 
 
@@ -269,7 +289,8 @@ def main() -> None:
         print(f"medians of {args.repeat}: " + "; ".join(
             f"{label} {statistics.median(run.rate for run in runs):.0f} tasks/s, busy "
             f"{statistics.median(run.busy for run in runs):.1%}, "
-            f"{statistics.median(1e6 * run.cpu_seconds / run.tasks for run in runs):.0f} µs/task"
+            f"{statistics.median(1e6 * run.cpu_seconds / run.tasks for run in runs):.0f} µs/task "
+            f"({statistics.median(1e6 * run.drain_cpu_seconds / run.tasks for run in runs):.0f} while draining)"
             for label, runs in (("minimal loop", [m for m, _ in pairs]), ("aitp run", [a for _, a in pairs]))),
             flush=True)
         print(f"median ratio: {statistics.median(a.rate / m.rate for m, a in pairs):.0%}", flush=True)
