@@ -85,3 +85,10 @@ def test_workers_killed_at_any_moment_never_leave_a_job_hanging(pool):
             outcomes.append("died")
     assert set(outcomes) <= {200, "died"} and "died" in outcomes
     assert len(pool.submit(mock_job(["after"])).result(timeout=30).results) == 1
+
+
+def test_an_exception_that_cannot_be_pickled_still_comes_back_as_its_text():
+    import pickle
+    from aitp.vector_pool import _pickled
+    error = pickle.loads(_pickled(ValueError(lambda: 0)))
+    assert isinstance(error, RuntimeError) and "ValueError" in str(error)
