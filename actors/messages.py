@@ -7,7 +7,7 @@ import msgspec
 from aitp.errors import ProviderError
 from aitp.tasks import EmbeddingJob
 from aitp.task_api import PatchResult
-from aitp.vectors import TaskVector
+from aitp.vector_jobs import TaskVector
 
 
 class TakenTask(msgspec.Struct, frozen=True):

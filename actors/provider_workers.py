@@ -20,7 +20,7 @@ import msgspec
 
 from aitp.dimensions import DimensionPins
 from aitp.errors import DimensionMismatch, ProviderError, RowContractError, VectorContractError
-from aitp.vectors import VectorJob, VectorJobResult
+from aitp.vector_jobs import VectorJob, VectorJobResult
 from actors.dispatcher import new_batch_id
 from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch, ProviderHungry, Rejection,
                              TasksRejected, TasksReleased)

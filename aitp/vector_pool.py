@@ -30,7 +30,7 @@ from pathlib import Path
 
 import msgspec
 
-from aitp.vectors import VectorJob, VectorJobResult, process_job
+from aitp.vector_jobs import VectorJob, VectorJobResult
 
 log = logging.getLogger("aitp.vector_pool")
 
@@ -203,6 +203,7 @@ class _Worker:
 
 def _serve(connection: Connection) -> None:
     """The worker process: answer each job with its result or the exception it raised."""
+    from aitp.vectors import process_job     # numpy: imported by the workers only
     while True:
         try:
             message = connection.recv_bytes()

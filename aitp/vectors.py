@@ -16,35 +16,9 @@ import numpy as np
 
 from aitp.errors import DimensionMismatch, RowContractError, VectorContractError
 from aitp.float32_text import shortest_float32
+from aitp.vector_jobs import MockRecipe, TaskVector, VectorJob, VectorJobResult  # noqa: F401 - re-exported
 
 _encode_json = msgspec.json.Encoder().encode
-
-
-class VectorJob(msgspec.Struct, frozen=True):
-    decoder: str                 # key of DECODERS: how to read `payload`
-    payload: bytes               # the provider's raw response (or the mock's recipe)
-    model: str
-    task_ids: list[str]
-    dimension: int | None        # the model's pinned dimension; None pins it to the first vector
-    max_body_bytes: int
-
-
-class TaskVector(msgspec.Struct, frozen=True):
-    task_id: str
-    body: bytes | None           # the PATCH body, or None when this task failed
-    error: str | None = None
-
-
-class VectorJobResult(msgspec.Struct, frozen=True):
-    results: list[TaskVector]
-    dimension: int
-    seconds: float               # CPU-side time in the worker, recorded by the parent
-
-
-class MockRecipe(msgspec.Struct, frozen=True):
-    model: str
-    texts: list[str]
-    dimension: int
 
 
 class _OllamaEmbedResponse(msgspec.Struct):

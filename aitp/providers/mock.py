@@ -6,7 +6,7 @@ import msgspec
 
 from aitp.config import Settings
 from aitp.providers.base import Provider, RawEmbedding
-from aitp.vectors import MockRecipe
+from aitp.vector_jobs import MockRecipe
 
 _encoder = msgspec.msgpack.Encoder()
 
