@@ -43,7 +43,19 @@ def test_one_call_per_batch_with_a_list_input(ollama):
     stub = ollama(models={"nomic-embed-text": 8})
     raw = OllamaProvider(settings_for(stub.url)).embed("nomic-embed-text", ["a", "b", "c"])
     assert stub.batch_sizes == [3]
-    assert raw.decoder == "ollama" and raw.tokens > 0
+    assert raw.decoder == "ollama" and raw.tokens == sum(len(t) // 4 + 1 for t in ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("body, tokens", [
+    (b'{"model":"m","embeddings":[[0.1,0.2]],"total_duration":14143917,"load_duration":1019500,"prompt_eval_count":8}', 8),
+    (b'{"model": "m", "embeddings": [[0.1]], "prompt_eval_count" : 12345 }\n', 12345),
+    (b'{"model":"m","embeddings":[[0.1]]}', 0),                          # older servers send no count
+    (b'{"model":"m","prompt_eval_count":7,"embeddings":[' + b"[0.5],".join([b""] * 400) + b'[0.5]]}', 0),  # a count before the vectors is not looked for
+])
+def test_prompt_tokens_come_from_the_tail_of_the_answer(body, tokens):
+    from aitp.providers.ollama import prompt_tokens
+    assert prompt_tokens(body) == tokens
+    assert prompt_tokens(bytearray(body)) == tokens
 
 
 @pytest.mark.parametrize("texts, status", [(["ok", f"bad {POISON}"], 500), (["ok", "x" * 100], 400)])
