@@ -19,7 +19,7 @@ from aitp.journal import Journal
 from aitp.metrics import Metrics
 from aitp.rate_limits import AdmitAll, RateLimitBackend
 from aitp.routing import Router
-from aitp.task_api import PatchResult, TaskApiClient
+from aitp.task_api import PatchOutcome, PatchResult, TaskApiClient
 from aitp.tasks import TaskHandler
 from aitp.timers import Scheduler, backoff_delay
 from aitp.vector_pool import VectorPool
@@ -138,7 +138,12 @@ class Stage(pykka.ThreadingActor):
         size = -(-len(items) // ways)
         for start in range(0, len(items), size):
             def send(chunk: list = items[start:start + size]) -> None:
-                results = api.patch_in_order([patch_of(item) for item in chunk])
+                try:
+                    results = api.patch_in_order([patch_of(item) for item in chunk])
+                except Exception as exc:  # noqa: BLE001 - a chunk without an answer would be stranded
+                    log.exception("PATCHing a chunk failed in the client; its items will be retried",
+                                  extra={"fields": {"stage": name, "items": len(chunk)}})
+                    results = [PatchResult(PatchOutcome.RETRY, detail=f"client error: {exc!r}"[:200])] * len(chunk)
                 directory.tell(name, answer(list(zip(chunk, results))))
 
             self.pool.submit(send)

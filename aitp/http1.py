@@ -110,7 +110,11 @@ class Http1Client:
         results: list[Response | HttpTransportError] = []
         while len(results) < len(messages):
             group = _next_group(messages, len(results)) if self.pipelining else len(results) + 1
-            connection, reused = self._take()
+            try:
+                connection, reused = self._take()
+            except HttpTransportError as exc:         # refused, or no route: none can be sent
+                results += [exc] * (len(messages) - len(results))
+                break
             answered = 0
             keep_alive = True
             try:

@@ -193,3 +193,20 @@ def test_claims_and_reports_land_with_and_without_pipelining(sandbox, run_pipeli
     assert server.counts() == {"succeeded": 200}
     assert all(server.history(t["_id"]) == ["pending", "in_progress", "succeeded"] for t in tasks)
     assert pipeline.ctx.task_api.pipelining is (pipelining == "true")
+
+
+def test_a_chunk_whose_client_call_raises_is_retried_not_stranded(sandbox, run_pipeline, tmp_path, monkeypatch):
+    from aitp.task_api import TaskApiClient
+    real = TaskApiClient.patch_in_order
+    raised = []
+
+    def raises_once_on_results(self, patches):
+        if not raised and any(is_success for _, _, is_success in patches):
+            raised.append(len(patches))
+            raise RuntimeError("a bug in the client")
+        return real(self, patches)
+    monkeypatch.setattr(TaskApiClient, "patch_in_order", raises_once_on_results)
+    server = sandbox(generated_tasks(20))
+    run_pipeline(settings_for(server, tmp_path))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert raised and server.counts() == {"succeeded": 20}

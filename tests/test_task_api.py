@@ -106,6 +106,9 @@ def test_unreachable_api_is_a_task_api_error():
     with pytest.raises(TaskApiError, match="GET /api/ai-tasks/pending failed"):
         client.fetch_pending()
     assert client.patch(object_id(0), IN_PROGRESS).outcome is PatchOutcome.RETRY
+    results = client.patch_in_order([(object_id(i), IN_PROGRESS, False) for i in range(3)])
+    assert [r.outcome for r in results] == [PatchOutcome.RETRY] * 3
+    assert "ConnectionError" in results[0].detail and "no answer" in results[2].detail
 
 
 def test_observer_sees_every_request(sandbox):
