@@ -72,6 +72,16 @@ def test_403_renews_the_token_once_and_retries(sandbox):
     assert credentials.renewals == 2
 
 
+def test_a_refused_chunk_renews_the_token_once_for_all_of_it(sandbox):
+    server = sandbox(generated_tasks(3), client_id="c", client_secret="s")
+    credentials = CountingCredentials(server)
+    client = TaskApiClient(server.url, timeout=5, credentials=credentials)
+    results = client.patch_in_order([(object_id(i), IN_PROGRESS, False) for i in range(3)])
+    assert [(r.outcome, r.status) for r in results] == [(PatchOutcome.DONE, 200)] * 3
+    assert credentials.renewals == 1 and credentials.accepted_tokens == {credentials.token}
+    assert [server.state_of(object_id(i)) for i in range(3)] == ["in_progress"] * 3
+
+
 def test_refused_even_after_renewal_is_retryable_not_fatal(sandbox):
     server = sandbox(generated_tasks(1), client_id="c", client_secret="s")
 
@@ -87,6 +97,8 @@ def test_refused_even_after_renewal_is_retryable_not_fatal(sandbox):
 
     result = TaskApiClient(server.url, timeout=5, credentials=Useless()).patch(object_id(0), IN_PROGRESS)
     assert (result.outcome, result.status) == (PatchOutcome.RETRY, 403)
+    results = TaskApiClient(server.url, timeout=5, credentials=Useless()).patch_in_order([(object_id(0), IN_PROGRESS, False)] * 2)
+    assert [(r.outcome, r.status) for r in results] == [(PatchOutcome.RETRY, 403)] * 2
     with pytest.raises(TaskApiError) as caught:
         TaskApiClient(server.url, timeout=5, credentials=Useless()).fetch_pending()
     assert caught.value.status == 403
