@@ -125,8 +125,9 @@ class Http1Client:
                     results.append(response)
                     answered += 1
             except _ClosedBeforeAnswer as exc:
-                # Closed before the next answer, so the rest were not carried out: again on a fresh
-                # connection, unless this one was fresh and answered nothing at all.
+                # Closed before the next answer: the rest are sent again on a fresh connection
+                # (harmless for idempotent requests, even if the server did carry some out),
+                # unless this connection was fresh and answered nothing at all.
                 connection.close()
                 if not answered and not reused:
                     results += [exc] * (len(messages) - len(results))
@@ -135,8 +136,9 @@ class Http1Client:
                 connection.close()
                 if exc.kind == "Timeout" and answered and self.pipelining:
                     self.pipelining = False
-                    log.warning("the task API answered part of a group of pipelined requests, then "
-                                "nothing: sending one request at a time from now on")
+                    log.warning("a server answered part of a group of pipelined requests, then nothing: "
+                                "sending one request at a time from now on",
+                                extra={"fields": {"server": f"{self._host}:{self._port}"}})
                 results += [exc] * (len(messages) - len(results))
                 break
             except BaseException:
