@@ -1,9 +1,10 @@
 """The ceiling to compare aitp with: the least a processor must do against the same peers.
 
 Poll, claim each task, one embed call per batch of 15, PATCH each normalised result; a few threads
-so that the provider always has the next batch. No journal, no actors, no retries, no checks
-beyond normalising. It uses aitp's own leanest parts (its HTTP client and its float32 formatting),
-so that it stays the ceiling of the machine. Run by benchmarks/drain.py:  python3 benchmarks/minimal_loop.py API_URL OLLAMA_URL
+so that the provider always has the next batch. No journal, no actors, no process workers, no
+retries, no checks beyond normalising. It uses aitp's own leanest parts (its HTTP client with a
+batch's PATCHes pipelined, as aitp sends them, and its float32 formatting), so that it stays the
+ceiling of the machine. Run by benchmarks/drain.py:  python3 benchmarks/minimal_loop.py API_URL OLLAMA_URL
 """
 
 from __future__ import annotations
@@ -28,28 +29,28 @@ def main(api: str, ollama: str) -> None:
     json_headers = {"Content-Type": "application/json"}
     claimed: set[str] = set()
 
-    def patch(task_id: str, body: bytes) -> None:
-        task_api.request("PATCH", f"/api/ai-tasks/{task_id}", json_headers, body)
+    def patch_each(batch: list[dict], bodies: list[bytes]) -> None:
+        task_api.pipeline("PATCH", [(f"/api/ai-tasks/{t['_id']}", json_headers, body) for t, body in zip(batch, bodies)])
 
-    def work(batch: list[dict], claims: ThreadPoolExecutor) -> None:
-        list(claims.map(lambda t: patch(t["_id"], b'{"state":"in_progress"}'), batch))
+    def work(batch: list[dict]) -> None:
+        patch_each(batch, [b'{"state":"in_progress"}'] * len(batch))
         answer = provider.request("POST", "/api/embed", json_headers, msgspec.json.encode(
             {"model": batch[0]["content"]["model"], "input": [t["content"]["text"] for t in batch]}))
         vectors = np.asarray(msgspec.json.decode(answer.body)["embeddings"], dtype=np.float64)
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
         bodies = [b'{"state":"succeeded","result":' + msgspec.json.encode(v) + b"}"
                   for v in shortest_float32(vectors).tolist()]
-        list(claims.map(lambda pair: patch(pair[0]["_id"], pair[1]), zip(batch, bodies)))
+        patch_each(batch, bodies)
 
     outstanding: list = []
-    with ThreadPoolExecutor(THREADS) as workers, ThreadPoolExecutor(16) as claims:
+    with ThreadPoolExecutor(THREADS) as workers:
         while True:
             pending = msgspec.json.decode(task_api.request("GET", "/api/ai-tasks/pending", {}).body)
             fresh = [t for t in pending if t["_id"] not in claimed][:TAKE]
             if not fresh and not outstanding:
                 return
             claimed.update(t["_id"] for t in fresh)
-            outstanding += [workers.submit(work, fresh[i:i + BATCH], claims) for i in range(0, len(fresh), BATCH)]
+            outstanding += [workers.submit(work, fresh[i:i + BATCH]) for i in range(0, len(fresh), BATCH)]
             # Poll again once half the work in hand is done, so the provider never waits for a poll.
             half = max(1, len(outstanding) // 2)
             for future in outstanding[:half]:
