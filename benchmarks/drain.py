@@ -131,6 +131,8 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
             first, busy_at_first, cpu_at_first = now, peers.ollama.busy_seconds, _tree_cpu_seconds(process.pid)
         if counts.get("succeeded", 0) >= tasks:
             done, cpu_at_done = now, _tree_cpu_seconds(process.pid)
+        elif process.poll() is not None:
+            raise SystemExit(f"{label} exited with {process.returncode} before draining: {counts}")
         time.sleep(0.02)
     busy = peers.ollama.busy_seconds - busy_at_first
     if stop_with_signal:
