@@ -99,7 +99,7 @@ class PendingSplitter:
     in `finish` with a ContractError.
     """
 
-    def __init__(self, keep: Callable[[msgspec.Raw], Any] = None, *,
+    def __init__(self, keep: Callable[[msgspec.Raw], Any] | None = None, *,
                  max_entries: int | None = None, max_bytes: int | None = None) -> None:
         self._keep = keep or read_entry
         self._max_entries = max_entries
@@ -146,7 +146,7 @@ class PendingSplitter:
         self._split_at = len(buffer) + _SEGMENT_BYTES     # no luck: wait for more before trying again
 
     def _accept(self, raws: list[msgspec.Raw], more_follows: bool) -> None:
-        for index, raw in enumerate(raws):
+        for raw in raws:
             if (self._max_entries is not None and len(self._entries) >= self._max_entries) or \
                     (self._max_bytes is not None and self._kept_bytes >= self._max_bytes):
                 self._full = self._truncated = True
