@@ -98,9 +98,7 @@ class TaskApiClient:
         """One request with the current token, renewed and retried once on 401/403."""
         token = self.credentials.current()
         for attempt in (1, 2):
-            headers = dict(self._headers)
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
+            headers = self._headers_with(token)
             started = time.perf_counter()
             status = "error"
             try:
@@ -136,13 +134,7 @@ class TaskApiClient:
         return self._http.pipelining
 
     def patch(self, task_id: str, body: bytes, *, is_success: bool = False) -> PatchResult:
-        if not is_object_id(task_id):
-            raise ContractError(f"refusing to put task id {task_id[:40]!r} into a URL")
-        try:
-            response = self._send("PATCH", f"{self._base}/{task_id}", "/api/ai-tasks/:id", body)
-        except TaskApiError as exc:
-            return PatchResult(PatchOutcome.RETRY, detail=str(exc))
-        return _patch_result(response, is_success)
+        return self.patch_in_order([(task_id, body, is_success)])[0]
 
     def patch_in_order(self, patches: list[tuple[str, bytes, bool]]) -> list[PatchResult]:
         """PATCH each (task id, body, is_success), pipelined on one connection (a PATCH of a state
@@ -155,9 +147,7 @@ class TaskApiClient:
         todo = list(range(len(patches)))
         token = self.credentials.current()
         for attempt in (1, 2):
-            headers = dict(self._headers)
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
+            headers = self._headers_with(token)
             started = time.perf_counter()
             answers = self._http.pipeline("PATCH", [(f"{self._base}/{patches[i][0]}", headers, patches[i][1])
                                                     for i in todo])
@@ -184,6 +174,12 @@ class TaskApiClient:
             token = self.credentials.renew(token)       # once, for all the refused ones
             todo = refused
         return results
+
+    def _headers_with(self, token: str | None) -> dict[str, str]:
+        headers = dict(self._headers)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
 
     def close(self) -> None:
         self._http.close()

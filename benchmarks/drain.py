@@ -59,16 +59,21 @@ class Run:
                 f"batch {self.tasks / max(1, self.provider_calls):5.1f} inputs")
 
 
-def _rss_mb(pid: int) -> float:
-    """RSS of `pid` and its children (the service and its process workers)."""
-    total = 0.0
+def _with_children(pid: int) -> list[int]:
+    """`pid` and its children (the service and its process workers), from /proc."""
     pids = [pid]
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             pids += [int(c) for c in (task / "children").read_text().split()]
     except OSError:
         pass
-    for each in pids:
+    return pids
+
+
+def _rss_mb(pid: int) -> float:
+    """RSS of `pid` and its children."""
+    total = 0.0
+    for each in _with_children(pid):
         try:
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -79,15 +84,9 @@ def _rss_mb(pid: int) -> float:
 
 
 def _tree_cpu_seconds(pid: int) -> float:
-    """User and system CPU so far of `pid` and its children (the process workers), from /proc."""
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            pids += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
+    """User and system CPU so far of `pid` and its children."""
     ticks = 0
-    for each in pids:
+    for each in _with_children(pid):
         try:
             fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])
