@@ -164,10 +164,13 @@ class _Worker:
         except (EOFError, OSError):
             raise WorkerDied(f"vector worker {self.pid} died: end of its pipe") from None
         kind, body = answer[:1], memoryview(answer)[1:]
-        if kind == _RESULT:
-            return kind, _result_decoder.decode(body)
-        if kind == _ERROR:
-            return kind, pickle.loads(body)
+        try:
+            if kind == _RESULT:
+                return kind, _result_decoder.decode(body)
+            if kind == _ERROR:
+                return kind, pickle.loads(body)
+        except Exception as exc:  # noqa: BLE001 - an unreadable answer fails its job, not the feeder
+            return _ERROR, RuntimeError(f"unreadable answer from vector worker {self.pid}: {exc!r}")
         return kind, None
 
     def _start_process(self) -> None:

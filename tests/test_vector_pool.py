@@ -92,3 +92,21 @@ def test_an_exception_that_cannot_be_pickled_still_comes_back_as_its_text():
     from aitp.vector_pool import _pickled
     error = pickle.loads(_pickled(ValueError(lambda: 0)))
     assert isinstance(error, RuntimeError) and "ValueError" in str(error)
+
+
+def test_an_unreadable_answer_fails_its_job_and_the_worker_goes_on(pool, monkeypatch):
+    import aitp.vector_pool as vector_pool
+    real = vector_pool._result_decoder
+    broken = [True]
+
+    class BreaksOnce:
+        def decode(self, body):
+            if broken:
+                broken.clear()
+                raise ValueError("garbled")
+            return real.decode(body)
+    monkeypatch.setattr(vector_pool, "_result_decoder", BreaksOnce())
+    job = VectorJob("mock", msgspec.msgpack.encode(MockRecipe("m", ["a"], 4)), "m", [f"{1:024x}"], 4, 100_000)
+    with pytest.raises(RuntimeError, match="unreadable answer"):
+        pool.submit(job).result(timeout=30)
+    assert len(pool.submit(job).result(timeout=30).results) == 1
