@@ -29,7 +29,7 @@ _KEEP_BYTES = 16 * 1024 * 1024
 @dataclass
 class _HeldList:
     """A pending list kept for a few seconds: the next takes continue from `cursor` without a poll.
-    The server lists every pending task each time (30 MB at 100,000), so polling again for each
+    The server lists every pending task each time (38 MB at 100,000), so polling again for each
     share would make draining a backlog quadratic in its size."""
 
     pending: PendingList

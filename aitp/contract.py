@@ -147,18 +147,24 @@ class PendingSplitter:
 
     def _accept(self, raws: list[msgspec.Raw], more_follows: bool) -> None:
         for raw in raws:
-            if (self._max_entries is not None and len(self._entries) >= self._max_entries) or \
-                    (self._max_bytes is not None and self._kept_bytes >= self._max_bytes):
-                self._full = self._truncated = True
-                self._buffer = bytearray()
+            if self._kept_enough():
+                self._stop_keeping()
                 return
             entry = self._keep(raw)
             if entry is not None:
                 self._entries.append(entry)
                 self._kept_bytes += len(raw)
-        if more_follows and self._max_entries is not None and len(self._entries) >= self._max_entries:
-            self._full = self._truncated = True
-            self._buffer = bytearray()
+        if more_follows and self._kept_enough():
+            self._stop_keeping()
+
+    def _kept_enough(self) -> bool:
+        return ((self._max_entries is not None and len(self._entries) >= self._max_entries)
+                or (self._max_bytes is not None and self._kept_bytes >= self._max_bytes))
+
+    def _stop_keeping(self) -> None:
+        """More entries follow than may be kept: the list is truncated, and the rest is dropped."""
+        self._full = self._truncated = True
+        self._buffer = bytearray()
 
 
 def _last_boundary(buffer: bytearray, end: int) -> tuple[int, int] | None:

@@ -40,7 +40,7 @@ _TAIL_BYTES = 1024
 
 def prompt_tokens(body: bytes | bytearray) -> int:
     """The prompt_eval_count of an /api/embed answer, or 0 when its tail has none."""
-    found = _PROMPT_TOKENS.search(bytes(body[-_TAIL_BYTES:]))
+    found = _PROMPT_TOKENS.search(body[-_TAIL_BYTES:])
     return int(found.group(1)) if found else 0
 
 
