@@ -206,7 +206,7 @@ class _Worker:
 
 def _serve(connection: Connection) -> None:
     """The worker process: answer each job with its result or the exception it raised."""
-    from aitp.vectors import process_job     # numpy: imported by the workers only
+    from aitp.vector_work import process_job
     while True:
         try:
             message = connection.recv_bytes()

@@ -1,14 +1,14 @@
-"""Vector work that runs in the process workers: decode, check, normalise, encode PATCH bodies.
+"""Vector work that needs numpy, in the process workers: decode, check, normalise, encode PATCH bodies.
 
-The parent process never parses floats: it hands a provider's raw response bytes here and gets
-back finished PATCH bodies (or per-task errors) plus the time the work took.
+The parent process never parses floats: it hands a provider's raw response bytes to a worker
+(aitp/vector_work.py) and gets back finished PATCH bodies (or per-task errors). Batches that are
+not already unit float32 vectors come here.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
-import time
 from typing import Callable
 
 import msgspec
@@ -16,7 +16,8 @@ import numpy as np
 
 from aitp.errors import DimensionMismatch, RowContractError, VectorContractError
 from aitp.float32_text import shortest_float32
-from aitp.vector_jobs import MockRecipe, TaskVector, VectorJob, VectorJobResult  # noqa: F401 - re-exported
+from aitp.vector_jobs import MockRecipe, VectorJob  # noqa: F401 - MockRecipe re-exported
+from aitp.vector_work import SUCCESS_PREFIX
 
 _encode_json = msgspec.json.Encoder().encode
 
@@ -118,21 +119,13 @@ def _rows(indexes: np.ndarray) -> str:
 
 def success_bodies(vectors: np.ndarray) -> list[bytes]:
     """`{"state":"succeeded","result":[...]}` per row, each float32 in its shortest round-trip form."""
-    return [b'{"state":"succeeded","result":' + _encode_json(row) + b"}"
+    return [SUCCESS_PREFIX + _encode_json(row) + b"}"
             for row in shortest_float32(vectors).tolist()]
 
 
-def process_job(job: VectorJob) -> VectorJobResult:
-    """Run in a process worker; raises VectorContractError when the whole batch breaks the contract."""
-    started = time.perf_counter()
+def normalised_bodies(job: VectorJob) -> tuple[list[bytes], int]:
+    """Decode, check and normalise a batch: each task's PATCH body, and the vectors' length.
+    Raises VectorContractError when the batch breaks the contract."""
     matrix = DECODERS[job.decoder](job.payload)
     vectors = checked_unit_vectors(matrix, len(job.task_ids), job.dimension)
-    results = []
-    for task_id, body in zip(job.task_ids, success_bodies(vectors), strict=True):
-        if len(body) > job.max_body_bytes:
-            results.append(TaskVector(task_id, None, f"result body of {len(body)} bytes exceeds the "
-                                                     f"API limit of {job.max_body_bytes}"))
-        else:
-            results.append(TaskVector(task_id, body))
-    return VectorJobResult(results=results, dimension=int(vectors.shape[1]),
-                           seconds=time.perf_counter() - started)
+    return success_bodies(vectors), int(vectors.shape[1])

@@ -13,7 +13,8 @@ from aitp.retry_after import parse_duration, retry_after_seconds
 from aitp.sandbox.ollama_stub import POISON
 from aitp.sandbox.openai_stub import STUB_KEY, Injected, openai_stub_vector
 from aitp.tokens import estimate_tokens
-from aitp.vectors import VectorJob, checked_unit_vectors, process_job
+from aitp.vector_work import process_job
+from aitp.vectors import VectorJob, checked_unit_vectors
 
 SECRET_KEY = "sk-live-do-not-print-this-key-9876"
 

@@ -32,8 +32,9 @@ def test_demo_queue_drains_with_the_mock(sandbox, run_pipeline, tmp_path):
         assert server.history(str(task["_id"])) == ["pending"]      # never touched
 
 
-def test_ollama_vectors_arrive_normalised_and_batched(sandbox, ollama, run_pipeline, tmp_path):
-    stub = ollama(models={"nomic-embed-text": 32})
+@pytest.mark.parametrize("provider_normalises", [True, False], ids=["unit-from-ollama", "raw-from-ollama"])
+def test_ollama_vectors_arrive_normalised_and_batched(sandbox, ollama, run_pipeline, tmp_path, provider_normalises):
+    stub = ollama(models={"nomic-embed-text": 32}, normalised=provider_normalises)
     tasks = generated_tasks(100)
     server = sandbox(tasks)
     settings = settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url)

@@ -4,7 +4,8 @@ import pytest
 
 from aitp.errors import VectorContractError
 from aitp.sandbox.ollama_stub import stub_vector
-from aitp.vectors import MockRecipe, VectorJob, checked_unit_vectors, mock_vector, process_job, success_bodies
+from aitp.vector_work import process_job
+from aitp.vectors import MockRecipe, VectorJob, checked_unit_vectors, mock_vector, success_bodies
 
 
 def ollama_payload(rows) -> bytes:
@@ -87,3 +88,81 @@ def test_mock_vectors_are_deterministic_per_model_and_text():
     assert np.array_equal(a, a_again) and not np.array_equal(a, b)
     assert np.isclose(np.linalg.norm(a), 1.0, atol=1e-6)
     assert not np.array_equal(mock_vector("m", "a", 16), mock_vector("other", "a", 16))
+
+
+# --- Ollama's unit vectors pass through as written (aitp/vector_work.py) ---
+
+def go_text(vectors) -> bytes:
+    """Rows as Ollama writes them: shortest float32 text, exponents for small values, no spaces."""
+    return b"[" + b",".join(b"[" + b",".join(str(np.float32(x)).encode() for x in row) + b"]"
+                            for row in vectors) + b"]"
+
+
+def ollama_raw(rows_text: bytes) -> bytes:
+    return b'{"model":"m","embeddings":' + rows_text + b',"prompt_eval_count":7}'
+
+
+def test_unit_float32_rows_go_out_as_the_provider_wrote_them(monkeypatch):
+    monkeypatch.setattr("aitp.vectors.normalised_bodies", lambda job: pytest.fail("written again"))
+    units = checked_unit_vectors(np.stack([stub_vector("m", t, 768) for t in ("a", "b", "c")]), 3, 768)
+    # A tiny value is written "1e-07", as Go writes it; its neighbour keeps the norm at 1.
+    units[0, 6] = np.sqrt(np.float64(units[0, 5]) ** 2 + np.float64(units[0, 6]) ** 2 - 1e-14)
+    units[0, 5] = np.float32(1e-7)
+    text = go_text(units)
+    result = process_job(job(ollama_raw(text), 3, dimension=768))
+    rows = msgspec.json.decode(text)
+    for row_text, task_vector in zip(text[1:-1].split(b"],["), result.results):
+        assert task_vector.body == b'{"state":"succeeded","result":[' + row_text.strip(b"[]") + b"]}"
+    assert [decoded(r.body).tolist() for r in result.results] == np.asarray(rows, dtype=np.float32).tolist()
+    assert result.dimension == 768
+
+
+def test_integers_that_make_a_unit_vector_pass_through():
+    result = process_job(job(ollama_raw(b"[[0,1,0],[-1,0,0]]"), 2))
+    assert [r.body for r in result.results] == [b'{"state":"succeeded","result":[0,1,0]}',
+                                                b'{"state":"succeeded","result":[-1,0,0]}']
+
+
+def test_one_row_off_unit_length_sends_the_whole_batch_through_normalising():
+    result = process_job(job(ollama_raw(b"[[0,1,0],[0,0,1.001]]"), 2))
+    assert [decoded(r.body).tolist() for r in result.results] == [[0, 1, 0], [0, 0, 1]]
+    assert result.results[1].body == b'{"state":"succeeded","result":[0.0,0.0,1.0]}'   # written by aitp
+
+
+def test_unit_rows_in_float64_digits_are_written_again_as_float32():
+    unit = stub_vector("m", "a", 64) / np.linalg.norm(stub_vector("m", "a", 64))
+    payload = ollama_raw(msgspec.json.encode([unit.tolist()]))          # 17 significant digits
+    [task_vector] = process_job(job(payload, 1, dimension=64)).results
+    assert len(task_vector.body) < len(payload) * 0.8
+    assert np.array_equal(decoded(task_vector.body), checked_unit_vectors(unit[None, :], 1, 64)[0])
+
+
+@pytest.mark.parametrize("rows_text, count, dimension, message", [
+    (b"[[0,1,0]]", 2, 3, "expected 2 vectors"),
+    (b"[[0,1,0],[0,1]]", 2, 3, "different lengths"),
+    (b"[[0,0,0,1]]", 1, 3, "returned dimension 4, pinned at 3"),
+    (b"[[1e999,0,0]]", 1, 3, "out of range"),
+    (b"[[]]", 1, None, "empty"),
+])
+def test_unit_rows_that_break_the_contract_are_refused_all_the_same(rows_text, count, dimension, message):
+    with pytest.raises(VectorContractError, match=message):
+        process_job(job(ollama_raw(rows_text), count, dimension))
+
+
+def test_a_worker_serving_ollama_unit_vectors_never_imports_numpy(tmp_path):
+    # A real interpreter, as a worker is: numpy costs each worker 0.1 s of CPU and 16 MB.
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\n"
+        "from aitp.vector_jobs import VectorJob\n"
+        "from aitp.vector_work import process_job\n"
+        "job = VectorJob('ollama', b'{\"embeddings\":[[0.6,0.8],[1,0]]}', 'm', ['a', 'b'], 2, 1000)\n"
+        "assert [r.body for r in process_job(job).results] == "
+        "[b'{\"state\":\"succeeded\",\"result\":[0.6,0.8]}', b'{\"state\":\"succeeded\",\"result\":[1,0]}']\n"
+        "print('numpy' in sys.modules)\n"
+        "job = VectorJob('ollama', b'{\"embeddings\":[[3,4]]}', 'm', ['a'], 2, 1000)\n"
+        "process_job(job)\n"
+        "print('numpy' in sys.modules)\n")
+    import subprocess, sys
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "True"]

@@ -2,7 +2,10 @@
 trying `PROCESSING_MODE=ollama` without a GPU.
 
 It behaves as Ollama is reported to: one batch computed at a time, 500 for a whole batch when one
-input yields NaN, 400 when one input is longer than the context, vectors not normalised.
+input yields NaN, 400 when one input is longer than the context. Its vectors are unit length and
+written as shortest float32 text, as `/api/embed` writes them (normalised the way aitp does, so
+tests can compare exactly); `normalised=False` sends raw ones, as the legacy `/api/embeddings`
+and some servers that copy this API do.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from http.server import BaseHTTPRequestHandler
 import msgspec
 import numpy as np
 
+from aitp.float32_text import shortest_float32
 from aitp.httpserver import QuietServer
+from aitp.vectors import checked_unit_vectors
 
 POISON = "<<nan>>"   # an input containing this makes the stub's model produce NaN
 
@@ -29,10 +34,11 @@ def stub_vector(model: str, text: str, dimension: int) -> np.ndarray:
 class OllamaStub:
     def __init__(self, *, models: dict[str, int] | None = None, installed: list[str] | None = None,
                  context_chars: int = 8192, call_cost: float = 0.0, input_cost: float = 0.0,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 normalised: bool = True, host: str = "127.0.0.1", port: int = 0) -> None:
         self.models = models or {"nomic-embed-text": 768}          # what /api/pull can fetch: name -> dimension
         self.installed = set(installed if installed is not None else self.models)
         self.context_chars, self.call_cost, self.input_cost = context_chars, call_cost, input_cost
+        self.normalised = normalised
         self.gpu = threading.Lock()          # one batch at a time, as a GPU runner does
         self.lock = threading.Lock()
         self.batch_sizes: list[int] = []
@@ -69,7 +75,7 @@ class OllamaStub:
             return 404, msgspec.json.encode({"error": f"model \"{model}\" not found, try pulling it first"})
         # Made before taking the "GPU": the stub's own Python work is not GPU time, and it would
         # otherwise show as idle GPU in the benchmarks' busy fraction.
-        vectors = [stub_vector(name, text, self.models[name]).tolist() for text in inputs]
+        vectors = self._vectors(name, inputs)
         with self.gpu:
             if self.call_cost or self.input_cost:
                 started = time.perf_counter()
@@ -83,6 +89,12 @@ class OllamaStub:
             self.embedded.extend(inputs)
         return 200, msgspec.json.encode({"model": model, "embeddings": vectors,
                                          "prompt_eval_count": sum(len(t) // 4 + 1 for t in inputs)})
+
+    def _vectors(self, model: str, inputs: list[str]) -> list[list[float]]:
+        raw = np.stack([stub_vector(model, text, self.models[model]) for text in inputs]) if inputs else np.empty((0, 0))
+        if not self.normalised or not inputs:
+            return raw.tolist()
+        return shortest_float32(checked_unit_vectors(raw, len(inputs), None)).tolist()
 
 
 def _handler(stub: OllamaStub) -> type[BaseHTTPRequestHandler]:
