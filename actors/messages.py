@@ -115,6 +115,7 @@ class BatchEmbedded(msgspec.Struct, frozen=True):
     batch_id: str
     model: str
     results: list[TaskVector]
+    paid: bool = True            # made by a provider that charges for it: journaled before it is sent
 
 
 class ReportResults(msgspec.Struct, frozen=True):

@@ -163,7 +163,8 @@ class ProviderWorkers(Stage):
             self.ctx.metrics.vector_work.observe(result.seconds)   # measured in the worker, recorded here
             if self.pins.confirm(batch.model, result.dimension):
                 self._decided(batch, result)
-                self.ctx.directory.tell("reporter", BatchEmbedded(batch.batch_id, batch.model, result.results))
+                self.ctx.directory.tell("reporter", BatchEmbedded(batch.batch_id, batch.model, result.results,
+                                                                  paid=self.router.providers[name].paid))
                 return
             error = DimensionMismatch(result.dimension, self.pins.expected(batch.model) or 0)
         if isinstance(error, DimensionMismatch):

@@ -1,7 +1,12 @@
-"""Reporter: journals every result in the outbox, then PATCHes it, retrying until the API takes it.
+"""Reporter: journals results in the outbox, then PATCHes them, retrying until the API takes them.
 
 A computed vector is never dropped: only an answer from the API (taken, gone, or refused for
-good) removes it from the outbox. While the API is down, results are parked and one of them is
+good) removes it from the outbox. Paid-for results (OpenAI's) are journaled before they are sent,
+so that no crash makes aitp pay for one twice. Results that cost nothing to compute again (Ollama,
+the mock) are held here only, unless storage.journal_unpaid_results says otherwise: writing each
+vector to SQLite was the largest CPU cost per task left (benchmarks/README.md). Their claims stay
+in the journal until the API takes the result, so after a crash they are computed again, and a
+restarted Reporter inherits them from the one that failed. While the API is down, results are parked and one of them is
 sent as a probe per backoff period (actors/outage_gate.py), so an outage costs a request every
 few seconds, not one per result; the first answer sends every parked result again.
 """
@@ -28,6 +33,7 @@ class Reporter(Stage):
     def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
         super().__init__(ctx, orphans)
         self.entries: dict[str, OutboxEntry] = {}   # in the outbox and not yet acknowledged
+        self.unjournaled: set[str] = set()          # entries held only here (their claims are journaled)
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
         self.gate: OutageGate[str] = OutageGate(ctx.backoff)   # API down: park task ids, probe, resend
         self.outcomes: Counter[str] = Counter()
@@ -39,6 +45,11 @@ class Reporter(Stage):
         replayed = self.ctx.journal.outbox()
         for entry in replayed:
             self.entries[entry.task_id] = entry
+        for entry in self.inherited:     # unjournaled results a failed instance held
+            if entry.task_id not in self.entries:
+                self.entries[entry.task_id] = entry
+                self.unjournaled.add(entry.task_id)
+                replayed.append(entry)
         if replayed:
             self._send(replayed, 1)
 
@@ -47,7 +58,8 @@ class Reporter(Stage):
             self.batch_of.update((r.task_id, message.batch_id) for r in message.results)
             self._store([OutboxEntry(r.task_id, r.body, "succeeded") if r.body is not None
                          else self._failure(r.task_id, r.error or "no vector", message.batch_id)
-                         for r in message.results])
+                         for r in message.results],
+                        journaled=message.paid or self.settings.storage.journal_unpaid_results)
         elif isinstance(message, TasksRejected):
             self.batch_of.update((r.task_id, r.batch_id) for r in message.rejections if r.batch_id)
             self._store([self._failure(r.task_id, r.reason, r.batch_id) for r in message.rejections])
@@ -69,8 +81,11 @@ class Reporter(Stage):
         log.warning("task failed", extra={"fields": fields})
         return OutboxEntry(task_id, state_body("failed", reason), "failed")
 
-    def _store(self, entries: list[OutboxEntry]) -> None:
-        self.ctx.journal.add_results(entries)
+    def _store(self, entries: list[OutboxEntry], journaled: bool = True) -> None:
+        if journaled:
+            self.ctx.journal.add_results(entries)
+        else:
+            self.unjournaled.update(entry.task_id for entry in entries)
         for entry in entries:
             self.entries[entry.task_id] = entry
         if self.gate.down:    # wait with the others for the probe to get through
@@ -90,7 +105,7 @@ class Reporter(Stage):
             if self._answered_one(task_id, result, message.attempt, waiting):
                 settled.append(task_id)
         if settled:
-            self.ctx.journal.acknowledge(settled)
+            self.ctx.journal.acknowledge(settled)     # its outbox row, or the claim of an unjournaled one
             self.tell("poller", TasksSettled(settled))
         if waiting:
             log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
@@ -108,7 +123,7 @@ class Reporter(Stage):
             probe = self.gate.failed(task_id, task_id, result.retry_after)
             if probe is not None:
                 probe_id, delay = probe
-                log.warning("report failed, results kept in the outbox", extra={"fields": {
+                log.warning("report failed, results kept until the API takes them", extra={"fields": {
                     **fields, "detail": result.detail, "parked": len(self.gate.parked), "retry_in_s": round(delay, 2)}})
                 self.later(delay, ReportResults([probe_id], attempt + 1))
             return False
@@ -126,8 +141,21 @@ class Reporter(Stage):
             log.debug("task reported", extra={"fields": fields})
         self.outcomes[f"{entry.state}:{result.outcome.value}"] += 1
         del self.entries[task_id]
+        self.unjournaled.discard(task_id)
         self.batch_of.pop(task_id, None)
         return True
+
+    def on_stop(self) -> None:
+        super().on_stop()        # the PATCHes in flight are answered (or given up) first
+        held = [] if self.handing_over else self.orphans()
+        if held:
+            # A graceful stop keeps what the API did not take for the next start, as if journaled
+            # all along: releasing these claims instead would throw the vectors away.
+            self.ctx.journal.add_results(held)
+
+    def orphans(self) -> list:
+        """Results held nowhere else: the next instance sends them (journaled ones it reads back)."""
+        return [self.entries[task_id] for task_id in self.unjournaled if task_id in self.entries]
 
     def status(self) -> dict:
         return {"outbox": len(self.entries), "outcomes": dict(self.outcomes), "parked": len(self.gate.parked)}

@@ -131,6 +131,7 @@ class MonitoringSettings(_Section):
 
 class StorageSettings(_Section):
     data_dir: str = ""
+    journal_unpaid_results: bool = False
 
 
 class ChildPolicy(_Section):

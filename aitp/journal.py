@@ -1,8 +1,9 @@
 """The journal: one SQLite file with claimed tasks, the outbox of unreported results, and model pins.
 
 Order of writes makes a crash at any moment safe: a claim is written before the task is PATCHed
-`in_progress`; a result enters the outbox in the same transaction that retires its claim; an
-outbox row is deleted only after the API acknowledged the PATCH.
+`in_progress`; a journaled result enters the outbox in the same transaction that retires its
+claim; an outbox row is deleted only after the API acknowledged the PATCH. A result that is not
+journaled (unpaid, see actors/reporter.py) keeps its claim until then, so a crash computes it again.
 """
 
 from __future__ import annotations
@@ -120,7 +121,14 @@ class Journal:
             db.executemany("DELETE FROM claims WHERE task_id = ?", [(e.task_id,) for e in entries])
 
     def acknowledge(self, task_ids: list[str]) -> None:
-        self._write("DELETE FROM outbox WHERE task_id = ?", [(task_id,) for task_id in task_ids])
+        """The API took these results: forget them, whether they were in the outbox or (results
+        not journaled, see actors/reporter.py) still only claimed."""
+        if not task_ids:
+            return
+        rows = [(task_id,) for task_id in task_ids]
+        with self._transaction() as db:
+            db.executemany("DELETE FROM outbox WHERE task_id = ?", rows)
+            db.executemany("DELETE FROM claims WHERE task_id = ?", rows)
 
     def outbox(self) -> list[OutboxEntry]:
         with self._lock:

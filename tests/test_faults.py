@@ -54,10 +54,12 @@ def test_a_task_api_outage_loses_nothing_and_costs_few_requests(kind, sandbox, o
     server.start_outage(kind)
     server.add_tasks(tasks[32:])
     journal = Journal(tmp_path / "data" / "journal.sqlite3")
-    # Results computed during the outage wait in the outbox, not lost.
-    wait_until(lambda: journal.counts()["outbox"] > 0, timeout=30, message="results kept in the outbox")
-    # Once the service has seen the outage (requests sent before then may still time out), count.
-    wait_until(lambda: "results kept in the outbox" in process.logs(), timeout=30, message="the outage noticed")
+    # Results computed during the outage wait for the API, not lost. Once the service has seen
+    # the outage (requests sent before then may still time out), count.
+    wait_until(lambda: "results kept until the API takes them" in process.logs(), timeout=30,
+               message="the outage noticed")
+    # Ollama's vectors cost nothing to compute again: they wait in memory, their claims journaled.
+    assert journal.counts()["outbox"] == 0 and journal.counts()["claims"] > 0
     seen = requests_over(server, 3.0)
     assert seen <= 20, f"{seen} requests in 3 s while the API was down"    # backoff, one probe at a time
     server.end_outage()
@@ -180,13 +182,67 @@ def test_a_list_of_100000_tasks_keeps_memory_bounded(sandbox, service, tmp_path)
     assert not server.counts().get("in_progress")
 
 
+def test_paid_results_are_journaled_before_they_are_sent(sandbox, openai_stub, service, tmp_path):
+    stub = openai_stub(models={"text-embedding-ada-002": 8})
+    tasks = generated_tasks(6, models=("text-embedding-ada-002",))
+    server = sandbox(tasks)
+    env = {"API_BASE_URL": server.url, "OPENAI_API_KEY": STUB_KEY, "OPENAI_BASE_URL": stub.url,
+           "AITP_MODELS__DIMENSIONS": '{"text-embedding-ada-002": 8}', "RETRY_BACKOFF_FACTOR": "0.05"}
+    stub.gate.clear()          # the embeddings calls wait until the API is down
+    process = service(env)
+    wait_until(lambda: stub.in_flight, timeout=30, message="an embeddings call")
+    server.start_outage("503")
+    stub.gate.set()
+    journal = Journal(tmp_path / "data" / "journal.sqlite3")
+    wait_until(lambda: journal.counts()["outbox"] > 0, timeout=30, message="OpenAI's results in the outbox")
+    process.signal(signal.SIGKILL)
+    process.wait(10)
+    server.end_outage()
+    calls = len(stub.requests)
+    restarted = service(env)
+    wait_until(lambda: drained(server), timeout=60, message="the journaled results sent")
+    restarted.signal(signal.SIGTERM)
+    assert restarted.wait(60) == 0
+    journaled_inputs = {i for r in stub.requests[:calls] for i in r["inputs"]}
+    assert not journaled_inputs & {i for r in stub.requests[calls:] for i in r["inputs"]}   # never paid twice
+    assert server.counts() == {"succeeded": 6}
+
+
+def test_a_graceful_stop_keeps_unreported_results_for_the_next_start(sandbox, ollama, service, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.3)
+    tasks = generated_tasks(30)
+    server = sandbox(tasks)
+    env = ollama_env(server, stub, REQUEST_TIMEOUT="1", AITP_SHUTDOWN__DEADLINE_SECONDS="1")
+    process = service(env)
+    wait_until(lambda: stub.batch_sizes, timeout=30, message="the first embed call")   # it takes 0.3 s
+    server.start_outage("503")
+    wait_until(lambda: "results kept until the API takes them" in process.logs(), timeout=30, message="results held")
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    journal = Journal(tmp_path / "data" / "journal.sqlite3")
+    held = {entry.task_id for entry in journal.outbox()}
+    journal.close()
+    assert held, "the results the API did not take are journaled on the way out"
+    server.end_outage()
+    embedded_before = len(stub.embedded)
+    text_of = {t["_id"]: t["content"]["text"] for t in tasks}
+    again = service(env)
+    wait_until(lambda: drained(server), timeout=60, message="every task after the restart")
+    again.signal(signal.SIGTERM)
+    assert again.wait(60) == 0
+    assert_all_succeeded_with_their_vectors(server, tasks)
+    assert not {text_of[task_id] for task_id in held} & set(stub.embedded[embedded_before:])
+
+
 # --- kill -9 ---
+@pytest.mark.parametrize("journal_unpaid", [True, False], ids=["journaled", "claims-only"])
 def test_kill_9_at_random_moments_loses_nothing_and_never_embeds_a_journaled_result_again(
-        sandbox, ollama, service, tmp_path):
+        sandbox, ollama, service, tmp_path, journal_unpaid):
     stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.05, input_cost=0.003)
     tasks = generated_tasks(240)
     server = sandbox(tasks)
-    env = ollama_env(server, stub, REQUEST_TIMEOUT="1")
+    env = ollama_env(server, stub, REQUEST_TIMEOUT="1",
+                     AITP_STORAGE__JOURNAL_UNPAID_RESULTS=str(journal_unpaid).lower())
     journal_path = tmp_path / "data" / "journal.sqlite3"
     moments = random.Random(int(os.environ.get("AITP_FAULT_SEED", "11")))
     text_of = {t["_id"]: t["content"]["text"] for t in tasks}
@@ -196,11 +252,19 @@ def test_kill_9_at_random_moments_loses_nothing_and_never_embeds_a_journaled_res
         target = server.counts().get("succeeded", 0) + moments.randint(5, 60)
         wait_until(lambda: server.counts().get("succeeded", 0) >= target, timeout=90,
                    message=f"run {run} to make progress")
-        if run == 2:   # the last kill comes while the API hangs, so computed results wait in the outbox
+        if run == 2:   # the last kill comes while the API hangs, so computed results wait for it
             server.start_outage("hang")
-            wait_until(lambda: Journal(journal_path).counts()["outbox"] > 0, timeout=30, message="a full outbox")
+            if journal_unpaid:
+                wait_until(lambda: Journal(journal_path).counts()["outbox"] > 0, timeout=30, message="a full outbox")
+            else:
+                wait_until(lambda: "results kept until the API takes them" in process.logs(), timeout=30,
+                           message="results held")
         process.signal(signal.SIGKILL)
         process.wait(10)
+        if run == 2 and not journal_unpaid:   # computed, not reported, and journaled nowhere
+            lost_at_kill = len(stub.embedded)
+            unreported = set(stub.embedded) - {text_of[t["_id"]] for t in tasks
+                                               if server.state_of(t["_id"]) == "succeeded"}
         server.end_outage()
         journal = Journal(journal_path)
         journaled = {text_of[entry.task_id] for entry in journal.outbox()}
@@ -211,7 +275,11 @@ def test_kill_9_at_random_moments_loses_nothing_and_never_embeds_a_journaled_res
     last.signal(signal.SIGTERM)
     assert last.wait(60) == 0
     assert_all_succeeded_with_their_vectors(server, tasks)
-    assert kills[-1][1], "the last kill must find results in the outbox"
+    if journal_unpaid:
+        assert kills[-1][1], "the last kill must find results in the outbox"
+    else:   # nothing journaled: what was computed and not reported at the last kill is computed again
+        assert not any(journaled for _, journaled in kills)
+        assert unreported and unreported <= set(stub.embedded[lost_at_kill:])
     for embedded_at_kill, journaled in kills:   # a computed, journaled result is never paid for twice
         assert not journaled & set(stub.embedded[embedded_at_kill:])
     assert Journal(journal_path).counts() == {"claims": 0, "outbox": 0}
@@ -264,3 +332,27 @@ def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipe
     assert restarts == {"authenticator": 0, "reporter": 0, "provider_workers": 0, "dispatcher": 1,
                         "rate_limiter": 1, "poller": 1}
     assert pipeline.fatal_reason is None
+
+
+def test_a_restarted_reporter_sends_the_unjournaled_results_of_the_one_that_failed(
+        sandbox, ollama, run_pipeline, tmp_path, monkeypatch):
+    from actors.reporter import Reporter
+    failures = []
+    original = Reporter._send
+
+    def fail_once(self, entries, attempt):      # results held, not yet sent, journaled nowhere
+        if not failures and self.unjournaled:
+            failures.append(len(self.unjournaled))
+            raise RuntimeError("injected reporter fault")
+        return original(self, entries, attempt)
+
+    monkeypatch.setattr(Reporter, "_send", fail_once)
+    stub = ollama(models={"nomic-embed-text": 768})
+    tasks = generated_tasks(60)
+    server = sandbox(tasks)
+    pipeline = run_pipeline(settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert failures and server.counts() == {"succeeded": 60}
+    assert pipeline.status()["restarts"]["reporter"] == 1
+    wait_until(lambda: pipeline.ctx.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")
+    assert sorted(stub.embedded) == sorted(t["content"]["text"] for t in tasks)    # none computed twice

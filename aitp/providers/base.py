@@ -20,6 +20,9 @@ class Provider(abc.ABC):
     """An embedding backend. `embed` makes one HTTP call per batch and must not parse floats."""
 
     name: str
+    # Are its vectors paid for? Those are journaled before they are sent, so that no crash makes
+    # aitp pay for one twice; unpaid ones are computed again after a crash (storage.journal_unpaid_results).
+    paid: bool = True
     max_batch_inputs: int | None = None     # the provider's own limits per call, if it has any
     max_batch_tokens: int | None = None
 

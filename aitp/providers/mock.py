@@ -13,6 +13,7 @@ _encoder = msgspec.msgpack.Encoder()
 
 class MockProvider(Provider):
     name = "mock"
+    paid = False
 
     def __init__(self, settings: Settings) -> None:
         self._dimensions = settings.models.dimensions

@@ -57,6 +57,7 @@ def _base_name(model: str) -> str:
 
 class OllamaProvider(Provider):
     name = "ollama"
+    paid = False
 
     def __init__(self, settings: Settings) -> None:
         self._base = settings.ollama.base_url.rstrip("/")
