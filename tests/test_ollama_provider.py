@@ -88,3 +88,18 @@ def test_mode_selects_the_providers_in_order():
     assert names(PROCESSING_MODE="ollama") == ["ollama"]
     assert names(PROCESSING_MODE="hybrid", OPENAI_API_KEY="sk-test") == ["ollama", "openai"]
     assert names(PROCESSING_MODE="hybrid") == ["ollama", "mock"]
+
+
+def test_a_model_list_that_is_not_an_answer_stops_the_provider_being_ready(scripted):
+    def script(peer, number):
+        while peer.read_request() is not None:
+            peer.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n" if number == 1
+                      else b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!")
+    server = scripted(script)
+    provider = OllamaProvider(settings_for(server.url))
+    with pytest.raises(ProviderError, match="cannot list Ollama models at .*: it answered 503") as caught:
+        provider.prepare()
+    assert caught.value.status == 503 and caught.value.retryable
+    provider.close()
+    with pytest.raises(ProviderError, match="cannot list Ollama models"):
+        OllamaProvider(settings_for(server.url)).prepare()

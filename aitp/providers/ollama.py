@@ -7,7 +7,6 @@ import re
 import time
 
 import msgspec
-import requests
 
 from aitp.config import Settings
 from aitp.errors import ProviderError
@@ -67,8 +66,7 @@ class OllamaProvider(Provider):
         self._supported = {_base_name(model) for model in settings.processing.supported_models}
         self._supported_names = settings.processing.supported_models
         self._dimensions = settings.models.dimensions
-        self._session = requests.Session()      # model listing and streamed pulls, at startup
-        # The hot path, one call per batch, on the lean client (aitp/http1.py); like the task API,
+        # Every call but a pull goes through the lean client (aitp/http1.py); like the task API,
         # Ollama is reached directly, never through an HTTP_PROXY.
         self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8)
 
@@ -93,18 +91,21 @@ class OllamaProvider(Provider):
 
     def installed_models(self) -> set[str]:
         try:
-            response = self._session.get(f"{self._base}/api/tags", timeout=self._timeout)
-            response.raise_for_status()
-            return {_base_name(model.name) for model in _tags_decoder.decode(response.content).models}
-        except (requests.RequestException, msgspec.DecodeError) as exc:
+            response = self._embed_client.request("GET", "/api/tags", {"Accept": "application/json"})
+            if response.status != 200:
+                raise ProviderError(f"cannot list Ollama models at {self._base}: it answered {response.status}",
+                                    provider=self.name, status=response.status)
+            return {_base_name(model.name) for model in _tags_decoder.decode(response.body).models}
+        except (HttpTransportError, msgspec.DecodeError) as exc:
             raise ProviderError(f"cannot list Ollama models at {self._base}: {exc}", provider=self.name) from None
 
     def pull(self, model: str) -> None:
         """Stream `/api/pull`, logging progress at most every few seconds."""
+        import requests    # only for a pull (streamed, minutes long): not loaded by a service that never pulls
         log.info("pulling model", extra={"fields": {"model": model, "ollama": self._base}})
         last_logged = 0.0
         try:
-            with self._session.post(f"{self._base}/api/pull", data=_encoder.encode({"model": model, "stream": True}),
+            with requests.post(f"{self._base}/api/pull", data=_encoder.encode({"model": model, "stream": True}),
                                     stream=True, timeout=(self._timeout, self._download_timeout)) as response:
                 response.raise_for_status()
                 for line in response.iter_lines():
@@ -144,5 +145,4 @@ class OllamaProvider(Provider):
         return RawEmbedding(decoder="ollama", payload=response.body, tokens=prompt_tokens(response.body))
 
     def close(self) -> None:
-        self._session.close()
         self._embed_client.close()
