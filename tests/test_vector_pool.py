@@ -110,3 +110,23 @@ def test_an_unreadable_answer_fails_its_job_and_the_worker_goes_on(pool, monkeyp
     with pytest.raises(RuntimeError, match="unreadable answer"):
         pool.submit(job).result(timeout=30)
     assert len(pool.submit(job).result(timeout=30).results) == 1
+
+
+def test_the_pipe_carries_messages_of_any_size_whole_and_sees_the_end():
+    import socket
+    from aitp.vector_pool import _Pipe
+    left, right = socket.socketpair()
+    sender, receiver = _Pipe(left), _Pipe(right)
+    big = os.urandom(3_000_000)                # far more than a socket buffer holds: many reads
+    # The sender runs in a thread, since the big message fills the socket's buffers.
+    thread = threading.Thread(target=lambda: [sender.send(_Pipe.message(b"J") + big), sender.send(_Pipe.message(b"P"))])
+    thread.start()
+    first = receiver.receive()
+    assert bytes(first[:1]) == b"J" and first[1:] == big
+    assert bytes(receiver.receive()) == b"P"
+    thread.join()
+    left.sendall(b"\x00\x00\x00\x00\x00\x00\x00\x09Jhalf")   # promises 9 bytes, sends 5, closes
+    sender.close()
+    with pytest.raises(EOFError):
+        receiver.receive()
+    receiver.close()
