@@ -284,7 +284,8 @@ def main() -> None:
         print(minimal.line(), flush=True)
         service = run_service(args.tasks, args.call_cost, args.input_cost)
         print(service.line(), flush=True)
-        print(f"ratio: aitp run drains at {service.rate / minimal.rate:.0%} of the minimal loop's rate", flush=True)
+        print(f"ratio: aitp run drains at {service.rate / minimal.rate:.0%} of the minimal loop's rate, "
+              f"with {service.cpu_seconds / minimal.cpu_seconds:.2f} times its CPU", flush=True)
         pairs.append((minimal, service))
     if args.repeat > 1:
         print(f"medians of {args.repeat}: " + "; ".join(
@@ -294,7 +295,8 @@ def main() -> None:
             f"({statistics.median(1e6 * run.drain_cpu_seconds / run.tasks for run in runs):.0f} while draining)"
             for label, runs in (("minimal loop", [m for m, _ in pairs]), ("aitp run", [a for _, a in pairs]))),
             flush=True)
-        print(f"median ratio: {statistics.median(a.rate / m.rate for m, a in pairs):.0%}", flush=True)
+        print(f"median ratio: {statistics.median(a.rate / m.rate for m, a in pairs):.0%} of the rate, "
+              f"{statistics.median(a.cpu_seconds / m.cpu_seconds for m, a in pairs):.2f} times the CPU", flush=True)
     print(f"idle latency (polling every 2 s): {idle_latency(args.call_cost, args.input_cost):.2f} s", flush=True)
 
 

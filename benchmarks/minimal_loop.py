@@ -1,10 +1,10 @@
 """The ceiling to compare aitp with: the least a processor must do against the same peers.
 
-Poll, claim each task, one embed call per batch of 15, PATCH each normalised result; a few threads
-so that the provider always has the next batch. No journal, no actors, no process workers, no
-retries, no checks beyond normalising. It uses aitp's own leanest parts (its HTTP client with a
-batch's PATCHes pipelined, as aitp sends them, and its float32 formatting), so that it stays the
-ceiling of the machine. Run by benchmarks/drain.py:  python3 benchmarks/minimal_loop.py API_URL OLLAMA_URL
+Poll, claim each task, one embed call per batch of 15, PATCH each result; a few threads so that
+the provider always has the next batch. No journal, no actors, no process workers, no retries, no
+checks: Ollama's rows (already unit float32 text) are cut out of its answer and sent as written,
+as aitp sends them. It uses aitp's own HTTP client, with a batch's PATCHes pipelined, so that it
+stays the ceiling of the machine. Run by benchmarks/drain.py:  python3 benchmarks/minimal_loop.py API_URL OLLAMA_URL
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aitp.float32_text import shortest_float32  # noqa: E402
 from aitp.http1 import Http1Client  # noqa: E402
 
 BATCH, THREADS, TAKE = 15, 4, 256     # aitp's default batch size
+
+
+class _Rows(msgspec.Struct):
+    embeddings: list[msgspec.Raw]
 
 
 def main(api: str, ollama: str) -> None:
@@ -36,11 +38,8 @@ def main(api: str, ollama: str) -> None:
         patch_each(batch, [b'{"state":"in_progress"}'] * len(batch))
         answer = provider.request("POST", "/api/embed", json_headers, msgspec.json.encode(
             {"model": batch[0]["content"]["model"], "input": [t["content"]["text"] for t in batch]}))
-        vectors = np.asarray(msgspec.json.decode(answer.body)["embeddings"], dtype=np.float64)
-        vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-        bodies = [b'{"state":"succeeded","result":' + msgspec.json.encode(v) + b"}"
-                  for v in shortest_float32(vectors).tolist()]
-        patch_each(batch, bodies)
+        rows = msgspec.json.decode(answer.body, type=_Rows).embeddings
+        patch_each(batch, [b'{"state":"succeeded","result":' + bytes(row) + b"}" for row in rows])
 
     outstanding: list = []
     with ThreadPoolExecutor(THREADS) as workers:

@@ -24,7 +24,7 @@ def test_the_drain_benchmark_compares_aitp_with_the_minimal_loop():
     for label in ("minimal loop", "aitp run"):
         line = next(line for line in out.splitlines() if line.startswith(label))
         assert re.search(r"tasks/s .*busy .*cpu .*µs/task .*peak RSS .*polled .*batch", line), line
-    assert re.search(r"ratio: aitp run drains at \d+% of the minimal loop's rate", out)
+    assert re.search(r"ratio: aitp run drains at \d+% of the minimal loop's rate, with [\d.]+ times its CPU", out)
     assert re.search(r"idle latency \(polling every 2 s\): \d+\.\d+ s", out)
 
 
