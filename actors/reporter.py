@@ -1,14 +1,16 @@
 """Reporter: journals results in the outbox, then PATCHes them, retrying until the API takes them.
 
 A computed vector is never dropped: only an answer from the API (taken, gone, or refused for
-good) removes it from the outbox. Paid-for results (OpenAI's) are journaled before they are sent,
-so that no crash makes aitp pay for one twice. Results that cost nothing to compute again (Ollama,
+good) removes it. Paid-for results (OpenAI's) are journaled in the outbox before they are sent, so
+that no crash makes aitp pay for one twice. Results that cost nothing to compute again (Ollama,
 the mock) are held here only, unless storage.journal_unpaid_results says otherwise: writing each
 vector to SQLite was the largest CPU cost per task left (benchmarks/README.md). Their claims stay
-in the journal until the API takes the result, so after a crash they are computed again, and a
-restarted Reporter inherits them from the one that failed. While the API is down, results are parked and one of them is
-sent as a probe per backoff period (actors/outage_gate.py), so an outage costs a request every
-few seconds, not one per result; the first answer sends every parked result again.
+in the journal until the API takes the result, so a crash has them computed again; a restarted
+Reporter inherits them from the one that failed, and a graceful stop journals them.
+
+While the API is down, results are parked and one of them is sent as a probe per backoff period
+(actors/outage_gate.py), so an outage costs a request every few seconds, not one per result; the
+first answer sends every parked result again.
 """
 
 from __future__ import annotations
