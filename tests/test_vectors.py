@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import msgspec
 import numpy as np
 import pytest
@@ -163,6 +166,5 @@ def test_a_worker_serving_ollama_unit_vectors_never_imports_numpy(tmp_path):
         "job = VectorJob('ollama', b'{\"embeddings\":[[3,4]]}', 'm', ['a'], 2, 1000)\n"
         "process_job(job)\n"
         "print('numpy' in sys.modules)\n")
-    import subprocess, sys
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False", "True"]
