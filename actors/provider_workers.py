@@ -125,7 +125,8 @@ class ProviderWorkers(Stage):
                                                    "task_ids": [job.task_id for job in batch.jobs]}})
         started = time.perf_counter()
         try:
-            ctx.journal.mark_sent([job.task_id for job in batch.jobs])   # its rate-limit units are spent now
+            if ctx.rate_limits.refunds_units:     # its rate-limit units are spent now
+                ctx.journal.mark_sent([job.task_id for job in batch.jobs])
             raw = provider.embed(batch.model, [job.text for job in batch.jobs])
         except Exception as exc:  # noqa: BLE001 - a provider bug must not lose the batch
             if not isinstance(exc, ProviderError):

@@ -43,6 +43,10 @@ class TierUsage(msgspec.Struct, frozen=True):
 
 
 class RateLimitBackend(abc.ABC):
+    # Does a refund give anything back? Only then must the journal note when a claimed task
+    # reached a provider (its unit spent), which costs a SQLite commit per batch.
+    refunds_units = True
+
     @abc.abstractmethod
     def reserve(self, units: int) -> Admission:
         """Reserve up to `units` atomically."""
@@ -68,6 +72,8 @@ class RateLimitBackend(abc.ABC):
 
 class AdmitAll(RateLimitBackend):
     """No limits configured (RATE_LIMIT_ENABLED=false, or every tier 0)."""
+
+    refunds_units = False
 
     def reserve(self, units: int) -> Admission:
         return Admission(granted=units, not_before=None)
