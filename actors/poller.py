@@ -187,6 +187,7 @@ class Poller(Stage):
         handlers = self.ctx.handlers
         now = time.time()
         pending = held.pending
+        debug = log.isEnabledFor(logging.DEBUG)   # a line per task: its fields only built when shown
         while held.cursor < len(pending):
             if len(taken) >= budget or self.credit <= 0:
                 self.taken_total += len(taken)
@@ -204,7 +205,8 @@ class Poller(Stage):
                 if refusal:
                     raise TaskRejected(refusal)
                 taken.append(TakenTask(job=msgspec.structs.replace(job, taken_at=now), raw=task.raw))
-                log.debug("task taken", extra={"fields": {"task_id": task.id, "model": job.model}})
+                if debug:
+                    log.debug("task taken", extra={"fields": {"task_id": task.id, "model": job.model}})
             except TaskRejected as exc:
                 rejected.append(Rejection(task.id, str(exc)))
                 self.ctx.metrics.task_decided(task.type, "failed", 0.0)

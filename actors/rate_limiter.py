@@ -75,6 +75,7 @@ class RateLimiter(Stage):
 
     def _claims_answered(self, message: ClaimsAnswered) -> None:
         claimed, abandoned, waiting = [], [], []
+        debug = log.isEnabledFor(logging.DEBUG)   # a line per task: its fields only built when shown
         for task, result in message.answers:
             task_id = task.job.task_id
             if result.outcome is PatchOutcome.RETRY:
@@ -91,7 +92,8 @@ class RateLimiter(Stage):
             if self.gate.down or self.gate.parked:   # the API answers again: claim what waited for it
                 waiting += self.gate.answered(task_id)
             if result.outcome is PatchOutcome.DONE:
-                log.debug("task claimed", extra={"fields": {"task_id": task_id}})
+                if debug:
+                    log.debug("task claimed", extra={"fields": {"task_id": task_id}})
                 claimed.append(task.job)
                 continue
             log.warning("claim abandoned", extra={"fields": {"task_id": task_id, "outcome": result.outcome.value,

@@ -38,7 +38,7 @@ class Reporter(Stage):
         self.unjournaled: set[str] = set()          # entries held only here (their claims are journaled)
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
         self.gate: OutageGate[str] = OutageGate(ctx.backoff)   # API down: park task ids, probe, resend
-        self.outcomes: Counter[str] = Counter()
+        self.outcomes: Counter[tuple[str, PatchOutcome]] = Counter()   # (state sent, outcome)
 
     def setup(self) -> None:
         self.start_pool(self.settings.workers.reporter_concurrency)
@@ -118,34 +118,38 @@ class Reporter(Stage):
         entry = self.entries.get(task_id)
         if entry is None:
             return False   # answered twice (sent again after a restart): already settled
-        fields = {"task_id": task_id, "state": entry.state, "status": result.status}
-        if task_id in self.batch_of:
-            fields["batch_id"] = self.batch_of[task_id]
         if result.outcome is PatchOutcome.RETRY:
             probe = self.gate.failed(task_id, task_id, result.retry_after)
             if probe is not None:
                 probe_id, delay = probe
                 log.warning("report failed, results kept until the API takes them", extra={"fields": {
-                    **fields, "detail": result.detail, "parked": len(self.gate.parked), "retry_in_s": round(delay, 2)}})
+                    **self._fields(entry, result), "detail": result.detail, "parked": len(self.gate.parked),
+                    "retry_in_s": round(delay, 2)}})
                 self.later(delay, ReportResults([probe_id], attempt + 1))
             return False
         if self.gate.down or self.gate.parked:   # the API answers again: send what waited for it
             waiting += self.gate.answered(task_id)
         if result.outcome is PatchOutcome.GONE:
-            log.warning("task disappeared before its result was reported", extra={"fields": fields})
+            log.warning("task disappeared before its result was reported", extra={"fields": self._fields(entry, result)})
         elif result.outcome is PatchOutcome.REJECTED_AFTER_SUCCESS:
             log.warning("callback rejected the result; the task stays succeeded",
-                        extra={"fields": {**fields, "detail": result.detail}})
+                        extra={"fields": {**self._fields(entry, result), "detail": result.detail}})
         elif result.outcome is PatchOutcome.INVALID:
             log.error("task API refused the report: a bug on our side",
-                      extra={"fields": {**fields, "detail": result.detail}})
-        else:
-            log.debug("task reported", extra={"fields": fields})
-        self.outcomes[f"{entry.state}:{result.outcome.value}"] += 1
+                      extra={"fields": {**self._fields(entry, result), "detail": result.detail}})
+        elif log.isEnabledFor(logging.DEBUG):     # one line per task: its fields only built when shown
+            log.debug("task reported", extra={"fields": self._fields(entry, result)})
+        self.outcomes[entry.state, result.outcome] += 1
         del self.entries[task_id]
         self.unjournaled.discard(task_id)
         self.batch_of.pop(task_id, None)
         return True
+
+    def _fields(self, entry: OutboxEntry, result: PatchResult) -> dict:
+        fields = {"task_id": entry.task_id, "state": entry.state, "status": result.status}
+        if entry.task_id in self.batch_of:
+            fields["batch_id"] = self.batch_of[entry.task_id]
+        return fields
 
     def on_stop(self) -> None:
         super().on_stop()        # the PATCHes in flight are answered (or given up) first
@@ -160,4 +164,5 @@ class Reporter(Stage):
         return [self.entries[task_id] for task_id in self.unjournaled if task_id in self.entries]
 
     def status(self) -> dict:
-        return {"outbox": len(self.entries), "outcomes": dict(self.outcomes), "parked": len(self.gate.parked)}
+        return {"outbox": len(self.entries), "parked": len(self.gate.parked),
+                "outcomes": {f"{state}:{outcome.value}": count for (state, outcome), count in self.outcomes.items()}}
