@@ -197,7 +197,10 @@ class Pipeline:
                 stages[name] = {"state": "down"}
             except pykka.Timeout:   # alive but inside a long call (a slow token fetch): not down
                 stages[name] = {"state": "busy"}
-        out: dict = {"stages": stages, "breakers": ctx.router.status(), "outbox": ctx.journal.counts()["outbox"],
+        # Results waiting for the API: the Reporter holds them all, unpaid ones in memory only.
+        reporter = stages.get("reporter", {})
+        outbox = reporter["outbox"] if "outbox" in reporter else ctx.journal.counts()["outbox"]
+        out: dict = {"stages": stages, "breakers": ctx.router.status(), "outbox": outbox,
                      "process_worker_restarts": ctx.vector_pool.restarts}
         if self.supervisor is not None and self.supervisor.is_alive():
             try:

@@ -114,7 +114,8 @@ class StatusCollector:
                   status.get("restarts", {}))
         yield _one(CounterMetricFamily, "aitp_process_worker_restarts", "Vector worker processes restarted after dying",
                    status.get("process_worker_restarts", 0))
-        yield _one(GaugeMetricFamily, "aitp_outbox_size", "Results journaled and not yet acknowledged",
+        yield _one(GaugeMetricFamily, "aitp_outbox_size", "Results computed and not yet taken by the API "
+                   "(journaled, or held in memory when unpaid)",
                    status.get("outbox", 0))
         yield _by(CounterMetricFamily, "aitp_tasks_left_alone", "Tasks not touched, by type", "task_type",
                   poller.get("left_alone", {}))

@@ -356,3 +356,19 @@ def test_a_restarted_reporter_sends_the_unjournaled_results_of_the_one_that_fail
     assert pipeline.status()["restarts"]["reporter"] == 1
     wait_until(lambda: pipeline.ctx.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")
     assert sorted(stub.embedded) == sorted(t["content"]["text"] for t in tasks)    # none computed twice
+
+
+def test_results_held_in_memory_count_in_the_outbox_gauge(sandbox, ollama, run_pipeline, tmp_path):
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.3)
+    server = sandbox(generated_tasks(20))
+    pipeline = run_pipeline(settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url))
+    wait_until(lambda: stub.batch_sizes, message="the first embed call")    # it takes 0.3 s
+    server.start_outage("503")
+    wait_until(lambda: pipeline.health()[1]["outbox"] > 0, timeout=30, message="results waiting for the API")
+    assert pipeline.ctx.journal.counts()["outbox"] == 0          # Ollama's: held, not journaled
+    gauge = next(line for line in pipeline.metrics.expose().decode().splitlines()
+                 if line.startswith("aitp_outbox_size "))
+    assert float(gauge.split()[1]) > 0                             # what the dashboards watch
+    server.end_outage()
+    wait_until(lambda: drained(server), timeout=60, message="the results once the API is back")
+    wait_until(lambda: pipeline.health()[1]["outbox"] == 0, message="an empty outbox")
