@@ -34,7 +34,7 @@ class Reporter(Stage):
 
     def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
         super().__init__(ctx, orphans)
-        self.entries: dict[str, OutboxEntry] = {}   # in the outbox and not yet acknowledged
+        self.entries: dict[str, OutboxEntry] = {}   # results the API has not taken yet (journaled or not)
         self.unjournaled: set[str] = set()          # entries held only here (their claims are journaled)
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
         self.gate: OutageGate[str] = OutageGate(ctx.backoff)   # API down: park task ids, probe, resend
@@ -130,7 +130,8 @@ class Reporter(Stage):
         if self.gate.down or self.gate.parked:   # the API answers again: send what waited for it
             waiting += self.gate.answered(task_id)
         if result.outcome is PatchOutcome.GONE:
-            log.warning("task disappeared before its result was reported", extra={"fields": self._fields(entry, result)})
+            log.warning("task disappeared before its result was reported",
+                        extra={"fields": self._fields(entry, result)})
         elif result.outcome is PatchOutcome.REJECTED_AFTER_SUCCESS:
             log.warning("callback rejected the result; the task stays succeeded",
                         extra={"fields": {**self._fields(entry, result), "detail": result.detail}})

@@ -253,7 +253,8 @@ def _serve(pipe: _Pipe) -> None:
         if kind == _STOP:
             return
         try:
-            answer = _Pipe.message(_PING) if kind == _PING else _tagged(_RESULT, process_job(_job_decoder.decode(message[1:])))
+            answer = (_Pipe.message(_PING) if kind == _PING
+                      else _tagged(_RESULT, process_job(_job_decoder.decode(message[1:]))))
         except Exception as exc:  # noqa: BLE001 - every error goes back to the job's future
             answer = _Pipe.message(_ERROR) + _pickled(exc)
         try:

@@ -32,7 +32,8 @@ def main(api: str, ollama: str) -> None:
     claimed: set[str] = set()
 
     def patch_each(batch: list[dict], bodies: list[bytes]) -> None:
-        task_api.pipeline("PATCH", [(f"/api/ai-tasks/{t['_id']}", json_headers, body) for t, body in zip(batch, bodies)])
+        task_api.pipeline("PATCH", [(f"/api/ai-tasks/{t['_id']}", json_headers, body)
+                                    for t, body in zip(batch, bodies)])
 
     def work(batch: list[dict]) -> None:
         patch_each(batch, [b'{"state":"in_progress"}'] * len(batch))

@@ -91,8 +91,10 @@ class OllamaStub:
                                          "prompt_eval_count": sum(len(t) // 4 + 1 for t in inputs)})
 
     def _vectors(self, model: str, inputs: list[str]) -> list[list[float]]:
-        raw = np.stack([stub_vector(model, text, self.models[model]) for text in inputs]) if inputs else np.empty((0, 0))
-        if not self.normalised or not inputs:
+        if not inputs:
+            return []
+        raw = np.stack([stub_vector(model, text, self.models[model]) for text in inputs])
+        if not self.normalised:
             return raw.tolist()
         return shortest_float32(checked_unit_vectors(raw, len(inputs), None)).tolist()
 
