@@ -28,9 +28,24 @@ from actors.messages import StageFailed
 log = logging.getLogger("aitp.actors")
 
 
-# The fewest PATCHes a pipelined chunk carries: a batch's results go as one chunk, and a large
-# take's claims spread over the pool threads.
+# The fewest PATCHes a pipelined chunk carries: a batch's results go as one chunk.
 _PIPELINED_CHUNK = 16
+# About how long one chunk should take on its connection. A fast API gets a take's claims in one
+# or two chunks (each more chunk costs a hand-off, an answer message and thread wake-ups); a slow
+# one gets them spread over the whole pool. A take is a few hundred ms of provider work, so claims
+# that land within 50 ms keep well ahead of it.
+_CHUNK_SECONDS = 0.05
+
+
+def chunk_sizes(items: int, threads: int, pipelining: bool, patch_seconds: float | None) -> list[int]:
+    """How many PATCHes each chunk carries: as few chunks as keep each within _CHUNK_SECONDS at
+    the API's measured pace (all `threads` while that pace is unknown), at most one per thread."""
+    smallest = _PIPELINED_CHUNK if pipelining else 1
+    if patch_seconds:
+        smallest = max(smallest, int(_CHUNK_SECONDS / patch_seconds))
+    ways = max(1, min(threads, items // smallest))
+    size, extra = divmod(items, ways)
+    return [size + (index < extra) for index in range(ways) if size + (index < extra)]
 
 
 class StageDirectory:
@@ -126,18 +141,18 @@ class Stage(pykka.ThreadingActor):
 
     def patch_in_chunks(self, items: list, patch_of: Callable[[Any], tuple[str, bytes, bool]],
                         answer: Callable[[list[tuple[Any, PatchResult]]], Any]) -> None:
-        """PATCH `items` on the pool in chunks, each pipelined on one connection (or, where the API
-        cannot take that, sent one by one, a chunk per thread), with one hand-off and one answer
-        message per chunk, which cost more than a request on a fast API (benchmarks/README.md).
+        """PATCH `items` on the pool in chunks (chunk_sizes), each pipelined on one connection (or,
+        where the API cannot take that, sent one by one, a chunk per thread), with one hand-off and
+        one answer message per chunk, which cost more than a request on a fast API (benchmarks/README.md).
         A chunk stops at its first request without an answer (TaskApiClient.patch_in_order) and
         tells this stage `answer([(item, result), ...])`."""
         assert self.pool is not None
         directory, api, name = self.ctx.directory, self.ctx.task_api, self.name
-        smallest = _PIPELINED_CHUNK if api.pipelining else 1
-        ways = max(1, min(self.pool_size, len(items) // smallest))
-        size = -(-len(items) // ways)
-        for start in range(0, len(items), size):
-            def send(chunk: list = items[start:start + size]) -> None:
+        start = 0
+        for size in chunk_sizes(len(items), self.pool_size, api.pipelining, api.patch_seconds):
+            chunk, start = items[start:start + size], start + size
+
+            def send(chunk: list = chunk) -> None:
                 try:
                     results = api.patch_in_order([patch_of(item) for item in chunk])
                 except Exception as exc:  # noqa: BLE001 - a chunk without an answer would be stranded

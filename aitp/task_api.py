@@ -53,7 +53,10 @@ class PatchResult(msgspec.Struct, frozen=True):
     retry_after: float | None = None
 
 
+_DONE = PatchResult(PatchOutcome.DONE, 200)      # frozen: every taken PATCH shares it
 NO_ANSWER = "no answer: the request before it in its group failed"
+# How much each new group moves TaskApiClient.patch_seconds: a few groups follow a change of pace.
+_PATCH_SECONDS_WEIGHT = 0.25
 
 RequestObserver = Callable[[str, str, str, float], None]  # endpoint, method, status, seconds
 
@@ -63,9 +66,10 @@ def _retry_after(response: Response) -> float | None:
 
 
 def _patch_result(response: Response, is_success: bool) -> PatchResult:
-    code, detail = response.status, _text(response)
+    code = response.status
     if code == 200:
-        return PatchResult(PatchOutcome.DONE, code)
+        return _DONE
+    detail = _text(response)
     if code in (301, 302, 303, 307, 308, 404):
         return PatchResult(PatchOutcome.GONE, code, detail)
     if code == 400 and is_success:
@@ -92,6 +96,9 @@ class TaskApiClient:
         self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size, pipelining=pipelining)
         # JSON 404s instead of a redirect to /404 for unknown ids.
         self._headers = {"Content-Type": "application/json", "X-Api-Request": "true"}
+        # Wall seconds one PATCH takes in a group sent together (a running mean; None before the
+        # first): how the stages size the chunks they send on one connection (actors/stage.py).
+        self.patch_seconds: float | None = None
 
     def _send(self, method: str, path: str, endpoint: str, body: bytes | None = None,
               body_sink: BodySink | None = None) -> Response:
@@ -152,6 +159,7 @@ class TaskApiClient:
             answers = self._http.pipeline("PATCH", [(f"{self._base}/{patches[i][0]}", headers, patches[i][1])
                                                     for i in todo])
             seconds = (time.perf_counter() - started) / max(1, len(todo))
+            self._note_patch_seconds(seconds)
             refused = []
             failed = False
             for index, answer in zip(todo, answers):
@@ -174,6 +182,10 @@ class TaskApiClient:
             token = self.credentials.renew(token)       # once, for all the refused ones
             todo = refused
         return results
+
+    def _note_patch_seconds(self, seconds: float) -> None:
+        mean = self.patch_seconds
+        self.patch_seconds = seconds if mean is None else mean + _PATCH_SECONDS_WEIGHT * (seconds - mean)
 
     def _headers_with(self, token: str | None) -> dict[str, str]:
         headers = dict(self._headers)

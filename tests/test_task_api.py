@@ -1,5 +1,8 @@
+import time
+
 import pytest
 
+from actors.stage import chunk_sizes
 from aitp.contract import decode_pending
 from aitp.errors import ContractError, TaskApiError
 from aitp.sandbox.seed import generated_tasks, object_id
@@ -163,3 +166,23 @@ def test_a_server_that_drops_pipelined_requests_costs_one_timeout_then_none(scri
     assert client._http.pipelining is False
     # One at a time from now on: each connection answers its one request.
     assert [r.outcome for r in client.patch_in_order(patches[1:])] == [PatchOutcome.DONE] * 3
+
+
+def _answers_each_request_after(seconds):
+    def script(peer, number):
+        while peer.read_request() is not None:
+            time.sleep(seconds)          # the API's own pace: a database behind it, say
+            peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    return script
+
+
+def test_the_pace_of_patches_is_measured_for_sizing_chunks(scripted):
+    # The stages size their chunks of PATCHes by it (actors/stage.py chunk_sizes): a slow API gets
+    # a large take's claims spread over every thread, not queued on one connection.
+    server = scripted(_answers_each_request_after(0.03))
+    client = TaskApiClient(server.url, timeout=5)
+    assert client.patch_seconds is None
+    results = client.patch_in_order([(object_id(i), IN_PROGRESS, False) for i in range(3)])
+    assert [r.outcome for r in results] == [PatchOutcome.DONE] * 3
+    assert client.patch_seconds >= 0.03
+    assert chunk_sizes(256, 8, client.pipelining, client.patch_seconds) == [32] * 8
