@@ -18,10 +18,18 @@ class VectorJob(msgspec.Struct, frozen=True):
     max_body_bytes: int
 
 
+SUCCESS_PREFIX = b'{"state":"succeeded","result":'
+SUCCESS_SUFFIX = b"}"
+
+
 class TaskVector(msgspec.Struct, frozen=True):
     task_id: str
     body: bytes | None           # the PATCH body, or None when this task failed
     error: str | None = None
+    # From a worker, in place of a body that is a row of the job's payload as the provider wrote
+    # it: where that row lies. The parent holds the payload, so a batch's vectors cross the pipe
+    # once, not twice; with_bodies() makes the bodies.
+    row: tuple[int, int] | None = None
 
 
 class VectorJobResult(msgspec.Struct, frozen=True):
@@ -34,3 +42,13 @@ class MockRecipe(msgspec.Struct, frozen=True):
     model: str
     texts: list[str]
     dimension: int
+
+
+def with_bodies(result: VectorJobResult, payload: bytes | bytearray) -> VectorJobResult:
+    """`result` with a body for each task a worker gave as a row of `payload` (its job's)."""
+    if not any(vector.row for vector in result.results):
+        return result
+    view = memoryview(payload)
+    return msgspec.structs.replace(result, results=[
+        TaskVector(vector.task_id, b"".join((SUCCESS_PREFIX, view[vector.row[0]:vector.row[1]], SUCCESS_SUFFIX)))
+        if vector.row else vector for vector in result.results])

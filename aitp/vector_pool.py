@@ -30,7 +30,7 @@ from pathlib import Path
 
 import msgspec
 
-from aitp.vector_jobs import VectorJob, VectorJobResult
+from aitp.vector_jobs import VectorJob, VectorJobResult, with_bodies
 
 log = logging.getLogger("aitp.vector_pool")
 
@@ -182,7 +182,7 @@ class _Worker:
                     self._start_process()
                     continue
                 if kind == _RESULT:
-                    queued.future.set_result(value)
+                    queued.future.set_result(with_bodies(value, queued.job.payload))
                 else:
                     queued.future.set_exception(value)
         except Exception:   # cannot start a worker process (out of memory, file descriptors, ...)
@@ -254,7 +254,7 @@ def _serve(pipe: _Pipe) -> None:
             return
         try:
             answer = (_Pipe.message(_PING) if kind == _PING
-                      else _tagged(_RESULT, process_job(_job_decoder.decode(message[1:]))))
+                      else _tagged(_RESULT, process_job(_job_decoder.decode(message[1:]), rows_by_place=True)))
         except Exception as exc:  # noqa: BLE001 - every error goes back to the job's future
             answer = _Pipe.message(_ERROR) + _pickled(exc)
         try:

@@ -1,8 +1,8 @@
 """Vector work that needs numpy, in the process workers: decode, check, normalise, encode PATCH bodies.
 
 The parent process never parses floats: it hands a provider's raw response bytes to a worker
-(aitp/vector_work.py) and gets back finished PATCH bodies (or per-task errors). Batches that are
-not already unit float32 vectors come here.
+(aitp/vector_work.py) and gets back finished PATCH bodies, places of rows it may send as written,
+or per-task errors. Batches that are not already unit float32 vectors come here.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import numpy as np
 
 from aitp.errors import DimensionMismatch, RowContractError, VectorContractError
 from aitp.float32_text import shortest_float32
-from aitp.vector_jobs import MockRecipe, VectorJob  # noqa: F401 - MockRecipe re-exported
-from aitp.vector_work import SUCCESS_PREFIX
+from aitp.vector_jobs import SUCCESS_PREFIX, MockRecipe, VectorJob  # noqa: F401 - MockRecipe re-exported
 
 _encode_json = msgspec.json.Encoder().encode
 

@@ -7,6 +7,7 @@ import pytest
 
 from aitp.errors import VectorContractError
 from aitp.sandbox.ollama_stub import stub_vector
+from aitp.vector_jobs import with_bodies
 from aitp.vector_work import process_job
 from aitp.vectors import MockRecipe, VectorJob, checked_unit_vectors, mock_vector, success_bodies
 
@@ -138,6 +139,31 @@ def test_unit_rows_in_float64_digits_are_written_again_as_float32():
     [task_vector] = process_job(job(payload, 1, dimension=64)).results
     assert len(task_vector.body) < len(payload) * 0.8
     assert np.array_equal(decoded(task_vector.body), checked_unit_vectors(unit[None, :], 1, 64)[0])
+
+
+@pytest.mark.parametrize("rows_text", [
+    b"[[0,1,0],[-1,0,0],[0,1,0],[0,0,1]]",           # as Ollama writes them, one row twice
+    b"[ [0,1,0] ,\n [-1,0,0],[0,1,0],  [0,0,1] ]",    # spaced: each row found by searching
+])
+def test_a_worker_names_where_written_rows_lie_and_the_parent_makes_the_same_bodies(rows_text):
+    # The parent holds the payload: the rows need not cross the pipe back (aitp/vector_pool.py).
+    batch = job(ollama_raw(rows_text), 4)
+    by_place = process_job(batch, rows_by_place=True)
+    assert all(r.body is None and r.row for r in by_place.results)
+    assert [batch.payload[slice(*r.row)] for r in by_place.results] == [b"[0,1,0]", b"[-1,0,0]", b"[0,1,0]", b"[0,0,1]"]
+    assert by_place.results[0].row != by_place.results[2].row       # equal rows, each its own place
+    assert with_bodies(by_place, bytearray(batch.payload)) == \
+        msgspec.structs.replace(process_job(batch), seconds=by_place.seconds)
+
+
+def test_a_written_row_over_the_body_limit_fails_its_task_by_place_too():
+    batch = job(ollama_raw(b"[[0,1,0],[1,0,0.0000000000]]"), 2, limit=40)
+    result = process_job(batch, rows_by_place=True)
+    assert result.results[1].row is None and result.results[1].body is None
+    assert "exceeds the API limit of 40" in result.results[1].error
+    resolved = with_bodies(result, batch.payload)
+    assert resolved.results[0].body == b'{"state":"succeeded","result":[0,1,0]}'
+    assert resolved.results[1] == result.results[1]
 
 
 @pytest.mark.parametrize("rows_text, count, dimension, message", [
