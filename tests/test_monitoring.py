@@ -141,3 +141,19 @@ def test_a_busy_metrics_port_stops_startup_naming_the_key(sandbox, service):
 def test_unknown_paths_are_404(sandbox, run_pipeline, tmp_path, path, status):
     pipeline = run_pipeline(settings_for(sandbox([]), tmp_path))
     assert get(pipeline.monitor.port, path).status_code == status
+
+
+def test_the_server_answers_probes_until_stopped_and_then_lets_go_of_its_port():
+    from aitp.monitoring import MonitoringServer
+    server = MonitoringServer(0, health=lambda: (200, {"ok": True}), ready=lambda: (True, "up"),
+                              metrics=lambda: b"", host="127.0.0.1")
+    server.start()
+    socket.create_connection(("127.0.0.1", server.port), timeout=5).close()   # a probe that hangs up
+    with requests.Session() as session:     # kept alive: answered by a handler thread, not the accept loop
+        assert [session.get(f"http://127.0.0.1:{server.port}/health", timeout=5).json() for _ in range(3)] == \
+            [{"ok": True}] * 3
+        assert get(server.port, "/ready").json() == {"ready": True, "reason": "up"}
+    server.stop()
+    assert not server._thread.is_alive()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5)
