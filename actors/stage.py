@@ -4,6 +4,7 @@ a base actor that hands its held work to the supervisor when it dies."""
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import sys
 import threading
@@ -133,6 +134,13 @@ class Stage(pykka.ThreadingActor):
         self.pool: ThreadPoolExecutor | None = None   # for stages that make blocking calls
         self.pool_size = 0
         self.handing_over = False
+
+    @staticmethod
+    def _create_actor_inbox() -> queue.SimpleQueue:
+        # pykka's hook for the inbox, which pykka only puts to, gets from and asks if empty.
+        # SimpleQueue is written in C: a message that wakes the actor costs about 10 us less CPU
+        # than with queue.Queue's condition variable in Python, and a batch takes some ten messages.
+        return queue.SimpleQueue()
 
     def start_pool(self, workers: int) -> ThreadPoolExecutor:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"aitp-{self.name}")
