@@ -96,7 +96,8 @@ class Supervisor(pykka.ThreadingActor):
         while spec.restarts and now - spec.restarts[0] > spec.policy.period_seconds:
             spec.restarts.popleft()
         if spec.policy.restart == "temporary":
-            log.error("stage stopped and is temporary: not restarted", extra={"fields": {"stage": name, "error": error}})
+            log.error("stage stopped and is temporary: not restarted",
+                      extra={"fields": {"stage": name, "error": error}})
             return
         if len(spec.restarts) >= spec.policy.intensity:
             reason = (f"stage {name} failed more than {spec.policy.intensity} times in "

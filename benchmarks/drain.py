@@ -54,7 +54,8 @@ class Run:
         return (f"{self.label:<28} {self.rate:8.0f} tasks/s  busy {self.busy:6.1%}  "
                 f"cpu {1e6 * self.cpu_seconds / self.tasks:6.0f} µs/task "
                 f"({self.system_seconds / self.cpu_seconds:4.0%} system; "
-                f"{1e6 * self.drain_cpu_seconds / self.tasks:4.0f} while draining)  peak RSS {self.peak_rss_mb:6.0f} MB  "
+                f"{1e6 * self.drain_cpu_seconds / self.tasks:4.0f} while draining)  "
+                f"peak RSS {self.peak_rss_mb:6.0f} MB  "
                 f"polled {self.bytes_polled / self.tasks:8.0f} B/task  "
                 f"batch {self.tasks / max(1, self.provider_calls):5.1f} inputs")
 

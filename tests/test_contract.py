@@ -58,9 +58,11 @@ def test_every_malformed_sample_is_rejected_with_a_reason():
 
 def test_text_limit_comes_from_the_settings():
     settings = load_config(environ={}, dotenv_dir="/x").settings
-    settings = msgspec.structs.replace(settings, processing=msgspec.structs.replace(settings.processing, max_text_chars=5))
+    processing = msgspec.structs.replace(settings.processing, max_text_chars=5)
+    settings = msgspec.structs.replace(settings, processing=processing)
     with pytest.raises(TaskRejected, match="limit of 5"):
-        HANDLERS["text_embedding"](settings).parse(object_id(1), msgspec.json.encode(embedding_task(object_id(1), "123456")))
+        HANDLERS["text_embedding"](settings).parse(object_id(1),
+                                                   msgspec.json.encode(embedding_task(object_id(1), "123456")))
 
 
 def test_state_bodies_are_compact_and_checked():
@@ -75,7 +77,8 @@ def _tricky_list() -> list:
     entries = []
     for i in range(300):
         text = [f"plain {i}", 'x"},{"_id":"' + object_id(900) + '"', "} , {", "\\},{\\", "🚀 },{ é"][i % 5]
-        entries.append(embedding_task(object_id(i), text, extra={"nested": [{"a": i}, {"b": [{}, {}]}]} if i % 7 == 0 else {}))
+        extra = {"nested": [{"a": i}, {"b": [{}, {}]}]} if i % 7 == 0 else {}
+        entries.append(embedding_task(object_id(i), text, extra=extra))
     return entries
 
 

@@ -38,7 +38,8 @@ def test_500_tasks_end_in_their_right_states_then_sigterm_exits_0(sandbox, ollam
     assert server.counts() == {"succeeded": 500, "failed": 6, "pending": len(left_alone)}
     assert stub.pulls == ["nomic-embed-text"]                       # pulled at startup
     for task in good:
-        expected = checked_unit_vectors(stub_vector("nomic-embed-text", task["content"]["text"], 768)[None, :], 1, 768)[0]
+        raw = stub_vector("nomic-embed-text", task["content"]["text"], 768)
+        expected = checked_unit_vectors(raw[None, :], 1, 768)[0]
         assert np.array_equal(np.asarray(server.result(task["_id"]), dtype=np.float32), expected)
         assert server.history(task["_id"]) == ["pending", "in_progress", "succeeded"]
     for task in left_alone:

@@ -66,7 +66,8 @@ def test_a_body_sink_gets_a_large_body_in_pieces_and_the_next_answer_stays_intac
         answer = ok(big)
     elif framing == "chunked":
         answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
-            b"%x\r\n%s\r\n" % (len(big[i:i + 300_000]), big[i:i + 300_000]) for i in range(0, len(big), 300_000)) + b"0\r\n\r\n"
+            b"%x\r\n%s\r\n" % (len(big[i:i + 300_000]), big[i:i + 300_000])
+            for i in range(0, len(big), 300_000)) + b"0\r\n\r\n"
     else:
         answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + big
 

@@ -47,10 +47,12 @@ def test_one_call_per_batch_with_a_list_input(ollama):
 
 
 @pytest.mark.parametrize("body, tokens", [
-    (b'{"model":"m","embeddings":[[0.1,0.2]],"total_duration":14143917,"load_duration":1019500,"prompt_eval_count":8}', 8),
+    (b'{"model":"m","embeddings":[[0.1,0.2]],"total_duration":14143917,"load_duration":1019500,'
+     b'"prompt_eval_count":8}', 8),
     (b'{"model": "m", "embeddings": [[0.1]], "prompt_eval_count" : 12345 }\n', 12345),
     (b'{"model":"m","embeddings":[[0.1]]}', 0),                          # older servers send no count
-    (b'{"model":"m","prompt_eval_count":7,"embeddings":[' + b"[0.5],".join([b""] * 400) + b'[0.5]]}', 0),  # a count before the vectors is not looked for
+    # A count before the vectors is not looked for.
+    (b'{"model":"m","prompt_eval_count":7,"embeddings":[' + b"[0.5],".join([b""] * 400) + b'[0.5]]}', 0),
 ])
 def test_prompt_tokens_come_from_the_tail_of_the_answer(body, tokens):
     from aitp.providers.ollama import prompt_tokens

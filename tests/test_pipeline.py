@@ -25,7 +25,8 @@ def test_demo_queue_drains_with_the_mock(sandbox, run_pipeline, tmp_path):
     counts = server.counts()
     assert counts == {"succeeded": 100, "failed": 6, "pending": 5}
     for task in queue:
-        if task.get("type") == "text_embedding" and is_object_id(task["_id"]) and server.state_of(task["_id"]) == "succeeded":
+        if (task.get("type") == "text_embedding" and is_object_id(task["_id"])
+                and server.state_of(task["_id"]) == "succeeded"):
             assert np.array_equal(np.asarray(server.result(task["_id"]), dtype=np.float32),
                                   expected_unit(mock_vector("nomic-embed-text", task["content"]["text"], 768)))
     for task in left_alone:

@@ -15,7 +15,8 @@ def test_pending_returns_all_and_claiming_is_only_a_state_change(sandbox):
 def test_bad_id_bad_state_unknown_id_and_body_limit(sandbox):
     server = sandbox(generated_tasks(1))
     url = f"{server.url}/api/ai-tasks"
-    assert requests.patch(f"{url}/xyz", json={"state": "failed"}, timeout=5).json()["message"] == "Invalid ObjectId format"
+    answer = requests.patch(f"{url}/xyz", json={"state": "failed"}, timeout=5)
+    assert answer.json()["message"] == "Invalid ObjectId format"
     assert requests.patch(f"{url}/{object_id(0)}", json={"state": "x"}, timeout=5).json()["message"] == "Invalid state"
     redirect = requests.patch(f"{url}/{object_id(9)}", json={"state": "failed"}, timeout=5, allow_redirects=False)
     assert (redirect.status_code, redirect.headers["Location"]) == (302, "/404")

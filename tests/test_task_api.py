@@ -100,7 +100,8 @@ def test_refused_even_after_renewal_is_retryable_not_fatal(sandbox):
 
     result = TaskApiClient(server.url, timeout=5, credentials=Useless()).patch(object_id(0), IN_PROGRESS)
     assert (result.outcome, result.status) == (PatchOutcome.RETRY, 403)
-    results = TaskApiClient(server.url, timeout=5, credentials=Useless()).patch_in_order([(object_id(0), IN_PROGRESS, False)] * 2)
+    client = TaskApiClient(server.url, timeout=5, credentials=Useless())
+    results = client.patch_in_order([(object_id(0), IN_PROGRESS, False)] * 2)
     assert [(r.outcome, r.status) for r in results] == [(PatchOutcome.RETRY, 403)] * 2
     with pytest.raises(TaskApiError) as caught:
         TaskApiClient(server.url, timeout=5, credentials=Useless()).fetch_pending()

@@ -27,7 +27,8 @@ POISON = "<<nan>>"   # an input containing this makes the stub's model produce N
 
 def stub_vector(model: str, text: str, dimension: int) -> np.ndarray:
     """The stub's raw (unnormalised) vector for a text: what a test expects, once normalised."""
-    seed = int.from_bytes(hashlib.sha256(f"stub\0{model}\0{text}".encode("utf-8", "surrogatepass")).digest()[:8], "little")
+    digest = hashlib.sha256(f"stub\0{model}\0{text}".encode("utf-8", "surrogatepass")).digest()
+    seed = int.from_bytes(digest[:8], "little")
     return np.random.default_rng(seed).standard_normal(dimension) * 3.0
 
 
