@@ -102,7 +102,7 @@ class BatchingSettings(_Section):
 
 class WorkerSettings(_Section):
     provider_threads: Positive = 4
-    process_workers: Positive = 1
+    process_workers: NonNegative = 1
     reporter_concurrency: Positive = 8
     claim_concurrency: Positive = 8
 

@@ -10,6 +10,11 @@ started again, and the job is retried once.
 Workers are plain `python -m aitp.vector_pool FD` subprocesses on an inherited socket, not
 multiprocessing processes: those need a resource-tracker process (15 MB) and re-import the
 script that started the service in every worker.
+
+With no workers (`workers.process_workers = 0`), a job runs in the thread that submits it. That
+saves the hop to another process, about 45 us of CPU per task on the 2-core benchmark
+(benchmarks/README.md), but the vector work then holds the service's GIL, and a batch that needs
+normalising loads numpy into the service.
 """
 
 from __future__ import annotations
@@ -122,10 +127,14 @@ class VectorPool:
     def submit(self, job: VectorJob, attempts: int = 2) -> Future[VectorJobResult]:
         future: Future[VectorJobResult] = Future()
         with self._lock:
-            if self._closed:   # shutting down: a late batch must not start anything
-                future.set_exception(RuntimeError("vector pool is closed"))
-            else:
+            closed = self._closed
+            if not closed and self._workers:
                 self._queue.put(_Queued(job, future, attempts))
+                return future
+        if closed:   # shutting down: a late batch must not start anything
+            future.set_exception(RuntimeError("vector pool is closed"))
+        else:
+            _run_here(job, future)
         return future
 
     def close(self) -> None:
@@ -239,6 +248,18 @@ class _Worker:
             process.kill()
             process.wait(_STOP_SECONDS)
         pipe.close()
+
+
+def _run_here(job: VectorJob, future: Future) -> None:
+    """No workers: the job runs in the calling thread, its future done when this returns."""
+    from aitp.vector_work import process_job
+    future.set_running_or_notify_cancel()
+    try:
+        result = process_job(job)
+    except Exception as exc:  # noqa: BLE001 - as from a worker: every error goes to the future
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def _serve(pipe: _Pipe) -> None:

@@ -33,12 +33,15 @@ def test_demo_queue_drains_with_the_mock(sandbox, run_pipeline, tmp_path):
         assert server.history(str(task["_id"])) == ["pending"]      # never touched
 
 
+@pytest.mark.parametrize("process_workers", [1, 0], ids=["in-a-worker", "in-the-service"])
 @pytest.mark.parametrize("provider_normalises", [True, False], ids=["unit-from-ollama", "raw-from-ollama"])
-def test_ollama_vectors_arrive_normalised_and_batched(sandbox, ollama, run_pipeline, tmp_path, provider_normalises):
+def test_ollama_vectors_arrive_normalised_and_batched(sandbox, ollama, run_pipeline, tmp_path, provider_normalises,
+                                                      process_workers):
     stub = ollama(models={"nomic-embed-text": 32}, normalised=provider_normalises)
     tasks = generated_tasks(100)
     server = sandbox(tasks)
-    settings = settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url)
+    settings = settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url,
+                            AITP_WORKERS__PROCESS_WORKERS=str(process_workers))
     settings = msgspec.structs.replace(settings, models=msgspec.structs.replace(settings.models, dimensions={}))
     pipeline = run_pipeline(settings)
     wait_until(lambda: drained(server), message="the queue to drain")
@@ -48,6 +51,7 @@ def test_ollama_vectors_arrive_normalised_and_batched(sandbox, ollama, run_pipel
         assert np.array_equal(got, expected_unit(stub_vector("nomic-embed-text", task["content"]["text"], 32)))
     assert max(stub.batch_sizes) <= 16 and len(stub.batch_sizes) < 100
     assert pipeline.ctx.journal.pinned_dimensions() == {"nomic-embed-text": 32}
+    assert len(pipeline.ctx.vector_pool.worker_pids()) == process_workers
 
 
 def test_a_poisoned_input_fails_alone(sandbox, ollama, run_pipeline, tmp_path):

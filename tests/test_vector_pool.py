@@ -130,3 +130,21 @@ def test_the_pipe_carries_messages_of_any_size_whole_and_sees_the_end():
     with pytest.raises(EOFError):
         receiver.receive()
     receiver.close()
+
+
+def test_without_workers_jobs_run_in_the_calling_thread():
+    # workers.process_workers = 0: no process to hop to; errors still come back through the future.
+    inline = VectorPool(0)
+    inline.warm_up()
+    seen = []
+    future = inline.submit(mock_job(["a", "b"]))
+    future.add_done_callback(lambda done: seen.append(threading.current_thread()))
+    assert future.done() and seen == [threading.current_thread()]
+    assert [r.task_id for r in future.result().results] == ["t0", "t1"] and inline.worker_pids() == []
+    garbage = VectorJob(decoder="ollama", payload=b"garbage", model="m", task_ids=["t"], dimension=3,
+                        max_body_bytes=10)
+    with pytest.raises(VectorContractError):
+        inline.submit(garbage).result(timeout=0)
+    inline.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        inline.submit(mock_job(["late"])).result(timeout=0)
