@@ -41,12 +41,14 @@ _CHUNK_SECONDS = 0.05
 def chunk_sizes(items: int, threads: int, pipelining: bool, patch_seconds: float | None) -> list[int]:
     """How many PATCHes each chunk carries: as few chunks as keep each within _CHUNK_SECONDS at
     the API's measured pace (all `threads` while that pace is unknown), at most one per thread."""
+    if not items:
+        return []
     smallest = _PIPELINED_CHUNK if pipelining else 1
     if patch_seconds:
         smallest = max(smallest, int(_CHUNK_SECONDS / patch_seconds))
     ways = max(1, min(threads, items // smallest))
     size, extra = divmod(items, ways)
-    return [size + (index < extra) for index in range(ways) if size + (index < extra)]
+    return [size + (index < extra) for index in range(ways)]
 
 
 class StageDirectory:

@@ -35,7 +35,8 @@ _row_decoder = msgspec.json.Decoder(list[float])
 
 
 def process_job(job: VectorJob, *, rows_by_place: bool = False) -> VectorJobResult:
-    """Run in a process worker; raises VectorContractError when the whole batch breaks the contract.
+    """Run in a process worker (or, with none, in the service); raises VectorContractError when the
+    whole batch breaks the contract.
     With `rows_by_place`, a body that would be a row of the payload as written comes back as where
     that row lies (TaskVector.row, for vector_jobs.with_bodies in the parent, which holds the payload)."""
     started = time.perf_counter()
@@ -43,10 +44,13 @@ def process_job(job: VectorJob, *, rows_by_place: bool = False) -> VectorJobResu
         if job.decoder == "ollama" else None
     if written is not None:
         texts, dimension = written
-        spans = _places(job.payload, texts) if rows_by_place else None
-        vectors = [TaskVector(task_id, None, row=span) for task_id, span in zip(job.task_ids, spans, strict=True)] \
-            if spans else [TaskVector(task_id, SUCCESS_PREFIX + text + SUCCESS_SUFFIX)
-                           for task_id, text in zip(job.task_ids, texts, strict=True)]
+        places = _places(job.payload, texts) if rows_by_place else None
+        if places:
+            vectors = [TaskVector(task_id, None, row=place)
+                       for task_id, place in zip(job.task_ids, places, strict=True)]
+        else:
+            vectors = [TaskVector(task_id, SUCCESS_PREFIX + text + SUCCESS_SUFFIX)
+                       for task_id, text in zip(job.task_ids, texts, strict=True)]
         sizes = [len(SUCCESS_PREFIX) + len(text) + len(SUCCESS_SUFFIX) for text in texts]
     else:
         from aitp.vectors import normalised_bodies     # numpy: only for batches that need it

@@ -16,7 +16,7 @@ import numpy as np
 
 from aitp.errors import DimensionMismatch, RowContractError, VectorContractError
 from aitp.float32_text import shortest_float32
-from aitp.vector_jobs import SUCCESS_PREFIX, MockRecipe, VectorJob  # noqa: F401 - MockRecipe re-exported
+from aitp.vector_jobs import SUCCESS_PREFIX, SUCCESS_SUFFIX, MockRecipe, VectorJob  # noqa: F401 - MockRecipe re-exported
 
 _encode_json = msgspec.json.Encoder().encode
 
@@ -118,7 +118,7 @@ def _rows(indexes: np.ndarray) -> str:
 
 def success_bodies(vectors: np.ndarray) -> list[bytes]:
     """`{"state":"succeeded","result":[...]}` per row, each float32 in its shortest round-trip form."""
-    return [SUCCESS_PREFIX + _encode_json(row) + b"}"
+    return [SUCCESS_PREFIX + _encode_json(row) + SUCCESS_SUFFIX
             for row in shortest_float32(vectors).tolist()]
 
 
