@@ -3,6 +3,7 @@
     python3 benchmarks/drain.py                 # 10,000 tasks, the figures of benchmarks/README.md
     python3 benchmarks/drain.py --tasks 2000 --sweep --plot benchmarks/throughput.svg
     python3 benchmarks/drain.py --memory 100000 # RSS with a big backlog (runs for --memory-seconds)
+    python3 benchmarks/drain.py --set AITP_WORKERS__PROCESS_WORKERS=0   # aitp run with a setting changed
 
 Peers (in this process): the sandbox task API and the Ollama stub with a GPU-like latency model
 (a fixed cost per call plus a cost per input, one batch at a time). `aitp run` and the minimal
@@ -173,12 +174,12 @@ def run_minimal(tasks: int, call_cost: float, input_cost: float) -> Run:
         peers.stop()
 
 
-def idle_latency(call_cost: float, input_cost: float, interval: float = 2.0) -> float:
+def idle_latency(call_cost: float, input_cost: float, interval: float = 2.0, **extra: str) -> float:
     """An idle service: seconds from a task appearing to its result."""
     peers = Peers(1, call_cost, input_cost)
     try:
         with tempfile.TemporaryDirectory() as data_dir:
-            env = service_env(peers, data_dir, POLLING_INTERVAL_SECONDS=str(interval))
+            env = service_env(peers, data_dir, **{**extra, "POLLING_INTERVAL_SECONDS": str(interval)})
             process = subprocess.Popen([sys.executable, "-m", "actors", "run"], env={**os.environ, **env}, cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while peers.sandbox.counts().get("succeeded", 0) < 1:
@@ -196,12 +197,12 @@ def idle_latency(call_cost: float, input_cost: float, interval: float = 2.0) -> 
         peers.stop()
 
 
-def memory(tasks: int, seconds: float) -> float:
+def memory(tasks: int, seconds: float, **extra: str) -> float:
     """Peak RSS of the service (and its workers) working on a backlog of `tasks` for `seconds`."""
     peers = Peers(tasks, 0.01, 0.002)
     try:
         with tempfile.TemporaryDirectory() as data_dir:
-            env = service_env(peers, data_dir)
+            env = service_env(peers, data_dir, **extra)
             process = subprocess.Popen([sys.executable, "-m", "actors", "run"], env={**os.environ, **env}, cwd=ROOT,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             peak, deadline = 0.0, time.monotonic() + seconds
@@ -258,13 +259,19 @@ def main() -> None:
     parser.add_argument("--memory", type=int, nargs="*", help="peak RSS with these backlogs (e.g. 10000 100000)")
     parser.add_argument("--memory-seconds", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=1, help="run the comparison this many times, print medians")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="ENV=VALUE",
+                        help="an environment setting for aitp run (not in the sweep); may be repeated")
     args = parser.parse_args()
+    settings = dict(_setting(text, parser) for text in args.settings)
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; provider {args.call_cost * 1000:g} ms "
           f"per call + {args.input_cost * 1000:g} ms per input, one batch at a time", flush=True)
+    if settings:
+        print("aitp run with " + ", ".join(f"{name}={value}" for name, value in settings.items()), flush=True)
 
     if args.memory:
         for backlog in args.memory:
-            print(f"peak RSS with {backlog:,} pending: {memory(backlog, args.memory_seconds):.0f} MB", flush=True)
+            print(f"peak RSS with {backlog:,} pending: {memory(backlog, args.memory_seconds, **settings):.0f} MB",
+                  flush=True)
         return
     if args.sweep:
         by_batch = [(size, run_service(args.tasks, args.call_cost, args.input_cost, f"batch {size}",
@@ -283,7 +290,7 @@ def main() -> None:
     for _ in range(args.repeat):   # alternated, so that a slow spell of the machine hits both
         minimal = run_minimal(args.tasks, args.call_cost, args.input_cost)
         print(minimal.line(), flush=True)
-        service = run_service(args.tasks, args.call_cost, args.input_cost)
+        service = run_service(args.tasks, args.call_cost, args.input_cost, **settings)
         print(service.line(), flush=True)
         print(f"ratio: aitp run drains at {service.rate / minimal.rate:.0%} of the minimal loop's rate, "
               f"with {service.cpu_seconds / minimal.cpu_seconds:.2f} times its CPU", flush=True)
@@ -298,7 +305,15 @@ def main() -> None:
             flush=True)
         print(f"median ratio: {statistics.median(a.rate / m.rate for m, a in pairs):.0%} of the rate, "
               f"{statistics.median(a.cpu_seconds / m.cpu_seconds for m, a in pairs):.2f} times the CPU", flush=True)
-    print(f"idle latency (polling every 2 s): {idle_latency(args.call_cost, args.input_cost):.2f} s", flush=True)
+    print(f"idle latency (polling every 2 s): {idle_latency(args.call_cost, args.input_cost, **settings):.2f} s",
+          flush=True)
+
+
+def _setting(text: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        parser.error(f"--set wants ENV=VALUE, got {text!r}")
+    return name, value
 
 
 if __name__ == "__main__":

@@ -31,3 +31,13 @@ def test_the_drain_benchmark_compares_aitp_with_the_minimal_loop():
 def test_the_memory_benchmark_reports_each_backlog():
     out = run("--memory", "100", "300", "--memory-seconds", "1")
     assert re.findall(r"peak RSS with ([\d,]+) pending: \d+ MB", out) == ["100", "300"]
+
+
+def test_settings_for_aitp_run_are_passed_on_and_named():
+    # A setting that aitp run refuses at startup makes the benchmark fail: it did reach the service.
+    out = run("--memory", "100", "--memory-seconds", "1", "--set", "AITP_WORKERS__PROCESS_WORKERS=0")
+    assert "aitp run with AITP_WORKERS__PROCESS_WORKERS=0" in out
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "drain.py"), "--tasks", "20",
+                              "--set", "AITP_WORKERS__PROCESS_WORKERS=-1"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=150)
+    assert refused.returncode != 0 and "exited with" in refused.stderr
