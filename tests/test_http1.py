@@ -4,6 +4,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -276,6 +277,42 @@ def test_a_fresh_connection_that_answers_nothing_fails_every_request_once(script
     server = scripted(lambda peer, number: peer.read_request())
     answers = Http1Client(server.url, timeout=5).pipeline("PATCH", [("/a", {}, b"1"), ("/b", {}, b"2")])
     assert all(isinstance(a, HttpTransportError) for a in answers) and server.connections == 1
+
+
+def _answer_each_after(gap: float, limit=None):
+    """Like _answer_each, one answer every `gap` seconds, each written in two pieces."""
+    def script(peer: Peer, number: int) -> None:
+        answered = 0
+        while (request := peer.read_request()) is not None:
+            time.sleep(gap)             # the server's own pace: a database write per PATCH, say
+            answer = ok(request.split(b" ")[1])
+            peer.send(answer[:20])
+            peer.send(answer[20:])
+            answered += 1
+            if answered == limit:
+                return
+    return script
+
+
+@pytest.mark.parametrize("limit", [None, 4], ids=["kept-alive", "closed-every-4"])
+def test_answers_that_trickle_in_are_read_together_and_in_order(scripted, limit):
+    # From the second group on, the reader naps before reading (gather_seconds); answers split
+    # across reads, and a close during a nap, come out as with a read per answer.
+    server = scripted(_answer_each_after(0.002, limit))
+    client = Http1Client(server.url, timeout=5)
+    for group in range(3):
+        answers = client.pipeline("PATCH", [(f"/t/{group}/{i}", {}, b"{}") for i in range(10)])
+        assert [a.body for a in answers] == [f"/t/{group}/{i}".encode() for i in range(10)]
+    assert server.connections == (1 if limit is None else 8)     # 30 answers, 4 a connection
+
+
+def test_the_nap_covers_most_of_the_answers_due_and_never_long():
+    from aitp.http1 import _GATHER_MAX_SECONDS, gather_seconds
+    assert gather_seconds(0.001, 6) == pytest.approx(0.004)      # 80 % of the 5 answers after the first
+    assert gather_seconds(None, 6) == 0                          # no group of this size seen yet
+    assert gather_seconds(0.001, 1) == 0                         # one answer: just read it
+    assert gather_seconds(0.00001, 6) == 0                       # a fast server: a nap saves nothing
+    assert gather_seconds(2.0, 14) == _GATHER_MAX_SECONDS
 
 
 def test_a_pipelined_group_stays_within_what_socket_buffers_hold():
