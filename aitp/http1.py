@@ -20,6 +20,8 @@ import time
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
+from aitp.timers import running_mean
+
 log = logging.getLogger("aitp.http1")
 
 _MAX_HEADER_BYTES = 64 * 1024
@@ -168,16 +170,13 @@ class Http1Client:
                 connection.close()
                 raise
             if answered == count:
-                self._note_answer_seconds(size_class, (time.monotonic() - sent_at) / count)
+                self._answer_seconds[size_class] = running_mean(
+                    self._answer_seconds.get(size_class), (time.monotonic() - sent_at) / count, _GATHER_WEIGHT)
             if keep_alive:
                 self._give_back(connection)
             else:
                 connection.close()
         return results
-
-    def _note_answer_seconds(self, size_class: int, seconds: float) -> None:
-        mean = self._answer_seconds.get(size_class)
-        self._answer_seconds[size_class] = seconds if mean is None else mean + _GATHER_WEIGHT * (seconds - mean)
 
     def close(self) -> None:
         with self._lock:

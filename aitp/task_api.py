@@ -12,6 +12,7 @@ from aitp.contract import is_object_id
 from aitp.errors import ContractError, TaskApiError
 from aitp.http1 import BodySink, Http1Client, HttpTransportError, Response
 from aitp.retry_after import retry_after_seconds
+from aitp.timers import running_mean
 
 
 class Credentials(Protocol):
@@ -159,7 +160,7 @@ class TaskApiClient:
             answers = self._http.pipeline("PATCH", [(f"{self._base}/{patches[i][0]}", headers, patches[i][1])
                                                     for i in todo])
             seconds = (time.perf_counter() - started) / max(1, len(todo))
-            self._note_patch_seconds(seconds)
+            self.patch_seconds = running_mean(self.patch_seconds, seconds, _PATCH_SECONDS_WEIGHT)
             refused = []
             failed = False
             for index, answer in zip(todo, answers):
@@ -182,10 +183,6 @@ class TaskApiClient:
             token = self.credentials.renew(token)       # once, for all the refused ones
             todo = refused
         return results
-
-    def _note_patch_seconds(self, seconds: float) -> None:
-        mean = self.patch_seconds
-        self.patch_seconds = seconds if mean is None else mean + _PATCH_SECONDS_WEIGHT * (seconds - mean)
 
     def _headers_with(self, token: str | None) -> dict[str, str]:
         headers = dict(self._headers)

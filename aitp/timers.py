@@ -49,6 +49,11 @@ class Scheduler:
         self._thread.join(timeout=5)
 
 
+def running_mean(mean: float | None, value: float, weight: float) -> float:
+    """An exponentially weighted mean moved `weight` of the way to `value` (`value` itself first)."""
+    return value if mean is None else mean + weight * (value - mean)
+
+
 def backoff_delay(attempt: int, factor: float, cap: float, jitter: Callable[[], float]) -> float:
     """Exponential backoff with equal jitter: never zero (no tight loop), never above `cap`."""
     ceiling = min(cap, factor * (2 ** max(0, attempt - 1)))

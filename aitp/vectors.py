@@ -2,7 +2,8 @@
 
 The parent process never parses floats: it hands a provider's raw response bytes to a worker
 (aitp/vector_work.py) and gets back finished PATCH bodies, places of rows it may send as written,
-or per-task errors. Batches that are not already unit float32 vectors come here.
+or per-task errors (with workers.process_workers = 0 all of this runs in the service instead).
+Batches that are not already unit float32 vectors come here.
 """
 
 from __future__ import annotations
