@@ -8,7 +8,7 @@ import pytest
 from aitp.errors import VectorContractError
 from aitp.sandbox.ollama_stub import stub_vector
 from aitp.vector_jobs import with_bodies
-from aitp.vector_work import process_job
+from aitp.vector_work import compact_row_places, process_job
 from aitp.vectors import MockRecipe, VectorJob, checked_unit_vectors, mock_vector, success_bodies
 
 
@@ -141,19 +141,40 @@ def test_unit_rows_in_float64_digits_are_written_again_as_float32():
     assert np.array_equal(decoded(task_vector.body), checked_unit_vectors(unit[None, :], 1, 64)[0])
 
 
-@pytest.mark.parametrize("rows_text", [
-    b"[[0,1,0],[-1,0,0],[0,1,0],[0,0,1]]",           # as Ollama writes them, one row twice
-    b"[ [0,1,0] ,\n [-1,0,0],[0,1,0],  [0,0,1] ]",    # spaced: each row found by searching
-])
-def test_a_worker_names_where_written_rows_lie_and_the_parent_makes_the_same_bodies(rows_text):
+def test_a_worker_names_where_written_rows_lie_and_the_parent_makes_the_same_bodies():
     # The parent holds the payload: the rows need not cross the pipe back (aitp/vector_pool.py).
-    batch = job(ollama_raw(rows_text), 4)
+    batch = job(ollama_raw(b"[[0,1,0],[-1,0,0],[0,1,0],[0,0,1]]"), 4)    # one row twice
     by_place = process_job(batch, rows_by_place=True)
     assert all(r.body is None and r.row for r in by_place.results)
     assert [batch.payload[slice(*r.row)] for r in by_place.results] == [b"[0,1,0]", b"[-1,0,0]", b"[0,1,0]", b"[0,0,1]"]
     assert by_place.results[0].row != by_place.results[2].row       # equal rows, each its own place
     assert with_bodies(by_place, bytearray(batch.payload)) == \
         msgspec.structs.replace(process_job(batch), seconds=by_place.seconds)
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"model":"m","embeddings":[ [0,1,0] ,\n [-1,0,0]]}',                                  # spaced
+    b'{"model":"m","meta":{"embeddings":[[1,0,0],[1,0,0]]},"embeddings":[[0,1,0],[-1,0,0]]}',  # nested first
+    b'{"embeddings":[[1,0,0],[1,0,0]],"model":"m","embeddings":[[0,1,0],[-1,0,0]]}',    # twice: the last counts
+    b'{"model":"m","embeddings":[[0,1,0],[-1,0,0]],"more":{"embeddings":[]}}',           # nested after
+    b'{"model":"{","embeddings":[[0,1,0],[-1,0,0]]}',                                     # a brace in a string
+])
+def test_rows_not_laid_out_as_go_writes_them_are_parsed_not_searched(payload):
+    # Finding rows by byte search is only trusted on Go's compact layout; anything else is parsed
+    # whole by the normalising way, which reads the rows a JSON decoder reads.
+    assert compact_row_places(payload, 2) is None
+    result = process_job(job(payload, 2))
+    assert [decoded(r.body).tolist() for r in result.results] == [[0, 1, 0], [-1, 0, 0]]
+    assert result.results[0].body == b'{"state":"succeeded","result":[0.0,1.0,0.0]}'   # written by aitp
+
+
+def test_rows_are_counted_where_they_are_searched():
+    payload = ollama_raw(b"[[0,1,0],[-1,0,0],[1,0,0]]")
+    places = compact_row_places(payload, 3)
+    assert [payload[start:end] for start, end in places] == [b"[0,1,0]", b"[-1,0,0]", b"[1,0,0]"]
+    assert compact_row_places(payload, 2) is None and compact_row_places(payload, 4) is None
+    with pytest.raises(VectorContractError, match="expected 2 vectors"):
+        process_job(job(payload, 2))
 
 
 def test_a_written_row_over_the_body_limit_fails_its_task_by_place_too():
@@ -184,7 +205,7 @@ def test_a_worker_serving_ollama_unit_vectors_never_imports_numpy(tmp_path):
     script.write_text(
         "import sys\n"
         "from aitp.vector_jobs import VectorJob\n"
-        "from aitp.vector_work import process_job\n"
+        "from aitp.vector_work import compact_row_places, process_job\n"
         "job = VectorJob('ollama', b'{\"embeddings\":[[0.6,0.8],[1,0]]}', 'm', ['a', 'b'], 2, 1000)\n"
         "assert [r.body for r in process_job(job).results] == "
         "[b'{\"state\":\"succeeded\",\"result\":[0.6,0.8]}', b'{\"state\":\"succeeded\",\"result\":[1,0]}']\n"
