@@ -1,7 +1,5 @@
 """`python -m actors` runs the `aitp` command."""
 
-import sys
+from actors.app import console
 
-from actors.app import main
-
-sys.exit(main())
+console()
