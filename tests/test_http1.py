@@ -315,14 +315,40 @@ def test_the_nap_covers_most_of_the_answers_due_and_never_long():
     assert gather_seconds(2.0, 14) == _GATHER_MAX_SECONDS
 
 
-def test_a_pipelined_group_stays_within_what_socket_buffers_hold():
+def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_read(scripted, monkeypatch):
+    # This server writes each answer before it reads the next request (blocking, as Python's
+    # http.server does), and neither the answers nor the group fit the sockets' buffers: sending
+    # the whole group before reading would leave both sides waiting until the timeout.
+    answer = ok(b"a" * 512 * 1024)
+
+    def script(peer: Peer, number: int) -> None:
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        while peer.read_request() is not None:
+            peer.send(answer)
+
+    server = scripted(script)
+    connect = socket.create_connection
+
+    def with_small_send_buffer(*args, **kwargs):
+        sock = connect(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        return sock
+
+    monkeypatch.setattr(socket, "create_connection", with_small_send_buffer)
+    client = Http1Client(server.url, timeout=5)
+    answers = client.pipeline("PATCH", [(f"/t/{i}", {}, b"x" * 90_000) for i in range(10)])   # one group
+    assert [(a.status, len(a.body)) for a in answers] == [(200, 512 * 1024)] * 10
+    assert server.connections == 1 and len(server.requests) == 10
+
+
+def test_pipelined_groups_bound_the_bytes_joined_at_once():
     from aitp.http1 import _PIPELINE_GROUP_BYTES, _next_group
-    sizes = [20_000] * 7 + [200_000, 10]
+    sizes = [300_000] * 7 + [2_000_000, 10]
     messages = [b"x" * size for size in sizes]
     groups, start = [], 0
     while start < len(messages):
         end = _next_group(messages, start)
         groups.append(sizes[start:end])
         start = end
-    assert groups == [[20_000] * 3, [20_000] * 3, [20_000], [200_000], [10]]
+    assert groups == [[300_000] * 3, [300_000] * 3, [300_000], [2_000_000], [10]]
     assert all(sum(g) <= _PIPELINE_GROUP_BYTES or len(g) == 1 for g in groups)
