@@ -1,10 +1,10 @@
 """What a vector worker process does with one job: the PATCH body of each task, or its error.
 
 Ollama's `/api/embed` already sends unit vectors, written as shortest float32 text, which is
-what aitp would send. Such a batch goes out as the provider wrote it: each row is read once, to
-check its length, its size and its norm, and its text becomes the body. That takes about 25 us per
-768-dimension vector, against 150 us to parse, normalise and write it again
-(aitp/vectors.py). Any other batch (not unit length, longer text, other providers, the mock)
+what aitp would send. Such a batch goes out as the provider wrote it: each row is found by a byte
+search and read once, to check its length, its size and its norm, and its text becomes the body.
+That takes about 26 us per 768-dimension vector, against 150 us to parse, normalise and write it
+again (aitp/vectors.py). Any other batch (not unit length, longer text, other providers, the mock)
 takes that normalising way, which imports numpy on first use: a worker serving Ollama never
 loads it (about 0.1 s of CPU and 16 MB per process). A worker says where each such row lies in
 the payload rather than sending its text back: the parent holds the payload already.
@@ -26,11 +26,7 @@ UNIT_TOLERANCE = 1e-5
 _FLOAT32_TEXT_BYTES = 16
 
 
-class _OllamaRows(msgspec.Struct):
-    embeddings: list[list[float]]
-
-
-_rows_decoder = msgspec.json.Decoder(_OllamaRows)
+_row_decoder = msgspec.json.Decoder(list[float])
 _EMBEDDINGS_KEY = b'"embeddings"'
 
 
@@ -71,30 +67,32 @@ def unit_rows_as_written(payload: bytes, count: int, dimension: int | None) -> t
     places = compact_row_places(payload, count)
     if places is None:
         return None
-    try:
-        rows = _rows_decoder.decode(payload).embeddings
-    except msgspec.DecodeError:      # not JSON, not numbers, or out of float64's range
-        return None
-    if len(rows) != count:
-        return None
-    width = dimension if dimension is not None else len(rows[0]) if rows else 0
-    for values, (start, end) in zip(rows, places):
-        if not values or len(values) != width or end - start > _FLOAT32_TEXT_BYTES * width + 1:
-            return None
-        # hypot is exact enough and never overflows; a NaN or infinity fails the comparison.
-        if not abs(math.hypot(*values) - 1.0) <= UNIT_TOLERANCE:
-            return None
-    return places, width
+    width = dimension
+    with memoryview(payload) as view:
+        for start, end in places:
+            try:      # each row's own text: what is checked is exactly what will be sent
+                values = _row_decoder.decode(view[start:end])
+            except msgspec.DecodeError:      # not numbers, or out of float64's range
+                return None
+            if width is None:
+                width = len(values)
+            if not values or len(values) != width or end - start > _FLOAT32_TEXT_BYTES * width + 1:
+                return None
+            # hypot is exact enough and never overflows; a NaN or infinity fails the comparison.
+            if not abs(math.hypot(*values) - 1.0) <= UNIT_TOLERANCE:
+                return None
+    return places, width or 0
 
 
 def compact_row_places(payload: bytes, count: int) -> list[tuple[int, int]] | None:
     """Where each of `count` rows of "embeddings" lies, in an answer written as Go writes it, with
-    no spaces. Found by searching single bytes (memchr), not by parsing: reading the rows' numbers
-    a second time just to find them cost a third of the check. A number holds no bracket, so a row
-    ends at the first "]" after its "[". The key must be the only "embeddings" (a decoder takes
-    the last of two) and have no "{" before it but the answer's own, so it is not in a nested
-    object; a string cannot hold it, as its quotes would be escaped. Anything else gives None and
-    the batch goes the normalising way, which parses it properly."""
+    no spaces. Found by searching single bytes (memchr), not by parsing: a parse only to find the
+    rows cost a third of the check. A number holds no bracket, so a row ends at the first "]"
+    after its "[". The key must appear once (a decoder takes the last of two) with no "{" before it
+    but the answer's own, so it is not in a nested object. Anything else gives None and the batch
+    goes the normalising way, which parses the whole answer. Each row found is then read from its
+    own text, so even an answer built to mislead this search could only get rows sent that passed
+    every check."""
     key = payload.find(_EMBEDDINGS_KEY)
     if key < 0 or payload[:1] != b"{" or payload.find(b"{", 1, key) >= 0:
         return None

@@ -168,6 +168,16 @@ def test_rows_not_laid_out_as_go_writes_them_are_parsed_not_searched(payload):
     assert result.results[0].body == b'{"state":"succeeded","result":[0.0,1.0,0.0]}'   # written by aitp
 
 
+def test_rows_a_byte_search_misreads_are_checked_from_their_own_text():
+    # An escaped key hides the real rows from the search, and a decoy key holds the searched
+    # bytes. The decoy's rows are what would be sent, so they are what is checked: one is not unit
+    # length, and the whole answer is parsed instead, as a JSON decoder reads it.
+    payload = b'{"embedding\\u0073":[[0,1,0],[-1,0,0]],"x\\"embeddings":[[1,0,0],[0,0,5]]}'
+    assert [payload[start:end] for start, end in compact_row_places(payload, 2)] == [b"[1,0,0]", b"[0,0,5]"]
+    result = process_job(job(payload, 2))
+    assert [decoded(r.body).tolist() for r in result.results] == [[0, 1, 0], [-1, 0, 0]]
+
+
 def test_rows_are_counted_where_they_are_searched():
     payload = ollama_raw(b"[[0,1,0],[-1,0,0],[1,0,0]]")
     places = compact_row_places(payload, 3)
