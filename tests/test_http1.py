@@ -341,6 +341,31 @@ def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_re
     assert server.connections == 1 and len(server.requests) == 10
 
 
+def test_a_server_that_closes_while_a_group_is_sent_has_its_answers_read_and_the_rest_sent_again(
+        scripted, monkeypatch):
+    # The first connection answers one request and closes while the group is still being written:
+    # that answer counts, and the other nine go again on a fresh connection.
+    def script(peer: Peer, number: int) -> None:
+        while (request := peer.read_request()) is not None:
+            peer.send(ok(request.split(b" ")[1]))
+            if number == 1:
+                return
+
+    server = scripted(script)
+    connect = socket.create_connection
+
+    def with_small_send_buffer(*args, **kwargs):
+        sock = connect(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        return sock
+
+    monkeypatch.setattr(socket, "create_connection", with_small_send_buffer)
+    client = Http1Client(server.url, timeout=5)
+    answers = client.pipeline("PATCH", [(f"/t/{i}", {}, b"x" * 90_000) for i in range(10)])
+    assert [a.body for a in answers] == [f"/t/{i}".encode() for i in range(10)]
+    assert server.connections == 2
+
+
 def test_pipelined_groups_bound_the_bytes_joined_at_once():
     from aitp.http1 import _PIPELINE_GROUP_BYTES, _next_group
     sizes = [300_000] * 7 + [2_000_000, 10]
