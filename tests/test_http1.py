@@ -315,7 +315,21 @@ def test_the_nap_covers_most_of_the_answers_due_and_never_long():
     assert gather_seconds(2.0, 14) == _GATHER_MAX_SECONDS
 
 
-def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_read(scripted, monkeypatch):
+@pytest.fixture
+def small_send_buffer(monkeypatch):
+    """The client's sockets get a small, fixed send buffer (the kernel would grow it), so that a
+    group of pipelined requests cannot fit in the buffers."""
+    connect = socket.create_connection
+
+    def with_small_send_buffer(*args, **kwargs):
+        sock = connect(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        return sock
+
+    monkeypatch.setattr(socket, "create_connection", with_small_send_buffer)
+
+
+def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_read(scripted, small_send_buffer):
     # This server writes each answer before it reads the next request (blocking, as Python's
     # http.server does), and neither the answers nor the group fit the sockets' buffers: sending
     # the whole group before reading would leave both sides waiting until the timeout.
@@ -327,14 +341,6 @@ def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_re
             peer.send(answer)
 
     server = scripted(script)
-    connect = socket.create_connection
-
-    def with_small_send_buffer(*args, **kwargs):
-        sock = connect(*args, **kwargs)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-        return sock
-
-    monkeypatch.setattr(socket, "create_connection", with_small_send_buffer)
     client = Http1Client(server.url, timeout=5)
     answers = client.pipeline("PATCH", [(f"/t/{i}", {}, b"x" * 90_000) for i in range(10)])   # one group
     assert [(a.status, len(a.body)) for a in answers] == [(200, 512 * 1024)] * 10
@@ -342,7 +348,7 @@ def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_re
 
 
 def test_a_server_that_closes_while_a_group_is_sent_has_its_answers_read_and_the_rest_sent_again(
-        scripted, monkeypatch):
+        scripted, small_send_buffer):
     # The first connection answers one request and closes while the group is still being written:
     # that answer counts, and the other nine go again on a fresh connection.
     def script(peer: Peer, number: int) -> None:
@@ -352,14 +358,6 @@ def test_a_server_that_closes_while_a_group_is_sent_has_its_answers_read_and_the
                 return
 
     server = scripted(script)
-    connect = socket.create_connection
-
-    def with_small_send_buffer(*args, **kwargs):
-        sock = connect(*args, **kwargs)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-        return sock
-
-    monkeypatch.setattr(socket, "create_connection", with_small_send_buffer)
     client = Http1Client(server.url, timeout=5)
     answers = client.pipeline("PATCH", [(f"/t/{i}", {}, b"x" * 90_000) for i in range(10)])
     assert [a.body for a in answers] == [f"/t/{i}".encode() for i in range(10)]
