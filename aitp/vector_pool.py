@@ -7,7 +7,7 @@ in the shared pipe, and the executor then waits for the rest forever, with every
 that hands it one job at a time: a death is an end-of-file on that pipe alone, the worker is
 started again, and the job is retried once.
 
-Workers are plain `python -m aitp.vector_pool FD` subprocesses on an inherited socket, not
+Workers are plain `python -m aitp.vector_worker FD` subprocesses on an inherited socket, not
 multiprocessing processes: those need a resource-tracker process (15 MB) and re-import the
 script that started the service in every worker.
 
@@ -23,9 +23,7 @@ import logging
 import os
 import pickle
 import queue
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -36,55 +34,12 @@ from pathlib import Path
 import msgspec
 
 from aitp.vector_jobs import VectorJob, VectorJobResult, with_bodies
+from aitp.vector_worker import ERROR, JOB, PING, RESULT, STOP, Pipe, tagged
 
 log = logging.getLogger("aitp.vector_pool")
 
-# The wire between the parent and a worker: one message per job, its first byte saying what it is.
-# Jobs and results go as msgpack (a batch's vectors are some 140 kB in and 130 kB out, which
-# pickle copies through more layers); only an exception goes as a pickle.
-_PING, _STOP, _JOB = b"P", b"S", b"J"
-_RESULT, _ERROR = b"R", b"E"
-_LENGTH = struct.Struct("!Q")
-_encoder = msgspec.msgpack.Encoder()
-_job_decoder = msgspec.msgpack.Decoder(VectorJob)
 _result_decoder = msgspec.msgpack.Decoder(VectorJobResult)
 _STOP_SECONDS = 5.0
-
-
-class _Pipe:
-    """Length-prefixed messages on a socket. Each message is read straight into a buffer of its
-    size: multiprocessing's Connection reads into a fresh object of the remaining size per read,
-    and for these messages that cost about 75 us more per batch on each side (mmap and copies)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    @staticmethod
-    def message(tag: bytes) -> bytearray:
-        """A message holding `tag`, with room for its length in front; append the rest, then send."""
-        return bytearray(_LENGTH.size) + tag
-
-    def send(self, message: bytearray) -> None:
-        _LENGTH.pack_into(message, 0, len(message) - _LENGTH.size)
-        self._sock.sendall(message)
-
-    def receive(self) -> memoryview:
-        """The next message; EOFError at the end of the pipe."""
-        (length,) = _LENGTH.unpack(self._read(_LENGTH.size))
-        return memoryview(self._read(length))
-
-    def _read(self, length: int) -> bytearray:
-        buffer = bytearray(length)
-        view, have = memoryview(buffer), 0
-        while have < length:
-            count = self._sock.recv_into(view[have:])
-            if not count:
-                raise EOFError("the other end closed the pipe")
-            have += count
-        return buffer
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 class WorkerDied(RuntimeError):
@@ -173,7 +128,7 @@ class _Worker:
         self.ready = threading.Event()
         self.pid: int | None = None
         self._process: subprocess.Popen | None = None
-        self._pipe: _Pipe | None = None
+        self._pipe: Pipe | None = None
         self.thread = threading.Thread(target=self._run, name=f"aitp-vector-feeder-{number}", daemon=True)
 
     def _run(self) -> None:
@@ -190,7 +145,7 @@ class _Worker:
                     self.pool._retry_or_fail(queued, died)
                     self._start_process()
                     continue
-                if kind == _RESULT:
+                if kind == RESULT:
                     queued.future.set_result(with_bodies(value, queued.job.payload))
                 else:
                     queued.future.set_exception(value)
@@ -202,32 +157,32 @@ class _Worker:
             self._stop_process()
 
     def _exchange(self, job: VectorJob | None) -> tuple[bytes, object]:
-        """Send a job (None: a ping) and wait for its answer: (_RESULT, result), (_ERROR, exception)
-        or (_PING, None)."""
+        """Send a job (None: a ping) and wait for its answer: (RESULT, result), (ERROR, exception)
+        or (PING, None)."""
         try:
-            self._pipe.send(_Pipe.message(_PING) if job is None else _tagged(_JOB, job))
+            self._pipe.send(Pipe.message(PING) if job is None else tagged(JOB, job))
             answer = self._pipe.receive()
         except (EOFError, OSError):
             raise WorkerDied(f"vector worker {self.pid} died: end of its pipe") from None
         kind, body = bytes(answer[:1]), answer[1:]
         try:
-            if kind == _RESULT:
+            if kind == RESULT:
                 return kind, _result_decoder.decode(body)
-            if kind == _ERROR:
+            if kind == ERROR:
                 return kind, pickle.loads(body)
         except Exception as exc:  # noqa: BLE001 - an unreadable answer fails its job, not the feeder
-            return _ERROR, RuntimeError(f"unreadable answer from vector worker {self.pid}: {exc!r}")
+            return ERROR, RuntimeError(f"unreadable answer from vector worker {self.pid}: {exc!r}")
         return kind, None
 
     def _start_process(self) -> None:
         self._stop_process()
         parent_end, child_end = socket.socketpair()
         try:
-            process = subprocess.Popen([sys.executable, "-m", "aitp.vector_pool", str(child_end.fileno())],
+            process = subprocess.Popen([sys.executable, "-m", "aitp.vector_worker", str(child_end.fileno())],
                                        pass_fds=(child_end.fileno(),), env=self.pool._worker_env)
         finally:
             child_end.close()      # so that the worker's death is an end-of-file here
-        self._process, self._pipe, self.pid = process, _Pipe(parent_end), process.pid
+        self._process, self._pipe, self.pid = process, Pipe(parent_end), process.pid
         try:
             self._exchange(None)
         except WorkerDied:
@@ -239,7 +194,7 @@ class _Worker:
         if process is None:
             return
         try:
-            pipe.send(_Pipe.message(_STOP))
+            pipe.send(Pipe.message(STOP))
         except OSError:
             pass
         try:
@@ -260,47 +215,3 @@ def _run_here(job: VectorJob, future: Future) -> None:
         future.set_exception(exc)
     else:
         future.set_result(result)
-
-
-def _serve(pipe: _Pipe) -> None:
-    """The worker process: answer each job with its result or the exception it raised."""
-    from aitp.vector_work import process_job
-    while True:
-        try:
-            message = pipe.receive()
-        except (EOFError, OSError):
-            return
-        kind = bytes(message[:1])
-        if kind == _STOP:
-            return
-        try:
-            answer = (_Pipe.message(_PING) if kind == _PING
-                      else _tagged(_RESULT, process_job(_job_decoder.decode(message[1:]), rows_by_place=True)))
-        except Exception as exc:  # noqa: BLE001 - every error goes back to the job's future
-            answer = _Pipe.message(_ERROR) + _pickled(exc)
-        try:
-            pipe.send(answer)
-        except (EOFError, OSError):
-            return
-
-
-def _tagged(kind: bytes, value: msgspec.Struct) -> bytearray:
-    message = _Pipe.message(kind)
-    _encoder.encode_into(value, message, len(message))      # written after the tag: no second copy
-    return message
-
-
-def _pickled(exc: Exception) -> bytes:
-    try:
-        return pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - an exception that cannot be pickled goes as its text
-        return pickle.dumps(RuntimeError(f"vector work failed: {exc!r}"))
-
-
-if __name__ == "__main__":      # a worker: python -m aitp.vector_pool FD
-    # Ctrl-C and a SIGTERM to the whole group (systemd does that) are for the service to handle:
-    # it finishes its batches, then stops its workers; a worker that outlives it reads end-of-file.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _serve(_Pipe(socket.socket(fileno=int(sys.argv[1]))))
-    os._exit(0)      # nothing to flush or close: skip the interpreter's teardown (CPU at every stop)

@@ -297,7 +297,7 @@ def _worker_pids(parent: int) -> list[int]:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            if b"aitp.vector_pool" in cmdline:
+            if b"aitp.vector_worker" in cmdline:
                 pids.append(int(child))
     return pids
 

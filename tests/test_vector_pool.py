@@ -89,8 +89,8 @@ def test_workers_killed_at_any_moment_never_leave_a_job_hanging(pool):
 
 def test_an_exception_that_cannot_be_pickled_still_comes_back_as_its_text():
     import pickle
-    from aitp.vector_pool import _pickled
-    error = pickle.loads(_pickled(ValueError(lambda: 0)))
+    from aitp.vector_worker import pickled
+    error = pickle.loads(pickled(ValueError(lambda: 0)))
     assert isinstance(error, RuntimeError) and "ValueError" in str(error)
 
 
@@ -114,12 +114,12 @@ def test_an_unreadable_answer_fails_its_job_and_the_worker_goes_on(pool, monkeyp
 
 def test_the_pipe_carries_messages_of_any_size_whole_and_sees_the_end():
     import socket
-    from aitp.vector_pool import _Pipe
+    from aitp.vector_worker import Pipe
     left, right = socket.socketpair()
-    sender, receiver = _Pipe(left), _Pipe(right)
+    sender, receiver = Pipe(left), Pipe(right)
     big = os.urandom(3_000_000)                # far more than a socket buffer holds: many reads
     # The sender runs in a thread, since the big message fills the socket's buffers.
-    thread = threading.Thread(target=lambda: [sender.send(_Pipe.message(b"J") + big), sender.send(_Pipe.message(b"P"))])
+    thread = threading.Thread(target=lambda: [sender.send(Pipe.message(b"J") + big), sender.send(Pipe.message(b"P"))])
     thread.start()
     first = receiver.receive()
     assert bytes(first[:1]) == b"J" and first[1:] == big
