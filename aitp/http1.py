@@ -253,21 +253,17 @@ def gather_seconds(seconds_per_answer: float | None, count: int) -> float:
     return nap if nap >= _GATHER_MIN_SECONDS else 0.0
 
 
-def _wait_ready(sock: socket.socket, timeout: float | None) -> tuple[bool, bool]:
-    """(readable, writable) once either holds (a closed or broken socket counts as readable);
-    TimeoutError after `timeout` seconds."""
+def _ready(sock: socket.socket, timeout: float | None, *, writing: bool) -> tuple[bool, bool]:
+    """(readable, writable) as soon as the socket has something to read (a closed or broken one
+    counts) or, `writing`, takes more; (False, False) after `timeout` seconds."""
     if hasattr(select, "poll"):           # select() fails on descriptors above 1023
         poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLOUT)
+        poller.register(sock, select.POLLIN | (select.POLLOUT if writing else 0))
         events = poller.poll(None if timeout is None else timeout * 1000)
         mask = events[0][1] if events else 0
-        readable, writable = bool(mask & (select.POLLIN | select.POLLHUP | select.POLLERR)), bool(mask & select.POLLOUT)
-    else:
-        read, write, broken = select.select([sock], [sock], [sock], timeout)
-        readable, writable = bool(read or broken), bool(write)
-    if not (readable or writable):
-        raise TimeoutError
-    return readable, writable
+        return bool(mask & (select.POLLIN | select.POLLHUP | select.POLLERR)), bool(mask & select.POLLOUT)
+    read, write, broken = select.select([sock], [sock] if writing else [], [sock], timeout)
+    return bool(read or broken), bool(write)
 
 
 def _next_group(messages: list[bytes], start: int) -> int:
@@ -295,13 +291,10 @@ class _Connection:
         if self._buffer:
             return False
         try:
-            if hasattr(select, "poll"):           # select() fails on descriptors above 1023
-                poller = select.poll()
-                poller.register(self._sock, select.POLLIN)
-                return not poller.poll(0)
-            return not select.select([self._sock], [], [], 0)[0]
+            readable, _ = _ready(self._sock, 0, writing=False)
         except (OSError, ValueError):
             return False
+        return not readable
 
     def close(self) -> None:
         try:
@@ -335,7 +328,9 @@ class _Connection:
     def _wait_writable_reading(self) -> tuple[bool, bool]:
         """Wait until the socket takes more or has something to read, and read that. Returns
         (writable, closed by the server)."""
-        readable, writable = _wait_ready(self._sock, self._sock.gettimeout())
+        readable, writable = _ready(self._sock, self._sock.gettimeout(), writing=True)
+        if not (readable or writable):
+            raise TimeoutError
         if readable:
             count = self._sock.recv_into(self._scratch)
             if not count:

@@ -12,7 +12,7 @@ multiprocessing processes: those need a resource-tracker process (15 MB) and re-
 script that started the service in every worker.
 
 With no workers (`workers.process_workers = 0`), a job runs in the thread that submits it. That
-saves the hop to another process, about 45 us of CPU per task on the 2-core benchmark
+saves the hop to another process, about 22 us of CPU per task on the 2-core benchmark
 (benchmarks/README.md), but the vector work then holds the service's GIL, and a batch that needs
 normalising loads numpy into the service.
 """
