@@ -15,9 +15,9 @@ import time
 
 import pykka
 
-from aitp.auth import AuthStatus, Token, TokenClient, write_auth_status
+from aitp.transport.auth import AuthStatus, Token, TokenClient, write_auth_status
 from aitp.errors import AuthError
-from aitp.logs import add_secret
+from aitp.observability.logs import add_secret
 from actors.messages import RefreshToken, TokenArrived
 from actors.stage import PipelineContext, Stage
 
@@ -71,7 +71,7 @@ class Authenticator(Stage):
             delay = 0.0 if token is None else self._refresh_delay(token)
             self.later(delay, RefreshToken(self.generation))
 
-    def on_receive(self, message) -> None:
+    def receive(self, message) -> None:
         if isinstance(message, RefreshToken) and message.generation == self.generation:
             self.retry_scheduled = False
             self._fetch()

@@ -46,7 +46,7 @@ class Dispatcher(Stage):
         if self.inherited:   # jobs a previous instance (or the last run) held
             self._enqueue(self.inherited)
 
-    def on_receive(self, message) -> None:
+    def receive(self, message) -> None:
         if isinstance(message, TasksClaimed):
             self._enqueue(message.jobs)
         elif isinstance(message, FlushBatches):

@@ -6,8 +6,8 @@ import msgspec
 
 from aitp.errors import ProviderError
 from aitp.tasks import EmbeddingJob
-from aitp.task_api import PatchResult
-from aitp.vector_jobs import TaskVector
+from aitp.transport.task_api import PatchResult
+from aitp.vectors.jobs import TaskVector
 
 
 class TakenTask(msgspec.Struct, frozen=True):

@@ -6,26 +6,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import pykka
 
-from aitp.auth import TokenClient
+from aitp.transport.auth import TokenClient
 from aitp import __version__
 from aitp.config import Settings
 from aitp.contract import RELEASE_BODY, task_type_of
 from aitp.errors import ConfigError, ProviderError
-from aitp.metrics import Metrics
-from aitp.monitoring import MonitoringServer
-from aitp.journal import Journal
+from aitp.observability.metrics import Metrics
+from aitp.observability.monitoring import MonitoringServer
+from aitp.storage.journal import Journal
 from aitp.breakers import ProviderBreaker
 from aitp.providers import Provider, providers_for
-from aitp.rate_limits import rate_limits_for
+from aitp.storage.rate_limits import rate_limits_for
 from aitp.routing import Router
-from aitp.task_api import NoCredentials, PatchOutcome, TaskApiClient
+from aitp.transport.task_api import NoCredentials, PatchOutcome, TaskApiClient
 from aitp.tasks import HANDLERS, TaskRejected
 from aitp.timers import Scheduler
-from aitp.vector_pool import VectorPool
+from aitp.vectors.pool import VectorPool
 from actors.authenticator import ActorCredentials, Authenticator, TokenCell
 from actors.dispatcher import Dispatcher
 from actors.messages import TasksSettled
@@ -33,7 +33,7 @@ from actors.poller import Poller
 from actors.provider_workers import ProviderWorkers
 from actors.rate_limiter import RateLimiter
 from actors.reporter import Reporter
-from actors.stage import PipelineContext, StageDirectory
+from actors.stage import PipelineContext, Stage, StageDirectory
 from actors.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger("aitp.pipeline")
@@ -45,8 +45,10 @@ STAGES = (("authenticator", Authenticator), ("reporter", Reporter), ("provider_w
 
 class Pipeline:
     def __init__(self, settings: Settings, stop: threading.Event | None = None,
-                 sources: dict[str, str] | None = None) -> None:
+                 sources: dict[str, str] | None = None,
+                 before_message: Callable[[Stage, Any], None] | None = None) -> None:
         self.settings = settings
+        self.before_message = before_message   # PipelineContext.before_message
         self.sources = sources or {}
         self.stop_requested = stop or threading.Event()
         self.fatal_reason: str | None = None
@@ -90,7 +92,8 @@ class Pipeline:
         self.ctx = ctx = PipelineContext(
             settings=settings, directory=directory, scheduler=Scheduler(), journal=journal, task_api=task_api,
             router=router, vector_pool=vector_pool, rate_limits=rate_limits_for(settings), metrics=self.metrics,
-            handlers={name: handler(settings) for name, handler in HANDLERS.items()})
+            handlers={name: handler(settings) for name, handler in HANDLERS.items()},
+            before_message=self.before_message)
         extra: dict[str, dict] = {"authenticator": {"client": token_client, "cell": cell}}
         policies = settings.supervision
 

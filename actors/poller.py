@@ -22,7 +22,7 @@ _SEEN_LIMIT = 100_000
 # How much of one pending list to keep: a few shares of takes, so that memory does not grow with
 # the backlog (the server lists all of it, 38 MB at 100,000 tasks). Reaching either limit makes the
 # list "truncated": once it is used up, the next poll comes at once.
-_KEEP_PER_CREDIT = 8
+KEEP_PER_CREDIT = 8
 _KEEP_BYTES = 16 * 1024 * 1024
 
 
@@ -71,7 +71,7 @@ class Poller(Stage):
             self.poll_scheduled = True
             self.later(delay, Poll())
 
-    def on_receive(self, message) -> None:
+    def receive(self, message) -> None:
         if isinstance(message, Poll):
             self.poll_scheduled = False
             self._poll()
@@ -124,7 +124,7 @@ class Poller(Stage):
         if held is None:
             self.polls_begun += 1
             poll_number = self.polls_begun
-            splitter = PendingSplitter(self._screen, max_entries=_KEEP_PER_CREDIT * self.capacity,
+            splitter = PendingSplitter(self._screen, max_entries=KEEP_PER_CREDIT * self.capacity,
                                        max_bytes=_KEEP_BYTES)
             try:
                 self.ctx.task_api.fetch_pending(splitter.feed)

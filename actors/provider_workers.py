@@ -18,9 +18,9 @@ from concurrent.futures import Future
 
 import msgspec
 
-from aitp.dimensions import DimensionPins
+from aitp.vectors.dimensions import DimensionPins
 from aitp.errors import DimensionMismatch, ProviderError, RowContractError, VectorContractError
-from aitp.vector_jobs import VectorJob, VectorJobResult
+from aitp.vectors.jobs import VectorJob, VectorJobResult
 from actors.dispatcher import new_batch_id
 from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch, ProviderHungry, Rejection,
                              TasksRejected, TasksReleased)
@@ -50,7 +50,7 @@ class ProviderWorkers(Stage):
             self._accept(batch)
         self._pump()
 
-    def on_receive(self, message) -> None:
+    def receive(self, message) -> None:
         if isinstance(message, EmbedBatch):
             self.said_hungry = False
             self._accept(message)

@@ -11,9 +11,9 @@ from collections import Counter
 import msgspec
 
 from aitp.contract import CLAIM_BODY
-from aitp.journal import Claim
-from aitp.rate_limits import RateLimitBackend
-from aitp.task_api import PatchOutcome
+from aitp.storage.journal import Claim
+from aitp.storage.rate_limits import RateLimitBackend
+from aitp.transport.task_api import PatchOutcome
 from actors.messages import ClaimsAnswered, RetryClaim, TakenTask, TasksClaimed, TasksSettled, TasksTaken
 from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
@@ -39,7 +39,7 @@ class RateLimiter(Stage):
         if self.inherited:
             self._send_claims(self.inherited, 1)
 
-    def on_receive(self, message) -> None:
+    def receive(self, message) -> None:
         if isinstance(message, TasksTaken):
             self._admit(message.tasks)
         elif isinstance(message, ClaimsAnswered):

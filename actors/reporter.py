@@ -19,8 +19,8 @@ import logging
 from collections import Counter
 
 from aitp.contract import RELEASE_BODY, state_body
-from aitp.journal import OutboxEntry
-from aitp.task_api import PatchOutcome, PatchResult
+from aitp.storage.journal import OutboxEntry
+from aitp.transport.task_api import PatchOutcome, PatchResult
 from actors.messages import (BatchEmbedded, PatchesAnswered, ReportResults, TasksRejected, TasksReleased,
                              TasksSettled)
 from actors.outage_gate import OutageGate
@@ -55,7 +55,7 @@ class Reporter(Stage):
         if replayed:
             self._send(replayed, 1)
 
-    def on_receive(self, message) -> None:
+    def receive(self, message) -> None:
         if isinstance(message, BatchEmbedded):
             self.batch_of.update((r.task_id, message.batch_id) for r in message.results)
             self._store([OutboxEntry(r.task_id, r.body, "succeeded") if r.body is not None

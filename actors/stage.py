@@ -16,14 +16,14 @@ from typing import Any, Callable
 import pykka
 
 from aitp.config import Settings
-from aitp.journal import Journal
-from aitp.metrics import Metrics
-from aitp.rate_limits import AdmitAll, RateLimitBackend
+from aitp.storage.journal import Journal
+from aitp.observability.metrics import Metrics
+from aitp.storage.rate_limits import AdmitAll, RateLimitBackend
 from aitp.routing import Router
-from aitp.task_api import PatchOutcome, PatchResult, TaskApiClient
+from aitp.transport.task_api import PatchOutcome, PatchResult, TaskApiClient
 from aitp.tasks import TaskHandler
 from aitp.timers import Scheduler, backoff_delay
-from aitp.vector_pool import VectorPool
+from aitp.vectors.pool import VectorPool
 from actors.messages import StageFailed
 
 log = logging.getLogger("aitp.actors")
@@ -115,6 +115,9 @@ class PipelineContext:
     metrics: Metrics = field(default_factory=Metrics)
     supervisor: pykka.ActorRef | None = None
     rng: random.Random = field(default_factory=random.Random)
+    # Called with (stage, message) before a stage handles a told message: the seam through which
+    # tests inject faults at a chosen moment, and where a tracer could watch the flow.
+    before_message: Callable[[Stage, Any], None] | None = None
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         processing = self.settings.processing
@@ -190,6 +193,15 @@ class Stage(pykka.ThreadingActor):
 
     def setup(self) -> None:
         """A stage's start-up work, in its own thread (override instead of on_start)."""
+
+    def on_receive(self, message: Any) -> None:
+        hook = self.ctx.before_message
+        if hook is not None:
+            hook(self, message)
+        self.receive(message)
+
+    def receive(self, message: Any) -> None:
+        """Handle one told message (override instead of on_receive)."""
 
     def tell(self, stage: str, message: Any) -> None:
         self.ctx.directory.tell(stage, message)

@@ -26,9 +26,14 @@ def _raise_failed() -> None:
 
 
 class ProviderBreaker:
-    def __init__(self, name: str, threshold: int, reset_seconds: float) -> None:
+    def __init__(self, name: str, threshold: int, reset_seconds: float,
+                 storage: pybreaker.CircuitBreakerStorage | None = None) -> None:
         self.name = name
-        self._breaker = pybreaker.CircuitBreaker(fail_max=threshold, reset_timeout=reset_seconds, name=name)
+        # The state storage is pybreaker's public seam: memory by default, shared by other backends.
+        self.storage = storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self.reset_seconds = reset_seconds
+        self._breaker = pybreaker.CircuitBreaker(fail_max=threshold, reset_timeout=reset_seconds, name=name,
+                                                 state_storage=self.storage)
         self._lock = threading.Lock()
         self._trial_in_flight = False
         self.opened_total = 0
@@ -49,7 +54,7 @@ class ProviderBreaker:
             return 0.0
         if state == pybreaker.STATE_HALF_OPEN:
             return 0.0 if not self._trial_in_flight else self._breaker.reset_timeout
-        opened_at = self._breaker._state_storage.opened_at   # pybreaker keeps it in its storage
+        opened_at = self.storage.opened_at
         if opened_at is None:
             return 0.0
         elapsed = (datetime.now(UTC) - opened_at).total_seconds()

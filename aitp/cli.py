@@ -14,7 +14,9 @@ from pathlib import Path
 
 import msgspec
 
-from aitp import __version__, logs
+from aitp import __version__
+
+from aitp.observability import logs
 from aitp.config import KEY_TO_ENV, LoadedConfig, env_example, load_config, redacted_items, secret_values
 from aitp.errors import ConfigError
 from aitp.service import ServiceFactory
@@ -136,7 +138,7 @@ def _config_show(loaded: LoadedConfig, *, as_json: bool) -> int:
 
 def _rate_limit_lines(settings) -> list[str]:
     """Each tier's limit, usage and remaining units, read from the shared storage file."""
-    from aitp.rate_limits import TieredLimits, rate_limits_for
+    from aitp.storage.rate_limits import TieredLimits, rate_limits_for
 
     if not settings.rate_limit_path.exists():
         return []
@@ -158,7 +160,7 @@ def _token_line(settings) -> str:
     """Whether the running (or last) service holds a token and until when; never the token."""
     if not settings.uses_oauth2:
         return "\n# token: none needed (no OAuth2 client configured)"
-    from aitp.auth import read_auth_status
+    from aitp.transport.auth import read_auth_status
 
     status = read_auth_status(settings.auth_status_path)
     if status is None:
@@ -181,7 +183,7 @@ def _learned_dimensions(settings) -> dict[str, int]:
     """Model dimensions the journal pinned that the settings do not list."""
     if not settings.journal_path.exists():
         return {}
-    from aitp.journal import Journal
+    from aitp.storage.journal import Journal
 
     journal = Journal(settings.journal_path)
     try:

@@ -79,7 +79,7 @@ def replace_lone_surrogates(body: bytes) -> bytes:
     return _ESCAPES.sub(lambda m: rb"\ufffd" if m.group(1) else m.group(0), body)
 
 
-_SEGMENT_BYTES = 1 << 20          # split what has arrived once this much has piled up
+SEGMENT_BYTES = 1 << 20          # split what has arrived once this much has piled up
 _CUTS_TRIED = 4                   # candidate boundaries tried per segment before waiting for more
 _AFTER_CLOSE = re.compile(rb"[ \t\r\n]*,[ \t\r\n]*\{")
 
@@ -100,8 +100,10 @@ class PendingSplitter:
     """
 
     def __init__(self, keep: Callable[[msgspec.Raw], Any] | None = None, *,
-                 max_entries: int | None = None, max_bytes: int | None = None) -> None:
+                 max_entries: int | None = None, max_bytes: int | None = None,
+                 segment_bytes: int = SEGMENT_BYTES) -> None:
         self._keep = keep or read_entry
+        self._segment_bytes = segment_bytes
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._buffer = bytearray()       # the unsplit rest, always a JSON array's opening part
@@ -109,7 +111,7 @@ class PendingSplitter:
         self._kept_bytes = 0
         self._full = False
         self._truncated = False
-        self._split_at = _SEGMENT_BYTES
+        self._split_at = segment_bytes
 
     def feed(self, data: bytes | memoryview) -> None:
         if self._full:
@@ -139,11 +141,11 @@ class PendingSplitter:
             if raws is not None:
                 del buffer[:comma]
                 buffer[0:1] = b"["       # the comma becomes the opening of the rest
-                self._split_at = _SEGMENT_BYTES
+                self._split_at = self._segment_bytes
                 self._accept(raws, more_follows=True)
                 return
             end = close                  # inside a string or a nested value: try an earlier one
-        self._split_at = len(buffer) + _SEGMENT_BYTES     # no luck: wait for more before trying again
+        self._split_at = len(buffer) + self._segment_bytes     # no luck: wait for more before trying again
 
     def _accept(self, raws: list[msgspec.Raw], more_follows: bool) -> None:
         for raw in raws:

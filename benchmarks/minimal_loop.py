@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aitp.http1 import Http1Client  # noqa: E402
+from aitp.transport.http1 import Http1Client  # noqa: E402
 
 BATCH, THREADS, TAKE = 15, 4, 256     # aitp's default batch size
 

@@ -17,7 +17,7 @@ from aitp.config import load_config
 from aitp.sandbox import SandboxServer
 from aitp.sandbox.ollama_stub import OllamaStub
 from aitp.sandbox.openai_stub import OpenAIStub
-from aitp.vectors import checked_unit_vectors
+from aitp.vectors.checks import checked_unit_vectors
 from oauth2_peer import OAuth2Peer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,8 +133,8 @@ def settings_for(server, tmp_path, toml: str = "", **env):
 def run_pipeline():
     pipelines = []
 
-    def start(settings) -> Pipeline:
-        pipeline = Pipeline(settings)
+    def start(settings, before_message=None) -> Pipeline:
+        pipeline = Pipeline(settings, before_message=before_message)
         assert pipeline.start()
         pipelines.append(pipeline)
         return pipeline
@@ -153,23 +153,26 @@ def drained(server, left_alone=0):
     return counts.get("pending", 0) == left_alone and not counts.get("in_progress")
 
 
-@pytest.fixture
-def dispatcher_fails_once(monkeypatch):
-    """The Dispatcher raises once, with jobs queued (so a restart must hand them over); returns the
-    list that records the failure."""
-    from actors.dispatcher import Dispatcher
+class FailOnce:
+    """A `before_message` hook (actors/stage.py) that makes stage `stage` raise once, on the first
+    message for which `when(stage, message)` holds. `failures` records what it failed on."""
 
-    failures = []
-    original = Dispatcher._cut
+    def __init__(self, stage: str, when) -> None:
+        self.stage, self.when = stage, when
+        self.failures: list[str] = []
 
-    def fail_once(self, model, *, flush):
-        if not failures and self.queues.get(model):
-            failures.append(model)
-            raise RuntimeError("injected dispatcher fault")
-        return original(self, model, flush=flush)
+    def __call__(self, stage, message) -> None:
+        if stage.name == self.stage and not self.failures and self.when(stage, message):
+            self.failures.append(type(message).__name__)
+            raise RuntimeError(f"injected {stage.name} fault")
 
-    monkeypatch.setattr(Dispatcher, "_cut", fail_once)
-    return failures
+
+def dispatcher_fails_with_jobs_queued() -> FailOnce:
+    """The Dispatcher raises once while it holds queued jobs (so a restart must hand them over), on
+    a message that only nudges it (a flush or a hungry provider), which the restart may drop."""
+    from actors.messages import FlushBatches, ProviderHungry
+    return FailOnce("dispatcher", lambda stage, message: isinstance(message, (FlushBatches, ProviderHungry))
+                    and any(stage.queues.values()))
 
 
 @pytest.fixture

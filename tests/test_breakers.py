@@ -13,8 +13,7 @@ from aitp.routing import Router
 
 def let_reset_time_pass(breaker: ProviderBreaker) -> None:
     """Move the moment the breaker opened into the past (instead of sleeping through its reset)."""
-    storage = breaker._breaker._state_storage
-    storage.opened_at = storage.opened_at - timedelta(seconds=breaker._breaker.reset_timeout)
+    breaker.storage.opened_at = breaker.storage.opened_at - timedelta(seconds=breaker.reset_seconds)
 
 
 def test_concurrent_calls_through_one_breaker_run_in_parallel():

@@ -84,13 +84,11 @@ def _tricky_list() -> list:
 
 @pytest.mark.parametrize("piece", [1, 97, 4096, 10**7])
 @pytest.mark.parametrize("indent", [None, 2])
-def test_a_list_split_as_it_arrives_keeps_every_entry_whatever_the_pieces(monkeypatch, piece, indent):
+def test_a_list_split_as_it_arrives_keeps_every_entry_whatever_the_pieces(piece, indent):
     import json
-    import aitp.contract as contract
-    monkeypatch.setattr(contract, "_SEGMENT_BYTES", 3000)     # many cuts, several candidates in strings
     entries = _tricky_list()
     body = json.dumps(entries, indent=indent, ensure_ascii=False).encode()
-    splitter = PendingSplitter()
+    splitter = PendingSplitter(segment_bytes=3000)     # many cuts, several candidates in strings
     for start in range(0, len(body), piece):
         splitter.feed(memoryview(body)[start:start + piece])
     pending = splitter.finish()
@@ -98,12 +96,10 @@ def test_a_list_split_as_it_arrives_keeps_every_entry_whatever_the_pieces(monkey
     assert [msgspec.json.decode(task.raw) for task in pending] == entries
 
 
-def test_a_lone_surrogate_in_one_segment_spoils_only_its_text(monkeypatch):
-    import aitp.contract as contract
-    monkeypatch.setattr(contract, "_SEGMENT_BYTES", 2000)
+def test_a_lone_surrogate_in_one_segment_spoils_only_its_text():
     entries = [embedding_task(object_id(i), f"text {i}") for i in range(100)]
     body = msgspec.json.encode(entries).replace(b'"text 50"', b'"text \\ud800 50"')
-    splitter = PendingSplitter()
+    splitter = PendingSplitter(segment_bytes=2000)
     for start in range(0, len(body), 500):
         splitter.feed(body[start:start + 500])
     tasks = list(splitter.finish())

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from aitp.config import ENV_NAMES, KEY_TO_ENV, LEAF_TYPES, env_example, load_config, parse_dotenv
-from aitp.metrics import Metrics, StatusCollector
+from aitp.observability.metrics import Metrics, StatusCollector
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from aitp.contract import is_object_id
-from aitp.journal import Journal
+from aitp.storage.journal import Journal
 from aitp.sandbox.ollama_stub import stub_vector
 from aitp.sandbox.seed import generated_tasks, hostile_tasks
-from aitp.vectors import checked_unit_vectors
+from aitp.vectors.checks import checked_unit_vectors
 from conftest import wait_until
 
 pytestmark = pytest.mark.e2e

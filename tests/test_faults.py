@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import requests
 
-from aitp.journal import Journal
+from aitp.storage.journal import Journal
 from aitp.sandbox.ollama_stub import stub_vector
 from aitp.sandbox.openai_stub import STUB_KEY, Injected
 from aitp.sandbox.seed import embedding_task, generated_tasks, hostile_tasks, object_id
-from conftest import drained, expected_unit, settings_for, wait_until
+from conftest import FailOnce, dispatcher_fails_with_jobs_queued, drained, expected_unit, settings_for, wait_until
 
 OLLAMA = {"PROCESSING_MODE": "ollama", "SUPPORTED_MODELS": "nomic-embed-text"}
 
@@ -297,7 +297,7 @@ def _worker_pids(parent: int) -> list[int]:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            if b"aitp.vector_worker" in cmdline:
+            if b"aitp.vectors.worker" in cmdline:
                 pids.append(int(child))
     return pids
 
@@ -321,13 +321,13 @@ def test_kill_9_of_a_process_worker_mid_batch_retries_the_batch(sandbox, ollama,
 
 
 # --- supervision ---
-def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipeline, tmp_path, dispatcher_fails_once):
-    failures = dispatcher_fails_once
+def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipeline, tmp_path):
+    fault = dispatcher_fails_with_jobs_queued()
     server = sandbox(generated_tasks(120))
     toml = "[supervision.dispatcher]\nstrategy = \"rest_for_one\"\n"
-    pipeline = run_pipeline(settings_for(server, tmp_path, toml))
+    pipeline = run_pipeline(settings_for(server, tmp_path, toml), before_message=fault)
     wait_until(lambda: drained(server), message="the queue to drain")
-    assert failures and server.counts() == {"succeeded": 120}
+    assert fault.failures and server.counts() == {"succeeded": 120}
     restarts = pipeline.status()["restarts"]
     assert restarts == {"authenticator": 0, "reporter": 0, "provider_workers": 0, "dispatcher": 1,
                         "rate_limiter": 1, "poller": 1}
@@ -335,24 +335,18 @@ def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipe
 
 
 def test_a_restarted_reporter_sends_the_unjournaled_results_of_the_one_that_failed(
-        sandbox, ollama, run_pipeline, tmp_path, monkeypatch):
-    from actors.reporter import Reporter
-    failures = []
-    original = Reporter._send
-
-    def fail_once(self, entries, attempt):      # results held, not yet sent, journaled nowhere
-        if not failures and self.unjournaled:
-            failures.append(len(self.unjournaled))
-            raise RuntimeError("injected reporter fault")
-        return original(self, entries, attempt)
-
-    monkeypatch.setattr(Reporter, "_send", fail_once)
+        sandbox, ollama, run_pipeline, tmp_path):
+    from actors.messages import PatchesAnswered
+    # Fails while it holds results journaled nowhere, on an answer the successor can do without
+    # (it sends those results again).
+    fault = FailOnce("reporter", lambda stage, message: isinstance(message, PatchesAnswered) and stage.unjournaled)
     stub = ollama(models={"nomic-embed-text": 768})
     tasks = generated_tasks(60)
     server = sandbox(tasks)
-    pipeline = run_pipeline(settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url))
+    pipeline = run_pipeline(settings_for(server, tmp_path, PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url),
+                            before_message=fault)
     wait_until(lambda: drained(server), message="the queue to drain")
-    assert failures and server.counts() == {"succeeded": 60}
+    assert fault.failures and server.counts() == {"succeeded": 60}
     assert pipeline.status()["restarts"]["reporter"] == 1
     wait_until(lambda: pipeline.ctx.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")
     assert sorted(stub.embedded) == sorted(t["content"]["text"] for t in tasks)    # none computed twice

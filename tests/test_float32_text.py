@@ -2,7 +2,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from aitp.float32_text import shortest_float32
+from aitp.vectors.float32_text import shortest_float32
 
 pytestmark = pytest.mark.timeout(60)
 

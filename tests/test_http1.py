@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from aitp.http1 import Http1Client, HttpTransportError
+from aitp.transport.http1 import Http1Client, HttpTransportError
 from scripted import Peer, ok
 
 pytestmark = pytest.mark.timeout(60)
@@ -85,6 +85,8 @@ def test_a_body_sink_gets_a_large_body_in_pieces_and_the_next_answer_stays_intac
     if framing != "close":
         # Two requests on one connection, written before any answer is read, so that the second
         # answer is already in the socket while the first body streams: it must not be eaten.
+        # Private on purpose (one of the few reach-ins left): no public call leaves a second answer
+        # waiting behind a streamed body, and the connection's framing is what is tested here.
         connection, _ = client._take()
         connection.send(client._head("GET", "/big", {}, None) + client._head("GET", "/next", {}, None))
         first, _ = connection.read_response("GET", sink)
@@ -225,9 +227,7 @@ def test_tls_checks_the_certificate(scripted, certificate):
 
 
 @pytest.mark.parametrize("trusted_idle_seconds", [0.0, 60.0])   # asks the kernel first / trusts a fresh one
-def test_a_connection_the_server_closed_after_answering_is_not_a_failure(scripted, monkeypatch,
-                                                                         trusted_idle_seconds):
-    monkeypatch.setattr("aitp.http1._TRUSTED_IDLE_SECONDS", trusted_idle_seconds)
+def test_a_connection_the_server_closed_after_answering_is_not_a_failure(scripted, trusted_idle_seconds):
     closed = threading.Event()
 
     def script(peer: Peer, number: int) -> None:
@@ -237,7 +237,7 @@ def test_a_connection_the_server_closed_after_answering_is_not_a_failure(scripte
             peer.sock.shutdown(socket.SHUT_RDWR)
             closed.set()
     server = scripted(script)
-    client = Http1Client(server.url, timeout=5)
+    client = Http1Client(server.url, timeout=5, trusted_idle_seconds=trusted_idle_seconds)
     assert client.request("GET", "/", {}).body == b"first"
     closed.wait(10)
     assert client.request("GET", "/", {}).body == b"again"
@@ -307,12 +307,12 @@ def test_answers_that_trickle_in_are_read_together_and_in_order(scripted, limit)
 
 
 def test_the_nap_covers_most_of_the_answers_due_and_never_long():
-    from aitp.http1 import _GATHER_MAX_SECONDS, gather_seconds
+    from aitp.transport.http1 import GATHER_MAX_SECONDS, gather_seconds
     assert gather_seconds(0.001, 6) == pytest.approx(0.004)      # 80 % of the 5 answers after the first
     assert gather_seconds(None, 6) == 0                          # no group of this size seen yet
     assert gather_seconds(0.001, 1) == 0                         # one answer: just read it
     assert gather_seconds(0.00001, 6) == 0                       # a fast server: a nap saves nothing
-    assert gather_seconds(2.0, 14) == _GATHER_MAX_SECONDS
+    assert gather_seconds(2.0, 14) == GATHER_MAX_SECONDS
 
 
 @pytest.fixture
@@ -365,13 +365,13 @@ def test_a_server_that_closes_while_a_group_is_sent_has_its_answers_read_and_the
 
 
 def test_pipelined_groups_bound_the_bytes_joined_at_once():
-    from aitp.http1 import _PIPELINE_GROUP_BYTES, _next_group
+    from aitp.transport.http1 import PIPELINE_GROUP_BYTES, next_group
     sizes = [300_000] * 7 + [2_000_000, 10]
     messages = [b"x" * size for size in sizes]
     groups, start = [], 0
     while start < len(messages):
-        end = _next_group(messages, start)
+        end = next_group(messages, start)
         groups.append(sizes[start:end])
         start = end
     assert groups == [[300_000] * 3, [300_000] * 3, [300_000], [2_000_000], [10]]
-    assert all(sum(g) <= _PIPELINE_GROUP_BYTES or len(g) == 1 for g in groups)
+    assert all(sum(g) <= PIPELINE_GROUP_BYTES or len(g) == 1 for g in groups)

@@ -1,4 +1,4 @@
-from aitp.journal import Claim, Journal, OutboxEntry
+from aitp.storage.journal import Claim, Journal, OutboxEntry
 
 
 def test_claims_and_results_survive_a_reopen(tmp_path):
@@ -34,4 +34,6 @@ def test_deleting_a_result_does_not_rewrite_its_freed_pages(tmp_path):
     # secure_delete on (some builds' default) overwrites every page a delete frees: for a journal
     # that deletes each result once the API took it, that was most of the cost of acknowledging.
     journal = Journal(tmp_path / "j.sqlite3")
+    # Private on purpose (one of the few reach-ins left): secure_delete is a setting of the journal's
+    # own connection, which no other connection to the file can see.
     assert journal._db.execute("PRAGMA secure_delete").fetchone()[0] == 2      # 2 is FAST

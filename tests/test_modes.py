@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from actors.app import main as aitp_main
-from aitp.journal import Journal
+from aitp.storage.journal import Journal
 from aitp.sandbox.ollama_stub import POISON, stub_vector
 from aitp.sandbox.openai_stub import STUB_KEY, Injected, openai_stub_vector
 from aitp.sandbox.seed import embedding_task, generated_tasks, object_id

@@ -42,9 +42,8 @@ def total(metrics: dict, name: str, **labels) -> float:
 
 
 def test_ready_flips_from_503_to_200_once_the_provider_is_up(sandbox, service, tmp_path):
-    placeholder = OllamaStub(models={"nomic-embed-text": 768})      # reserve a port, then free it
-    port = placeholder._server.server_address[1]
-    placeholder._server.server_close()
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:     # reserve a port, then free it
+        port = placeholder.getsockname()[1]
     server = sandbox(generated_tasks(5))
     process = service({"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama",
                        "OLLAMA_BASE_URL": f"http://127.0.0.1:{port}", "RETRY_BACKOFF_FACTOR": "0.1"})
@@ -144,7 +143,7 @@ def test_unknown_paths_are_404(sandbox, run_pipeline, tmp_path, path, status):
 
 
 def test_the_server_answers_probes_until_stopped_and_then_lets_go_of_its_port():
-    from aitp.monitoring import MonitoringServer
+    from aitp.observability.monitoring import MonitoringServer
     server = MonitoringServer(0, health=lambda: (200, {"ok": True}), ready=lambda: (True, "up"),
                               metrics=lambda: b"", host="127.0.0.1")
     server.start()
@@ -154,6 +153,6 @@ def test_the_server_answers_probes_until_stopped_and_then_lets_go_of_its_port():
             [{"ok": True}] * 3
         assert get(server.port, "/ready").json() == {"ready": True, "reason": "up"}
     server.stop()
-    assert not server._thread.is_alive()
+    assert not server.serving
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5)

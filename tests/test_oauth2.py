@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from aitp.auth import TokenClient
+from aitp.transport.auth import TokenClient
 from aitp.errors import AuthError
-from aitp.httpserver import QuietServer
+from aitp.transport.httpserver import QuietServer
 from aitp.sandbox.seed import embedding_task, generated_tasks, object_id
 from conftest import drained, wait_until
 

@@ -9,12 +9,12 @@ import pytest
 from aitp.config import load_config
 from aitp.errors import ConfigError, ProviderError, RowContractError, VectorContractError
 from aitp.providers.openai_api import OpenAIProvider
-from aitp.retry_after import parse_duration, retry_after_seconds
+from aitp.transport.retry_after import parse_duration, retry_after_seconds
 from aitp.sandbox.ollama_stub import POISON
 from aitp.sandbox.openai_stub import STUB_KEY, Injected, openai_stub_vector
 from aitp.tokens import estimate_tokens
-from aitp.vector_work import process_job
-from aitp.vectors import VectorJob, checked_unit_vectors
+from aitp.vectors.work import process_job
+from aitp.vectors.checks import VectorJob, checked_unit_vectors
 
 SECRET_KEY = "sk-live-do-not-print-this-key-9876"
 

@@ -5,15 +5,14 @@ import numpy as np
 import pytest
 import requests
 
-from actors.dispatcher import Dispatcher
 from actors.pipeline import Pipeline
-from actors.poller import _KEEP_PER_CREDIT
+from actors.poller import KEEP_PER_CREDIT
 from aitp.contract import is_object_id
-from aitp.journal import Claim, Journal, OutboxEntry
+from aitp.storage.journal import Claim, Journal, OutboxEntry
 from aitp.sandbox.ollama_stub import POISON, stub_vector
 from aitp.sandbox.seed import demo_tasks, embedding_task, generated_tasks, object_id
-from aitp.vectors import mock_vector
-from conftest import drained, expected_unit, settings_for, wait_until
+from aitp.vectors.checks import mock_vector
+from conftest import dispatcher_fails_with_jobs_queued, drained, expected_unit, settings_for, wait_until
 
 
 def test_demo_queue_drains_with_the_mock(sandbox, run_pipeline, tmp_path):
@@ -110,12 +109,12 @@ def test_a_full_take_polls_again_without_waiting_the_interval(sandbox, run_pipel
     assert pipeline.status()["stages"]["poller"]["taken"] == 50
 
 
-def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path, dispatcher_fails_once):
-    failures = dispatcher_fails_once
+def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path):
+    fault = dispatcher_fails_with_jobs_queued()
     server = sandbox(generated_tasks(80))
-    pipeline = run_pipeline(settings_for(server, tmp_path))
+    pipeline = run_pipeline(settings_for(server, tmp_path), before_message=fault)
     wait_until(lambda: drained(server), message="the queue to drain")
-    assert failures and server.counts() == {"succeeded": 80}
+    assert fault.failures and server.counts() == {"succeeded": 80}
     assert pipeline.status()["restarts"]["dispatcher"] == 1
     assert pipeline.fatal_reason is None
     # The restart shows in /health and /metrics.
@@ -126,14 +125,14 @@ def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipel
     assert 'aitp_actor_restarts_total{stage="dispatcher"} 1.0' in requests.get(f"{monitor}/metrics", timeout=10).text
 
 
-def test_a_stage_failing_past_its_intensity_stops_the_service(sandbox, tmp_path, monkeypatch):
-    def always_fail(self, model, *, flush):
-        raise RuntimeError("injected permanent fault")
+def test_a_stage_failing_past_its_intensity_stops_the_service(sandbox, tmp_path):
+    def always_fail(stage, message):     # every time the Dispatcher holds jobs (each restart inherits them)
+        if stage.name == "dispatcher" and any(stage.queues.values()):
+            raise RuntimeError("injected permanent fault")
 
-    monkeypatch.setattr(Dispatcher, "_cut", always_fail)
     server = sandbox(generated_tasks(5))
     settings = settings_for(server, tmp_path, "[supervision.dispatcher]\nintensity = 2\nperiod_seconds = 60.0\n")
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, before_message=always_fail)
     assert pipeline.start()
     try:
         assert pipeline.stop_requested.wait(30)
@@ -175,7 +174,7 @@ def test_a_backlog_is_taken_from_one_list_while_it_is_fresh(sandbox, run_pipelin
     assert server.counts() == {"succeeded": 480}
     polls = server.request_counts()["GET pending"]
     if reuse_seconds == "60":        # a list serves every take until what was kept of it is used up
-        assert polls == -(-480 // (_KEEP_PER_CREDIT * 32))
+        assert polls == -(-480 // (KEEP_PER_CREDIT * 32))
     else:                            # a poll for each take
         assert polls >= 480 // 32
 
@@ -202,7 +201,7 @@ def test_claims_and_reports_land_with_and_without_pipelining(sandbox, run_pipeli
 
 
 def test_a_chunk_whose_client_call_raises_is_retried_not_stranded(sandbox, run_pipeline, tmp_path, monkeypatch):
-    from aitp.task_api import TaskApiClient
+    from aitp.transport.task_api import TaskApiClient
     real = TaskApiClient.patch_in_order
     raised = []
 

@@ -9,7 +9,7 @@ import pytest
 
 from actors.pipeline import Pipeline
 from aitp.config import load_config
-from aitp.rate_limits import AdmitAll, TieredLimits, next_window, rate_limits_for, window_start
+from aitp.storage.rate_limits import AdmitAll, TieredLimits, next_window, rate_limits_for, window_start
 from aitp.sandbox.seed import generated_tasks
 from conftest import settings_for, wait_until
 

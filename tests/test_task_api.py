@@ -6,7 +6,7 @@ from actors.stage import chunk_sizes
 from aitp.contract import decode_pending
 from aitp.errors import ContractError, TaskApiError
 from aitp.sandbox.seed import generated_tasks, object_id
-from aitp.task_api import PatchOutcome, TaskApiClient
+from aitp.transport.task_api import PatchOutcome, TaskApiClient
 
 IN_PROGRESS = b'{"state":"in_progress"}'
 
@@ -46,12 +46,15 @@ def test_patch_outcomes_follow_the_contract(sandbox):
     assert server.state_of(object_id(1)) == "succeeded"
 
 
-def test_redirect_for_unknown_id_is_never_followed(sandbox):
-    server = sandbox(generated_tasks(1))
-    client = TaskApiClient(server.url, timeout=5)
-    client._headers.pop("X-Api-Request")        # the server's default: 302 to /404
-    result = client.patch(object_id(42), IN_PROGRESS)
+def test_redirect_for_unknown_id_is_never_followed(scripted):
+    def script(peer, number):             # the NestJS default for an unknown id: 302 to /404
+        while peer.read_request() is not None:
+            peer.send(b"HTTP/1.1 302 Found\r\nLocation: /404\r\nContent-Length: 0\r\n\r\n")
+    server = scripted(script)
+    result = TaskApiClient(server.url, timeout=5).patch(object_id(42), IN_PROGRESS)
     assert (result.outcome, result.status) == (PatchOutcome.GONE, 302)
+    assert [request.split(b" ")[:2] for request in server.requests] == \
+        [[b"PATCH", f"/api/ai-tasks/{object_id(42)}".encode()]]
 
 
 @pytest.mark.parametrize("task_id", ["../../x", "68b89107952364b0aad89c1d%2F", "68b89107952364b0aad89c1dA", ""])
@@ -164,7 +167,7 @@ def test_a_server_that_drops_pipelined_requests_costs_one_timeout_then_none(scri
     assert results[0].outcome is PatchOutcome.DONE
     assert [r.outcome for r in results[1:]] == [PatchOutcome.RETRY] * 3
     assert "Timeout" in results[1].detail and all("no answer" in r.detail for r in results[2:])
-    assert client._http.pipelining is False
+    assert client.pipelining is False
     # One at a time from now on: each connection answers its one request.
     assert [r.outcome for r in client.patch_in_order(patches[1:])] == [PatchOutcome.DONE] * 3
 

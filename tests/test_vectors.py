@@ -7,9 +7,9 @@ import pytest
 
 from aitp.errors import VectorContractError
 from aitp.sandbox.ollama_stub import stub_vector
-from aitp.vector_jobs import with_bodies
-from aitp.vector_work import compact_row_places, process_job
-from aitp.vectors import MockRecipe, VectorJob, checked_unit_vectors, mock_vector, success_bodies
+from aitp.vectors.jobs import with_bodies
+from aitp.vectors.work import compact_row_places, process_job
+from aitp.vectors.checks import MockRecipe, VectorJob, checked_unit_vectors, mock_vector, success_bodies
 
 
 def ollama_payload(rows) -> bytes:
@@ -94,7 +94,7 @@ def test_mock_vectors_are_deterministic_per_model_and_text():
     assert not np.array_equal(mock_vector("m", "a", 16), mock_vector("other", "a", 16))
 
 
-# --- Ollama's unit vectors pass through as written (aitp/vector_work.py) ---
+# --- Ollama's unit vectors pass through as written (aitp/vectors/work.py) ---
 
 def go_text(vectors) -> bytes:
     """Rows as Ollama writes them: shortest float32 text, exponents for small values, no spaces."""
@@ -107,7 +107,7 @@ def ollama_raw(rows_text: bytes) -> bytes:
 
 
 def test_unit_float32_rows_go_out_as_the_provider_wrote_them(monkeypatch):
-    monkeypatch.setattr("aitp.vectors.normalised_bodies", lambda job: pytest.fail("written again"))
+    monkeypatch.setattr("aitp.vectors.checks.normalised_bodies", lambda job: pytest.fail("written again"))
     units = checked_unit_vectors(np.stack([stub_vector("m", t, 768) for t in ("a", "b", "c")]), 3, 768)
     # A tiny value is written "1e-07", as Go writes it; its neighbour keeps the norm at 1.
     units[0, 6] = np.sqrt(np.float64(units[0, 5]) ** 2 + np.float64(units[0, 6]) ** 2 - 1e-14)
@@ -142,7 +142,7 @@ def test_unit_rows_in_float64_digits_are_written_again_as_float32():
 
 
 def test_a_worker_names_where_written_rows_lie_and_the_parent_makes_the_same_bodies():
-    # The parent holds the payload: the rows need not cross the pipe back (aitp/vector_pool.py).
+    # The parent holds the payload: the rows need not cross the pipe back (aitp/vectors/pool.py).
     batch = job(ollama_raw(b"[[0,1,0],[-1,0,0],[0,1,0],[0,0,1]]"), 4)    # one row twice
     by_place = process_job(batch, rows_by_place=True)
     assert all(r.body is None and r.row for r in by_place.results)
@@ -214,8 +214,8 @@ def test_a_worker_serving_ollama_unit_vectors_never_imports_numpy(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
         "import sys\n"
-        "from aitp.vector_jobs import VectorJob\n"
-        "from aitp.vector_work import compact_row_places, process_job\n"
+        "from aitp.vectors.jobs import VectorJob\n"
+        "from aitp.vectors.work import compact_row_places, process_job\n"
         "job = VectorJob('ollama', b'{\"embeddings\":[[0.6,0.8],[1,0]]}', 'm', ['a', 'b'], 2, 1000)\n"
         "assert [r.body for r in process_job(job).results] == "
         "[b'{\"state\":\"succeeded\",\"result\":[0.6,0.8]}', b'{\"state\":\"succeeded\",\"result\":[1,0]}']\n"

@@ -9,7 +9,7 @@ import msgspec
 
 class RawEmbedding(msgspec.Struct, frozen=True):
     """A provider's answer for one batch, undecoded: `decoder` names the function in
-    `aitp.vectors.DECODERS` that a process worker uses to read `payload`."""
+    `aitp.vectors.checks.DECODERS` that a process worker uses to read `payload`."""
 
     decoder: str
     payload: bytes

@@ -6,7 +6,7 @@ import msgspec
 
 from aitp.config import Settings
 from aitp.providers.base import Provider, RawEmbedding
-from aitp.vector_jobs import MockRecipe
+from aitp.vectors.jobs import MockRecipe
 
 _encoder = msgspec.msgpack.Encoder()
 

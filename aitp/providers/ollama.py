@@ -10,7 +10,7 @@ import msgspec
 
 from aitp.config import Settings
 from aitp.errors import ProviderError
-from aitp.http1 import Http1Client, HttpTransportError
+from aitp.transport.http1 import Http1Client, HttpTransportError
 from aitp.providers.base import Provider, RawEmbedding
 
 log = logging.getLogger("aitp.providers.ollama")
@@ -66,7 +66,7 @@ class OllamaProvider(Provider):
         self._supported = {_base_name(model) for model in settings.processing.supported_models}
         self._supported_names = settings.processing.supported_models
         self._dimensions = settings.models.dimensions
-        # Every call but a pull goes through the lean client (aitp/http1.py); like the task API,
+        # Every call but a pull goes through the lean client (aitp/transport/http1.py); like the task API,
         # Ollama is reached directly, never through an HTTP_PROXY.
         self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8)
 

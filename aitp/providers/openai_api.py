@@ -15,7 +15,7 @@ import openai
 from aitp.config import Settings
 from aitp.errors import ConfigError, ProviderError
 from aitp.providers.base import Provider, RawEmbedding
-from aitp.retry_after import retry_after_seconds
+from aitp.transport.retry_after import retry_after_seconds
 from aitp.tokens import estimate_tokens
 
 log = logging.getLogger("aitp.providers.openai")

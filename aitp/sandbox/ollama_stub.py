@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler
 import msgspec
 import numpy as np
 
-from aitp.float32_text import shortest_float32
-from aitp.httpserver import QuietServer
-from aitp.vectors import checked_unit_vectors
+from aitp.vectors.float32_text import shortest_float32
+from aitp.transport.httpserver import QuietServer
+from aitp.vectors.checks import checked_unit_vectors
 
 POISON = "<<nan>>"   # an input containing this makes the stub's model produce NaN
 

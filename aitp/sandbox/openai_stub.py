@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 import msgspec
 import numpy as np
 
-from aitp.httpserver import QuietServer
+from aitp.transport.httpserver import QuietServer
 from aitp.sandbox.ollama_stub import POISON
 
 STUB_KEY = "sk-stub-0123456789abcdef"

@@ -24,7 +24,7 @@ import msgspec
 import requests
 
 from aitp.contract import STATES
-from aitp.httpserver import QuietServer
+from aitp.transport.httpserver import QuietServer
 
 _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 BODY_LIMIT = 100 * 1024

@@ -18,7 +18,7 @@ from typing import Callable
 
 import msgspec
 
-from aitp.httpserver import QuietServer
+from aitp.transport.httpserver import QuietServer
 
 log = logging.getLogger("aitp.monitoring")
 
@@ -35,6 +35,11 @@ class MonitoringServer:
     @property
     def port(self) -> int:
         return self._server.server_address[1]
+
+    @property
+    def serving(self) -> bool:
+        """Whether the thread that answers probes is running (False again once `stop` returns)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="aitp-monitoring", daemon=True)

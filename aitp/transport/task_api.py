@@ -10,8 +10,8 @@ import msgspec
 
 from aitp.contract import is_object_id
 from aitp.errors import ContractError, TaskApiError
-from aitp.http1 import BodySink, Http1Client, HttpTransportError, Response
-from aitp.retry_after import retry_after_seconds
+from aitp.transport.http1 import BodySink, Http1Client, HttpTransportError, Response
+from aitp.transport.retry_after import retry_after_seconds
 from aitp.timers import running_mean
 
 
@@ -92,7 +92,7 @@ class TaskApiClient:
         self._base = "/api/ai-tasks"
         self.credentials: Credentials = credentials or NoCredentials()
         self._observer = observer
-        # Every task takes two requests, so the client's CPU per request matters (aitp/http1.py).
+        # Every task takes two requests, so the client's CPU per request matters (aitp/transport/http1.py).
         # No retries here and no redirects followed: the stages decide what a failure means.
         self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size, pipelining=pipelining)
         # JSON 404s instead of a redirect to /404 for unknown ids.

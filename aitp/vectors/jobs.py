@@ -1,8 +1,8 @@
 """What crosses between the service and its vector worker processes, as msgspec structs.
 
-Kept apart from aitp/vectors.py so that the service process never imports numpy: only the
+Kept apart from aitp/vectors/checks.py so that the service process never imports numpy: only the
 workers do the vector work (numpy costs about 15 MB and 0.1 s of start-up per process), unless
-workers.process_workers = 0 runs it in the service (aitp/vector_pool.py).
+workers.process_workers = 0 runs it in the service (aitp/vectors/pool.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Ollama's `/api/embed` already sends unit vectors, written as shortest float32 te
 what aitp would send. Such a batch goes out as the provider wrote it: each row is found by a byte
 search and read once, to check its length, its size and its norm, and its text becomes the body.
 That takes about 26 us per 768-dimension vector, against 150 us to parse, normalise and write it
-again (aitp/vectors.py). Any other batch (not unit length, longer text, other providers, the mock)
+again (aitp/vectors/checks.py). Any other batch (not unit length, longer text, other providers, the mock)
 takes that normalising way, which imports numpy on first use: a worker serving Ollama never
 loads it (about 0.1 s of CPU and 16 MB per process). A worker says where each such row lies in
 the payload rather than sending its text back: the parent holds the payload already.
@@ -17,7 +17,7 @@ import time
 
 import msgspec
 
-from aitp.vector_jobs import SUCCESS_PREFIX, SUCCESS_SUFFIX, TaskVector, VectorJob, VectorJobResult
+from aitp.vectors.jobs import SUCCESS_PREFIX, SUCCESS_SUFFIX, TaskVector, VectorJob, VectorJobResult
 
 # Within float32 rounding of a sum over thousands of squares (Ollama normalises in float32).
 UNIT_TOLERANCE = 1e-5
@@ -48,7 +48,7 @@ def process_job(job: VectorJob, *, rows_by_place: bool = False) -> VectorJobResu
                        for task_id, (start, end) in zip(job.task_ids, places, strict=True)]
         sizes = [len(SUCCESS_PREFIX) + end - start + len(SUCCESS_SUFFIX) for start, end in places]
     else:
-        from aitp.vectors import normalised_bodies     # numpy: only for batches that need it
+        from aitp.vectors.checks import normalised_bodies     # numpy: only for batches that need it
         bodies, dimension = normalised_bodies(job)
         vectors = [TaskVector(task_id, body) for task_id, body in zip(job.task_ids, bodies, strict=True)]
         sizes = [len(body) for body in bodies]

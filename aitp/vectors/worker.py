@@ -1,5 +1,5 @@
-"""A vector worker process (`python -m aitp.vector_worker FD`), and the wire it shares with the
-parent's pool (aitp/vector_pool.py).
+"""A vector worker process (`python -m aitp.vectors.worker FD`), and the wire it shares with the
+parent's pool (aitp/vectors/pool.py).
 
 Kept apart from the pool so that a worker imports only what it needs (no subprocess, threading or
 concurrent.futures): a worker starts with some 10 ms less CPU, at every start and restart.
@@ -20,7 +20,7 @@ import sys
 
 import msgspec
 
-from aitp.vector_jobs import VectorJob
+from aitp.vectors.jobs import VectorJob
 
 PING, STOP, JOB = b"P", b"S", b"J"
 RESULT, ERROR = b"R", b"E"
@@ -80,7 +80,7 @@ def pickled(exc: Exception) -> bytes:
 
 def serve(pipe: Pipe) -> None:
     """The worker process: answer each job with its result or the exception it raised."""
-    from aitp.vector_work import process_job
+    from aitp.vectors.work import process_job
     while True:
         try:
             message = pipe.receive()

@@ -7,7 +7,7 @@ in the shared pipe, and the executor then waits for the rest forever, with every
 that hands it one job at a time: a death is an end-of-file on that pipe alone, the worker is
 started again, and the job is retried once.
 
-Workers are plain `python -m aitp.vector_worker FD` subprocesses on an inherited socket, not
+Workers are plain `python -m aitp.vectors.worker FD` subprocesses on an inherited socket, not
 multiprocessing processes: those need a resource-tracker process (15 MB) and re-import the
 script that started the service in every worker.
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import msgspec
 
-from aitp.vector_jobs import VectorJob, VectorJobResult, with_bodies
-from aitp.vector_worker import ERROR, JOB, PING, RESULT, STOP, Pipe, tagged
+from aitp.vectors.jobs import VectorJob, VectorJobResult, with_bodies
+from aitp.vectors.worker import ERROR, JOB, PING, RESULT, STOP, Pipe, tagged
 
 log = logging.getLogger("aitp.vector_pool")
 
@@ -178,7 +178,7 @@ class _Worker:
         self._stop_process()
         parent_end, child_end = socket.socketpair()
         try:
-            process = subprocess.Popen([sys.executable, "-m", "aitp.vector_worker", str(child_end.fileno())],
+            process = subprocess.Popen([sys.executable, "-m", "aitp.vectors.worker", str(child_end.fileno())],
                                        pass_fds=(child_end.fileno(),), env=self.pool._worker_env)
         finally:
             child_end.close()      # so that the worker's death is an end-of-file here
@@ -207,7 +207,7 @@ class _Worker:
 
 def _run_here(job: VectorJob, future: Future) -> None:
     """No workers: the job runs in the calling thread, its future done when this returns."""
-    from aitp.vector_work import process_job
+    from aitp.vectors.work import process_job
     future.set_running_or_notify_cancel()
     try:
         result = process_job(job)

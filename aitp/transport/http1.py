@@ -28,7 +28,7 @@ _MAX_HEADER_BYTES = 64 * 1024
 # A connection given back this recently is reused without asking the kernel whether the server
 # closed it (one syscall less per request); servers keep idle connections for seconds (Node: 5 s),
 # and a close in that window is still caught: it fails before any answer and is retried once.
-_TRUSTED_IDLE_SECONDS = 1.0
+TRUSTED_IDLE_SECONDS = 1.0
 _RECEIVE_BYTES = 256 * 1024
 # Each connection reads answers through one reused buffer of this size: `recv(n)` would allocate
 # n bytes and shrink them for every read, and above glibc's mmap threshold (128 kB) that is three
@@ -39,15 +39,15 @@ _FILL_BYTES = 64 * 1024
 # server waiting for its answers to be read; _Connection.send now reads while it sends. A
 # batch's 15 results, some 145 kB, now go in one group instead of three: three naps and three
 # rounds of reads became one, some 20 us of CPU per task in the benchmark.)
-_PIPELINE_GROUP_BYTES = 1024 * 1024
+PIPELINE_GROUP_BYTES = 1024 * 1024
 # A server answers pipelined requests one at a time, and reading each answer as it comes costs a
 # thread wake-up each: most of a pipelined PATCH's client CPU on loopback against the sandbox.
 # So after sending a group the reader first sleeps through most of the time its answers took
 # last time, per answer, for requests of that size, and then reads what has come together. The
-# nap is at most _GATHER_MAX_SECONDS: a server that got slower, or stalls, costs little latency,
+# nap is at most GATHER_MAX_SECONDS: a server that got slower, or stalls, costs little latency,
 # and one that got faster shortens the next nap, as the group's time then is mostly the nap.
 _GATHER_SHARE = 0.8
-_GATHER_MAX_SECONDS = 0.01
+GATHER_MAX_SECONDS = 0.01
 _GATHER_MIN_SECONDS = 0.0002      # shorter naps save no wake-up
 _GATHER_WEIGHT = 0.5              # of the latest group in the running mean per answer
 
@@ -80,7 +80,8 @@ class Http1Client:
     """Requests to one origin (`base_url`'s scheme, host and port) over a small pool of connections."""
 
     def __init__(self, base_url: str, *, timeout: float, max_idle: int = 16,
-                 ssl_context: ssl.SSLContext | None = None, pipelining: bool = True) -> None:
+                 ssl_context: ssl.SSLContext | None = None, pipelining: bool = True,
+                 trusted_idle_seconds: float = TRUSTED_IDLE_SECONDS) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -91,6 +92,7 @@ class Http1Client:
         self._host_header = parts.netloc.rpartition("@")[2]
         self._timeout = timeout
         self._max_idle = max_idle
+        self._trusted_idle_seconds = trusted_idle_seconds
         self._ssl_context = ssl_context or (ssl.create_default_context() if self._tls else None)
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
@@ -133,7 +135,7 @@ class Http1Client:
                     for path, headers, body in requests]
         results: list[Response | HttpTransportError] = []
         while len(results) < len(messages):
-            group = _next_group(messages, len(results)) if self.pipelining else len(results) + 1
+            group = next_group(messages, len(results)) if self.pipelining else len(results) + 1
             try:
                 connection, reused = self._take()
             except HttpTransportError as exc:         # refused, or no route: none can be sent
@@ -214,7 +216,7 @@ class Http1Client:
                 connection = self._idle.pop() if self._idle else None
             if connection is None:
                 return self._connect(), False
-            if time.monotonic() - connection.idle_since < _TRUSTED_IDLE_SECONDS or connection.looks_open():
+            if time.monotonic() - connection.idle_since < self._trusted_idle_seconds or connection.looks_open():
                 return connection, True
             connection.close()
 
@@ -249,7 +251,7 @@ def gather_seconds(seconds_per_answer: float | None, count: int) -> float:
     took `seconds_per_answer` each last time (None: no idea yet, so no nap)."""
     if seconds_per_answer is None or count < 2:
         return 0.0
-    nap = min(_GATHER_MAX_SECONDS, _GATHER_SHARE * seconds_per_answer * (count - 1))
+    nap = min(GATHER_MAX_SECONDS, _GATHER_SHARE * seconds_per_answer * (count - 1))
     return nap if nap >= _GATHER_MIN_SECONDS else 0.0
 
 
@@ -266,11 +268,11 @@ def _ready(sock: socket.socket, timeout: float | None, *, writing: bool) -> tupl
     return bool(read or broken), bool(write)
 
 
-def _next_group(messages: list[bytes], start: int) -> int:
+def next_group(messages: list[bytes], start: int) -> int:
     """Where the group of pipelined requests that begins at `start` ends: at most
-    _PIPELINE_GROUP_BYTES, or one request."""
+    PIPELINE_GROUP_BYTES, or one request."""
     end, size = start, 0
-    while end < len(messages) and (end == start or size + len(messages[end]) <= _PIPELINE_GROUP_BYTES):
+    while end < len(messages) and (end == start or size + len(messages[end]) <= PIPELINE_GROUP_BYTES):
         size += len(messages[end])
         end += 1
     return end

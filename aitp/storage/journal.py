@@ -17,7 +17,7 @@ from typing import Iterator
 
 import msgspec
 
-from aitp.sqlite import open_database
+from aitp.storage.sqlite import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (

@@ -1,7 +1,7 @@
 """Vector work that needs numpy, in the process workers: decode, check, normalise, encode PATCH bodies.
 
 The parent process never parses floats: it hands a provider's raw response bytes to a worker
-(aitp/vector_work.py) and gets back finished PATCH bodies, places of rows it may send as written,
+(aitp/vectors/work.py) and gets back finished PATCH bodies, places of rows it may send as written,
 or per-task errors (with workers.process_workers = 0 all of this runs in the service instead).
 Batches that are not already unit float32 vectors come here.
 """
@@ -16,8 +16,8 @@ import msgspec
 import numpy as np
 
 from aitp.errors import DimensionMismatch, RowContractError, VectorContractError
-from aitp.float32_text import shortest_float32
-from aitp.vector_jobs import SUCCESS_PREFIX, SUCCESS_SUFFIX, MockRecipe, VectorJob  # noqa: F401 - MockRecipe re-exported
+from aitp.vectors.float32_text import shortest_float32
+from aitp.vectors.jobs import SUCCESS_PREFIX, SUCCESS_SUFFIX, MockRecipe, VectorJob  # noqa: F401 - MockRecipe re-exported
 
 _encode_json = msgspec.json.Encoder().encode
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import msgspec
 
-from aitp.sqlite import open_database
+from aitp.storage.sqlite import open_database
 
 PERIODS = ("minute", "hour", "day", "week", "month")
 ROLLING_SECONDS = {"minute": 60.0, "hour": 3600.0, "day": 86_400.0, "week": 604_800.0, "month": 2_592_000.0}

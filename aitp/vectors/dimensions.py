@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from aitp.journal import Journal
+from aitp.storage.journal import Journal
 
 
 class DimensionPins:

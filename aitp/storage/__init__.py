@@ -1,0 +1,1 @@
+"""What survives a restart: SQLite files for the journal (claims, outbox) and the rate-limit counters."""
