@@ -17,6 +17,9 @@ from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.poller")
 
+# Reasons to leave an entry alone besides those of aitp.contract (metric labels, so a fixed few).
+NO_HANDLER, UNREADABLE = "no handler", "unreadable"
+
 # How many left-alone ids to remember, so each is logged once without unbounded memory.
 _SEEN_LIMIT = 100_000
 # How much of one pending list to keep: a few shares of takes, so that memory does not grow with
@@ -54,7 +57,7 @@ class Poller(Stage):
         self.needs_token = self.settings.uses_oauth2
         self.failures_in_a_row = 0
         self.stopped = False
-        self.left_alone: Counter[str] = Counter()  # by type (or "unusable id"), counted once per task
+        self.left_alone: Counter[str] = Counter()  # by reason (contract.UNUSABLE_ID, ...), once per task
         self._seen_left_alone: set[str] = set()
         self.taken_total = 0
         self.held: _HeldList | None = None       # the last pending list, while more is taken from it
@@ -160,9 +163,12 @@ class Poller(Stage):
         """Which entries of an arriving list are worth keeping: a usable id, a type some handler
         takes, not in flight now. The others are noted (once each) and dropped, so they never
         use up what a list may keep."""
-        entry = read_entry(raw)
+        try:
+            entry = read_entry(raw)
+        except Exception as exc:  # noqa: BLE001 - one entry, whatever it holds, never stops the poll
+            entry = Unusable(UNREADABLE, f"unreadable entry: {exc!r}"[:200])
         if isinstance(entry, Unusable):
-            self._note_unusable(entry.description)
+            self._note_unusable(entry)
             return None
         if entry.id in self.in_flight:
             return None
@@ -210,6 +216,10 @@ class Poller(Stage):
             except TaskRejected as exc:
                 rejected.append(Rejection(task.id, str(exc)))
                 self.ctx.metrics.task_decided(task.type, "failed", 0.0)
+            except Exception as exc:  # noqa: BLE001 - a handler's bug fails its task, not the Poller
+                log.exception("handler failed on a task", extra={"fields": {"task_id": task.id}})
+                rejected.append(Rejection(task.id, f"could not read the task: {exc!r}"[:300]))
+                self.ctx.metrics.task_decided(task.type, "failed", 0.0)
         self.taken_total += len(taken)
         return taken, rejected, False
 
@@ -217,15 +227,15 @@ class Poller(Stage):
         if task_id in self._seen_left_alone or len(self._seen_left_alone) >= _SEEN_LIMIT:
             return
         self._seen_left_alone.add(task_id)
-        self.left_alone[kind] += 1
-        log.info("task left alone", extra={"fields": {"task_id": task_id, "type": kind,
+        self.left_alone[NO_HANDLER] += 1
+        log.info("task left alone", extra={"fields": {"task_id": task_id, "type": kind[:100], "reason": NO_HANDLER,
                                                        "why": "no handler for this type"}})
 
-    def _note_unusable(self, description: str) -> None:
-        if description not in self._seen_left_alone and len(self._seen_left_alone) < _SEEN_LIMIT:
-            self._seen_left_alone.add(description)
-            self.left_alone["unusable id"] += 1
-            log.warning("task left alone", extra={"fields": {"why": description}})
+    def _note_unusable(self, entry: Unusable) -> None:
+        if entry.description not in self._seen_left_alone and len(self._seen_left_alone) < _SEEN_LIMIT:
+            self._seen_left_alone.add(entry.description)
+            self.left_alone[entry.reason] += 1
+            log.warning("task left alone", extra={"fields": {"reason": entry.reason, "why": entry.description}})
 
     # --- asked by the supervisor ---
     def stop_polling(self) -> None:

@@ -53,7 +53,7 @@ class ProcessingSettings(_Section):
     supported_models: list[str] = msgspec.field(default_factory=lambda: ["nomic-embed-text"])
     concurrency_limit: Positive = 2
     max_in_flight: Positive = 256
-    max_text_chars: Positive = 10_000
+    max_text_chars: Positive = 1_000_000
     max_retries: NonNegative = 3
     retry_backoff_factor: NonNegativeSeconds = 1.0
     retry_backoff_max_seconds: NonNegativeSeconds = 60.0
@@ -139,6 +139,8 @@ class ChildPolicy(_Section):
     strategy: Literal["one_for_one", "rest_for_one"] = "one_for_one"
     intensity: NonNegative = 5
     period_seconds: Seconds = 60.0
+    backoff_seconds: NonNegativeSeconds = 0.1
+    backoff_max_seconds: NonNegativeSeconds = 5.0
 
 
 class SupervisionSettings(_Section):

@@ -43,9 +43,16 @@ _head_decoder = msgspec.json.Decoder(TaskHead)
 
 
 class Unusable(msgspec.Struct, frozen=True):
-    """An entry of the pending list whose id may not reach a URL: left alone, described for the log."""
+    """An entry of the pending list that is left alone: its id may not reach a URL, or the entry
+    cannot be read at all. `reason` is one of a few fixed words (a metric label); `description`
+    says more, for the log."""
 
+    reason: str
     description: str
+
+
+# Why an entry is left alone (bounded: these are metric labels).
+UNUSABLE_ID, NOT_AN_OBJECT, TOO_DEEP = "unusable id", "not an object", "too deep"
 
 
 class PendingList:
@@ -180,15 +187,60 @@ def _last_boundary(buffer: bytearray, end: int) -> tuple[int, int] | None:
 
 
 def _decode_segment(segment: bytes) -> list[msgspec.Raw] | None:
+    """The entries of a segment that should be a whole JSON array, or None where it is not one."""
     try:
         return _list_decoder.decode(segment)
     except msgspec.DecodeError:
         if b"\\u" not in segment:
             return None
+    except RecursionError:        # an entry nested too deep for msgspec: split the array by hand
+        return scan_entries(segment)
     try:
         return _list_decoder.decode(replace_lone_surrogates(segment))
     except msgspec.DecodeError:
         return None
+    except RecursionError:
+        return scan_entries(replace_lone_surrogates(segment))
+
+
+# One token of JSON's structure: a whole string (escapes included) or one of the five structural
+# characters. Everything else (numbers, literals, white space) lies between tokens.
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def scan_entries(segment: bytes) -> list[msgspec.Raw] | None:
+    """Split a JSON array into its entries without recursing into them, so that one entry nested
+    deeper than any decoder allows is split off like the others (and then left alone on its own).
+    None where `segment` is not one whole array (a string or a bracket left open). Slower than
+    msgspec: used only where msgspec gave up."""
+    depth, start, entries, opened = 0, -1, [], False
+    for token in _STRUCTURE.finditer(segment):
+        char = segment[token.start()]
+        if char == 0x22:               # a string
+            continue
+        if char in b"[{":
+            if depth == 0:
+                if opened or char != 0x5B:
+                    return None        # a second top-level value, or not an array
+                opened, start = True, token.end()
+            depth += 1
+        elif char in b"]}":
+            depth -= 1
+            if depth < 0:
+                return None
+            if depth == 0:
+                last = segment[start:token.start()].strip()
+                if last:
+                    entries.append(msgspec.Raw(last))
+                elif entries:
+                    return None        # a trailing comma
+                if segment[token.end():].strip():
+                    return None
+                return entries
+        elif depth == 1:               # a comma between two entries
+            entries.append(msgspec.Raw(segment[start:token.start()].strip()))
+            start = token.end()
+    return None
 
 
 def decode_pending(body: bytes) -> PendingList:
@@ -202,9 +254,11 @@ def read_entry(raw: msgspec.Raw) -> Task | Unusable:
     try:
         head = _head_decoder.decode(raw)
     except msgspec.DecodeError:
-        return Unusable(f"not an object: {bytes(raw)[:40]!r}")
+        return Unusable(NOT_AN_OBJECT, f"not an object: {bytes(raw)[:40]!r}")
+    except RecursionError:
+        return Unusable(TOO_DEEP, f"nested too deep to read ({len(raw)} bytes): {bytes(raw)[:40]!r}")
     if not is_object_id(head.id):
-        return Unusable(f"unusable _id {str(head.id)[:40]!r}")
+        return Unusable(UNUSABLE_ID, f"unusable _id {str(head.id)[:40]!r}")
     task_type = head.type if isinstance(head.type, str) else repr(head.type)
     return Task(id=head.id, type=task_type, raw=bytes(raw))
 

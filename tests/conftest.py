@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -115,6 +116,14 @@ def service(tmp_path):
     yield start
     for process in started:
         process.close()
+
+
+def monitoring_port(process) -> int | None:
+    """The port a service process logged for /health, /ready and /metrics (None before it did)."""
+    for line in process.logs().splitlines():
+        if '"monitoring listening"' in line:
+            return json.loads(line)["port"]
+    return None
 
 
 # --- the pipeline in this process ---

@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import requests
@@ -17,7 +18,8 @@ from aitp.storage.journal import Journal
 from aitp.sandbox.ollama_stub import stub_vector
 from aitp.sandbox.openai_stub import STUB_KEY, Injected
 from aitp.sandbox.seed import embedding_task, generated_tasks, hostile_tasks, object_id
-from conftest import FailOnce, dispatcher_fails_with_jobs_queued, drained, expected_unit, settings_for, wait_until
+from conftest import (FailOnce, dispatcher_fails_with_jobs_queued, drained, expected_unit, monitoring_port,
+                      settings_for, wait_until)
 
 OLLAMA = {"PROCESSING_MODE": "ollama", "SUPPORTED_MODELS": "nomic-embed-text"}
 
@@ -30,8 +32,14 @@ def ollama_env(server, stub, **extra) -> dict[str, str]:
 def assert_all_succeeded_with_their_vectors(server, tasks) -> None:
     assert server.counts() == {"succeeded": len(tasks)}
     for task in tasks:
-        want = expected_unit(stub_vector("nomic-embed-text", task["content"]["text"], 768))
-        assert np.array_equal(np.asarray(server.result(task["_id"]), dtype=np.float32), want), task["_id"]
+        assert_succeeded_with_its_vector(server, task)
+
+
+def assert_succeeded_with_its_vector(server, task, text: str | None = None) -> None:
+    """`text`: what the provider saw, where it differs from the task's (a lone surrogate replaced)."""
+    assert server.state_of(task["_id"]) == "succeeded", task["_id"]
+    want = expected_unit(stub_vector("nomic-embed-text", text or task["content"]["text"], 768))
+    assert np.array_equal(np.asarray(server.result(task["_id"]), dtype=np.float32), want), task["_id"]
 
 
 def requests_over(server, seconds: float, kind: str | None = None) -> int:
@@ -160,6 +168,50 @@ def test_hostile_input_is_reported_as_the_contract_says_and_blocks_nothing(sandb
     assert any(line["event"] == "callback rejected the result; the task stays succeeded" for line in logs)
     assert any(line["event"] == "task disappeared before its result was reported" for line in logs)
     assert sum(line["event"] == "task left alone" for line in logs) == left_alone
+
+
+def test_a_hostile_pending_list_stops_nothing_and_every_valid_task_gets_its_vector(sandbox, ollama, service):
+    """Issue 18's list: one hostile entry of each kind next to 500 good tasks, and a proxy that
+    answers the first polls with an HTML page."""
+    stub = ollama(models={"nomic-embed-text": 768})
+    article = embedding_task(object_id(700), ("Uma reportagem longa sobre a COP30 em Belém. " * 700)[:30_000])
+    surrogate = embedding_task(object_id(701), "lone surrogate \ud800 escaped")
+    good = generated_tasks(500) + [article, surrogate]
+    server = sandbox(good)
+    invalid_utf8 = object_id(801)
+    failed_for_their_own_sake = {
+        invalid_utf8: b'{"_id":"%s","type":"text_embedding","state":"pending",'
+                      b'"content":{"text":"bad \xff\xfe bytes","model":"nomic-embed-text"}}' % invalid_utf8.encode(),
+        object_id(802): b'{"_id":"%s","type":"text_embedding","state":"pending",'
+                        b'"content":{"text":["an","array"],"model":"nomic-embed-text"}}' % object_id(802).encode(),
+        object_id(803): msgspec.json.encode(embedding_task(object_id(803), "y" * 12_000_000)),
+    }
+    left_alone = {
+        "deep": b'{"_id":"%s","type":"text_embedding","state":"pending","content":{"text":"deep","model":'
+                b'"nomic-embed-text"},"callbackParams":%s%s}' % (object_id(804).encode(), b"[" * 20_000, b"]" * 20_000),
+        "null": b"null", "string": b'"a string"', "number": b"42",
+        "extended json id": b'{"_id":{"$oid":"%s"},"type":"text_embedding","state":"pending",'
+                            b'"content":{"text":"x","model":"nomic-embed-text"}}' % object_id(805).encode(),
+    }
+    for key, raw in {**failed_for_their_own_sake, **left_alone}.items():
+        server.add_raw_entry(key, raw)
+    server.garbage_polls = 3        # a proxy's HTML error page, with 200
+    process = service(ollama_env(server, stub, POLLING_INTERVAL_SECONDS="0.3"))
+    wait_until(lambda: drained(server, left_alone=len(left_alone)), timeout=120, message="the queue to drain")
+    assert process.proc.poll() is None, "the service must stay up"
+    for task in good:     # what Ollama embeds: lone surrogates replaced, the article cut to its context
+        seen = task["content"]["text"].replace("\ud800", "\ufffd")[:stub.context_chars]
+        assert_succeeded_with_its_vector(server, task, seen)
+    for task_id in failed_for_their_own_sake:
+        assert server.state_of(task_id) == "failed", task_id
+    assert "1000000" in str(server.error_of(object_id(803)))       # the memory guard names its limit
+    assert "UTF-8" in str(server.error_of(invalid_utf8))
+    metrics = requests.get(f"http://127.0.0.1:{wait_until(lambda: monitoring_port(process))}/metrics", timeout=10).text
+    assert 'aitp_tasks_left_alone_total{reason="too deep"} 1.0' in metrics
+    assert 'aitp_tasks_left_alone_total{reason="not an object"} 3.0' in metrics
+    assert 'aitp_tasks_left_alone_total{reason="unusable id"} 1.0' in metrics
+    process.signal(signal.SIGTERM)
+    assert process.wait(60) == 0
 
 
 def _rss_mb(pid: int) -> float:

@@ -11,16 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from aitp.sandbox.ollama_stub import OllamaStub
 from aitp.sandbox.openai_stub import STUB_KEY
 from aitp.sandbox.seed import demo_tasks, generated_tasks
-from conftest import drained, settings_for, wait_until
+from conftest import monitoring_port, drained, settings_for, wait_until
 
 CLIENT_SECRET = "client-secret-never-logged"
-
-
-def monitoring_port(process) -> int | None:
-    for line in process.logs().splitlines():
-        if '"monitoring listening"' in line:
-            return json.loads(line)["port"]
-    return None
 
 
 def get(port: int, path: str) -> requests.Response:

@@ -62,7 +62,7 @@ def test_prompt_tokens_come_from_the_tail_of_the_answer(body, tokens):
 
 @pytest.mark.parametrize("texts, status", [(["ok", f"bad {POISON}"], 500), (["ok", "x" * 100], 400)])
 def test_input_specific_failures_are_marked_for_splitting(ollama, texts, status):
-    stub = ollama(models={"nomic-embed-text": 8}, context_chars=50)
+    stub = ollama(models={"nomic-embed-text": 8}, context_chars=50, honours_truncate=False)
     with pytest.raises(ProviderError) as caught:
         OllamaProvider(settings_for(stub.url)).embed("nomic-embed-text", texts)
     assert (caught.value.status, caught.value.input_specific) == (status, True)

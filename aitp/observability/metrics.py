@@ -117,7 +117,8 @@ class StatusCollector:
         yield _one(GaugeMetricFamily, "aitp_outbox_size", "Results computed and not yet taken by the API "
                    "(journaled, or held in memory when unpaid)",
                    status.get("outbox", 0))
-        yield _by(CounterMetricFamily, "aitp_tasks_left_alone", "Tasks not touched, by type", "task_type",
+        yield _by(CounterMetricFamily, "aitp_tasks_left_alone", "Tasks not touched, by why (a fixed few reasons)",
+                  "reason",
                   poller.get("left_alone", {}))
         yield _by(GaugeMetricFamily, "circuit_breaker_state", "0 closed, 1 open, 2 half-open", "service",
                   {name: BREAKER_STATE.get(breaker.get("state"), 1)

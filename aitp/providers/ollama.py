@@ -129,7 +129,9 @@ class OllamaProvider(Provider):
         raise ProviderError(f"Ollama ended the pull of {model!r} without success", provider=self.name)
 
     def embed(self, model: str, texts: list[str]) -> RawEmbedding:
-        body = _encoder.encode({"model": model, "input": texts, "truncate": False})
+        # Ollama cuts a long input to the model's context by itself (its default, said explicitly): a
+        # long article is embedded from its beginning, as the original service did, not failed.
+        body = _encoder.encode({"model": model, "input": texts, "truncate": True})
         try:
             response = self._embed_client.request("POST", "/api/embed", _JSON, body)
         except HttpTransportError as exc:

@@ -2,7 +2,9 @@
 trying `PROCESSING_MODE=ollama` without a GPU.
 
 It behaves as Ollama is reported to: one batch computed at a time, 500 for a whole batch when one
-input yields NaN, 400 when one input is longer than the context. Its vectors are unit length and
+input yields NaN; an input longer than the context is cut to it when the request says `truncate`
+(Ollama's default), else answered with 400 (`honours_truncate=False` answers 400 either way, as
+some models' runners do). Its vectors are unit length and
 written as shortest float32 text, as `/api/embed` writes them (normalised the way aitp does, so
 tests can compare exactly); `normalised=False` sends raw ones, as the legacy `/api/embeddings`
 and some servers that copy this API do.
@@ -35,7 +37,9 @@ def stub_vector(model: str, text: str, dimension: int) -> np.ndarray:
 class OllamaStub:
     def __init__(self, *, models: dict[str, int] | None = None, installed: list[str] | None = None,
                  context_chars: int = 8192, call_cost: float = 0.0, input_cost: float = 0.0,
-                 normalised: bool = True, host: str = "127.0.0.1", port: int = 0) -> None:
+                 normalised: bool = True, honours_truncate: bool = True, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.honours_truncate = honours_truncate
         self.models = models or {"nomic-embed-text": 768}          # what /api/pull can fetch: name -> dimension
         self.installed = set(installed if installed is not None else self.models)
         self.context_chars, self.call_cost, self.input_cost = context_chars, call_cost, input_cost
@@ -63,7 +67,9 @@ class OllamaStub:
         self._server.shutdown()
         self._server.server_close()
 
-    def embed(self, model: str, inputs: list[str]) -> tuple[int, bytes]:
+    def embed(self, model: str, inputs: list[str], truncate: bool = True) -> tuple[int, bytes]:
+        if truncate and self.honours_truncate:
+            inputs = [text[:self.context_chars] for text in inputs]
         with self.lock:
             self.batch_sizes.append(len(inputs))
             if self.fail_next:
@@ -126,7 +132,7 @@ def _handler(stub: OllamaStub) -> type[BaseHTTPRequestHandler]:
             if self.path == "/api/embed":
                 inputs = request.get("input")
                 inputs = [inputs] if isinstance(inputs, str) else inputs
-                return self._reply(*stub.embed(request.get("model", ""), inputs))
+                return self._reply(*stub.embed(request.get("model", ""), inputs, request.get("truncate", True)))
             if self.path == "/api/pull":
                 return self._pull(request.get("model") or request.get("name", ""))
             self._reply(404, b"404 page not found")

@@ -31,7 +31,7 @@ def generated_tasks(count: int, *, seed: int = 7, models: tuple[str, ...] = ("no
             for i in range(count)]
 
 
-def hostile_tasks(start: int, max_text_chars: int = 10_000) -> list[dict]:
+def hostile_tasks(start: int, max_text_chars: int = 1_000_000) -> list[dict]:
     """What a real pending list may hold besides good tasks; keyed by what each one tests."""
     ids = iter(object_id(start + i, prefix=0x0BADBAD0) for i in range(100))
     return [

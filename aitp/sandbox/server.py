@@ -45,7 +45,17 @@ class _Store:
         self.token_requests = 0
         self.bytes_polled = 0                    # bytes of pending lists served (benchmarks)
         self._pending_cache: bytes | None = None
+        self.raw: dict[str, bytes] = {}          # entries listed exactly as given (hostile bytes)
         self.add(tasks)
+
+    def add_raw(self, key: str, raw: bytes) -> None:
+        """List `raw` as it is (invalid UTF-8, deep nesting, not an object...) while `key` is pending.
+        With a usable id as `key`, a PATCH to it is stored like any other."""
+        with self.lock:
+            self.tasks[key] = {"_id": key, "state": "pending"}
+            self.history[key] = ["pending"]
+            self.raw[key] = raw
+            self._pending_cache = None
 
     def add(self, tasks: list[dict]) -> None:
         with self.lock:
@@ -63,11 +73,15 @@ class _Store:
                 pending = [t for t in self.tasks.values() if t.get("state") == "pending"]
                 return json.dumps(pending + pending, separators=(",", ":")).encode()
             if self._pending_cache is None:
-                pending = [t for t in self.tasks.values() if t.get("state") == "pending"]
+                pending = [t for k, t in self.tasks.items() if t.get("state") == "pending" and k not in self.raw]
                 try:
-                    self._pending_cache = _encoder.encode(pending)
+                    body = _encoder.encode(pending)
                 except UnicodeEncodeError:   # a lone surrogate: escape it as Node's JSON.stringify does
-                    self._pending_cache = json.dumps(pending, separators=(",", ":")).encode()
+                    body = json.dumps(pending, separators=(",", ":")).encode()
+                raws = [raw for k, raw in self.raw.items() if self.tasks[k].get("state") == "pending"]
+                if raws:
+                    body = body[:-1] + (b"," if pending else b"") + b",".join(raws) + b"]"
+                self._pending_cache = body
             return self._pending_cache
 
     def set_state(self, task_id: str, state: str, result: object, error: object = None) -> None:
@@ -148,6 +162,10 @@ class SandboxServer:
 
     def add_tasks(self, tasks: list[dict]) -> None:
         self.store.add(tasks)
+
+    def add_raw_entry(self, key: str, raw: bytes) -> None:
+        """List these exact bytes as one more entry while `key` is pending (see _Store.add_raw)."""
+        self.store.add_raw(key, raw)
 
     def state_of(self, task_id: str) -> str:
         with self.store.lock:

@@ -27,6 +27,10 @@ class TextEmbeddingHandler(TaskHandler):
             content = _decoder.decode(raw).content
         except msgspec.ValidationError as exc:
             raise TaskRejected(f"malformed text_embedding task: {exc}") from None
+        except msgspec.DecodeError as exc:    # invalid UTF-8 inside a string, say (the list split around it)
+            raise TaskRejected(f"unreadable text_embedding task: {exc}") from None
+        except RecursionError:
+            raise TaskRejected("unreadable text_embedding task: nested too deep") from None
         limit = self.settings.processing.max_text_chars
         if not content.text.strip():
             raise TaskRejected("content.text is empty")
