@@ -145,8 +145,9 @@ class StageFailed(msgspec.Struct, frozen=True):
     stage: str
     error: str
     orphans: list = []       # state the stage held (queued jobs, ids in flight)
-    undelivered: list = []   # messages that were waiting in its inbox
+    undelivered: list = []   # messages it had not handled, in order (the one it failed on first)
     urn: str = ""            # the failing instance: it may still look alive while its thread ends
+    failed_on: object = None  # the message it was handling when it failed (None: in start-up)
 
 
 class TokenArrived(msgspec.Struct, frozen=True):
@@ -157,3 +158,27 @@ class RefreshToken(msgspec.Struct, frozen=True):
     """Authenticator to itself: fetch a new token; stale when a newer token came meanwhile."""
 
     generation: int
+
+
+def tasks_carried(message: object) -> list[str]:
+    """The ids of the tasks whose work `message` carries: what fails with it if it is quarantined
+    (actors/supervisor.py). Messages that carry no task's work give []."""
+    if isinstance(message, TasksTaken):
+        return [taken.job.task_id for taken in message.tasks]
+    if isinstance(message, RetryClaim):
+        return [message.task.job.task_id]
+    if isinstance(message, ClaimsAnswered):
+        return [taken.job.task_id for taken, _ in message.answers]
+    if isinstance(message, (TasksClaimed, EmbedBatch)):
+        return [job.task_id for job in message.jobs]
+    if isinstance(message, CallFailed):
+        return [job.task_id for job in message.batch.jobs]
+    if isinstance(message, BatchEmbedded):
+        return [result.task_id for result in message.results]
+    if isinstance(message, TasksRejected):
+        return [rejection.task_id for rejection in message.rejections]
+    if isinstance(message, (TasksReleased, ReportResults)):
+        return list(message.task_ids)
+    if isinstance(message, PatchesAnswered):
+        return [task_id for task_id, _ in message.answers]
+    return []

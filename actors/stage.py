@@ -77,11 +77,12 @@ class StageDirectory:
         with self._lock:
             return self._refs.get(name)
 
-    def put(self, name: str, ref: pykka.ActorRef) -> None:
-        """Register a (re)started stage and hand it what waited for it, in order."""
+    def put(self, name: str, ref: pykka.ActorRef, first: list | tuple = ()) -> None:
+        """Register a (re)started stage and hand it `first` (what its predecessor held unhandled,
+        which is older), then what waited here for it, in order."""
         with self._lock:
             self._refs[name] = ref
-            waiting, self._waiting[name] = self._waiting[name], []
+            waiting, self._waiting[name] = [*first, *self._waiting[name]], []
             for index, message in enumerate(waiting):
                 try:
                     ref.tell(message)
@@ -89,10 +90,15 @@ class StageDirectory:
                     self._waiting[name] = waiting[index:]
                     break
 
-    def take_down(self, name: str) -> pykka.ActorRef | None:
-        """Unregister a stage that is about to be replaced: messages for it wait here meanwhile."""
+    def take_down(self, name: str, urn: str | None = None) -> pykka.ActorRef | None:
+        """Unregister a stage that is about to be replaced (only the instance `urn`, when given):
+        messages for it wait here meanwhile. Once this returns, no tell through the directory can
+        still reach the old instance."""
         with self._lock:
-            return self._refs.pop(name, None)
+            ref = self._refs.get(name)
+            if ref is None or (urn is not None and ref.actor_urn != urn):
+                return None
+            return self._refs.pop(name)
 
     def waiting(self, name: str) -> int:
         with self._lock:
@@ -139,6 +145,7 @@ class Stage(pykka.ThreadingActor):
         self.pool: ThreadPoolExecutor | None = None   # for stages that make blocking calls
         self.pool_size = 0
         self.handing_over = False
+        self.handling: Any = None     # the told message being handled: a failure hands it on
 
     @staticmethod
     def _create_actor_inbox() -> queue.SimpleQueue:
@@ -195,10 +202,12 @@ class Stage(pykka.ThreadingActor):
         """A stage's start-up work, in its own thread (override instead of on_start)."""
 
     def on_receive(self, message: Any) -> None:
+        self.handling = message
         hook = self.ctx.before_message
         if hook is not None:
             hook(self, message)
         self.receive(message)
+        self.handling = None
 
     def receive(self, message: Any) -> None:
         """Handle one told message (override instead of on_receive)."""
@@ -225,26 +234,32 @@ class Stage(pykka.ThreadingActor):
         return held, undelivered
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
-        log.error("stage failed", extra={"fields": {"stage": self.name, "error": repr(exception_value)}})
+        log.error("stage failed", extra={"fields": {"stage": self.name, "error": repr(exception_value)[:500]}})
         if self.ctx.supervisor is not None:
+            # Out of the directory first: from now on messages for this stage wait there, so that
+            # none lands in this inbox after it was emptied.
+            self.ctx.directory.take_down(self.name, self.actor_urn)
             try:
                 held = self.orphans()
             except Exception:  # noqa: BLE001 - a broken stage may not even list its work
                 held = []
-            self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value), held, self._undelivered(),
-                                                 self.actor_urn))
+            failed_on, self.handling = self.handling, None
+            undelivered = ([failed_on] if failed_on is not None else []) + self._undelivered()
+            self.ctx.supervisor.tell(StageFailed(self.name, repr(exception_value)[:500], held, undelivered,
+                                                 self.actor_urn, failed_on))
         if self.pool:   # queued calls still run; their answers go to the successor through the directory
             self.pool.shutdown(wait=False)
 
     def _undelivered(self) -> list:
-        """Messages told to this instance and not yet handled: pykka would drop them when the
-        thread ends, so they go to the next instance instead (asks are left to fail their callers)."""
+        """Messages told to this instance and not yet handled, in order: pykka would drop them when
+        the thread ends, so they go to the next instance instead. An ask among them (a /health
+        scrape, say) is answered with an error at once; the tells behind it go on like the others."""
         told = []
         while not self.actor_inbox.empty():
             envelope = self.actor_inbox.get()
             if envelope.reply_to is None:
                 told.append(envelope.message)
             else:
-                self.actor_inbox.put(envelope)
-                break
+                error = pykka.ActorDeadError(f"stage {self.name} is being restarted")
+                envelope.reply_to.set_exception((type(error), error, None))
         return told
