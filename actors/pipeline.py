@@ -13,11 +13,11 @@ import pykka
 from aitp.transport.auth import TokenClient
 from aitp import __version__
 from aitp.config import Settings
-from aitp.contract import RELEASE_BODY, task_type_of
+from aitp.contract import RELEASE_BODY, state_body, task_type_of
 from aitp.errors import ConfigError, ProviderError
 from aitp.observability.metrics import Metrics
 from aitp.observability.monitoring import MonitoringServer
-from aitp.storage.journal import Journal
+from aitp.storage.journal import Journal, OutboxEntry
 from aitp.breakers import ProviderBreaker
 from aitp.providers import Provider, providers_for
 from aitp.storage.rate_limits import rate_limits_for
@@ -149,22 +149,30 @@ class Pipeline:
 
     def _recover(self) -> dict[str, list]:
         """What the last run left: claimed tasks are resumed (or dropped when claiming is off, as they
-        are still pending on the server), and the outbox is sent again by the Reporter on start."""
+        are still pending on the server), and the outbox is sent again by the Reporter on start. A
+        claim that can no longer be resumed still gets an answer through the outbox, since its task
+        is `in_progress` on the server: `failed` with the reason when it is malformed, `pending`
+        when no handler takes its type any more (another worker may)."""
         assert self.ctx is not None
         journal, handlers = self.ctx.journal, self.ctx.handlers
-        resumed, in_flight, rejected = [], [entry.task_id for entry in journal.outbox()], []
+        resumed, answered = [], []
         for claim in journal.claims():
             if not self.settings.api.claim_tasks:
                 journal.drop_claims([claim.task_id])
                 continue
-            task_type = task_type_of(claim.task_json)
             try:
-                resumed.append(handlers[task_type].parse(claim.task_id, claim.task_json))
-            except (KeyError, TaskRejected) as exc:
-                rejected.append((claim.task_id, str(exc)))
-                journal.drop_claims([claim.task_id])
-                continue
-            in_flight.append(claim.task_id)
+                handler = handlers.get(task_type_of(claim.task_json))
+                if handler is None:
+                    answered.append(OutboxEntry(claim.task_id, RELEASE_BODY, "pending"))
+                    continue
+                resumed.append(handler.parse(claim.task_id, claim.task_json))
+            except Exception as exc:  # noqa: BLE001 - a claim that no longer parses, whatever the reason
+                reason = str(exc) if isinstance(exc, TaskRejected) else f"unreadable claim: {exc!r}"
+                log.warning("a claimed task cannot be resumed; reporting it failed",
+                            extra={"fields": {"task_id": claim.task_id, "reason": reason[:200]}})
+                answered.append(OutboxEntry(claim.task_id, state_body("failed", reason[:500]), "failed"))
+        journal.add_results(answered)     # and retires their claims, in one transaction
+        in_flight = [entry.task_id for entry in journal.outbox()] + [job.task_id for job in resumed]
         if resumed or in_flight:
             log.info("resuming the last run", extra={"fields": {"claims": len(resumed),
                                                                  "outbox": len(in_flight) - len(resumed)}})

@@ -18,6 +18,7 @@ from concurrent.futures import Future
 
 import msgspec
 
+from aitp.breakers import Permit
 from aitp.vectors.dimensions import DimensionPins
 from aitp.errors import DimensionMismatch, ProviderError, RowContractError, VectorContractError
 from aitp.vectors.jobs import VectorJob, VectorJobResult
@@ -116,7 +117,8 @@ class ProviderWorkers(Stage):
     def _call(self, batch: EmbedBatch, name: str) -> None:
         ctx, directory = self.ctx, self.ctx.directory
         provider, breaker = self.router.providers[name], self.router.breakers[name]
-        if not breaker.begin():   # opened since the batch was routed
+        permit = breaker.begin()
+        if permit is None:   # opened since the batch was routed
             # An outage (so the tasks go back to pending if it lasts), though this call cost nothing.
             directory.tell(self.name, CallFailed(batch, ProviderError(
                 f"{name} circuit breaker is open", provider=name, counts_as_outage=True)))
@@ -133,7 +135,7 @@ class ProviderWorkers(Stage):
                 log.exception("provider raised unexpectedly", extra={"fields": {"batch_id": batch.batch_id}})
                 exc = ProviderError(repr(exc), provider=name)
             # A failure that bisecting will pin on one input says nothing about the provider's health.
-            breaker.end(failed=exc.counts_as_outage and not (exc.input_specific and len(batch.jobs) > 1))
+            breaker.end(permit, failed=exc.counts_as_outage and not (exc.input_specific and len(batch.jobs) > 1))
             ctx.metrics.provider_call(name, batch.model, str(exc.status or "error"), len(batch.jobs),
                                       time.perf_counter() - started)
             directory.tell(self.name, CallFailed(batch, exc))
@@ -148,17 +150,17 @@ class ProviderWorkers(Stage):
         try:
             future = ctx.vector_pool.submit(job)
         except Exception as exc:  # noqa: BLE001 - a closed pool (shutting down): the batch is retried
-            breaker.end(failed=False)
+            breaker.end(permit, failed=False)
             directory.tell(self.name, CallFailed(batch, ProviderError(f"vector work refused: {exc!r}", provider=name,
                                                                       counts_as_outage=False)))
             return
-        future.add_done_callback(lambda done: self._vectors_done(batch, name, done))
+        future.add_done_callback(lambda done: self._vectors_done(batch, name, permit, done))
 
-    def _vectors_done(self, batch: EmbedBatch, name: str, done: Future) -> None:
+    def _vectors_done(self, batch: EmbedBatch, name: str, permit: Permit, done: Future) -> None:
         error = done.exception()
         garbage = isinstance(error, VectorContractError) and not isinstance(error, (RowContractError,
                                                                                     DimensionMismatch))
-        self.router.breakers[name].end(failed=garbage)
+        self.router.breakers[name].end(permit, failed=garbage)
         if error is None:
             result: VectorJobResult = done.result()
             self.ctx.metrics.vector_work.observe(result.seconds)   # measured in the worker, recorded here

@@ -7,6 +7,9 @@ pybreaker's own state machine with a function that returns at once. The provider
 between the two, outside any lock, so concurrent batches stay concurrent.
 
 While half-open, one trial call at a time is let through; the others are routed elsewhere or wait.
+`begin()` hands out a Permit saying whether its call is that trial: only the trial's end decides
+whether the breaker closes, and only it lets the next trial through. A call that began while the
+breaker was closed and ends after it opened speaks of a past state and is not replayed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,18 @@ import threading
 from datetime import UTC, datetime
 
 import pybreaker
+
+
+class Permit:
+    """Leave to make one call through a breaker; give it back to `end` exactly once."""
+
+    __slots__ = ("trial",)
+
+    def __init__(self, trial: bool) -> None:
+        self.trial = trial
+
+
+_ORDINARY = Permit(trial=False)
 
 
 class _Failed(Exception):
@@ -63,23 +78,28 @@ class ProviderBreaker:
     def available(self) -> bool:
         return self.seconds_until_trial() == 0.0
 
-    def begin(self) -> bool:
-        """True when a call may start now; the caller must then call `end` exactly once."""
+    def begin(self) -> Permit | None:
+        """A Permit when a call may start now (the caller must then call `end` with it exactly
+        once), None when the breaker lets no call through now."""
         with self._lock:
             if self._wait_locked() > 0:
-                return False
+                return None
             state = self._breaker.current_state
             if state == pybreaker.STATE_OPEN:
                 self._breaker.half_open()
                 state = pybreaker.STATE_HALF_OPEN
             if state == pybreaker.STATE_HALF_OPEN:
                 self._trial_in_flight = True
-            return True
+                return Permit(trial=True)
+            return _ORDINARY
 
-    def end(self, *, failed: bool) -> None:
+    def end(self, permit: Permit, *, failed: bool) -> None:
         """Record how a call that `begin` let through ended."""
         with self._lock:
-            self._trial_in_flight = False
+            if permit.trial:
+                self._trial_in_flight = False
+            elif self._breaker.current_state != pybreaker.STATE_CLOSED:
+                return        # began before the breaker opened: the trial, not this call, decides
             was_open = self._breaker.current_state == pybreaker.STATE_OPEN
             try:
                 # Replay the outcome through pybreaker's state machine: it counts, opens and closes.

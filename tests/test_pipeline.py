@@ -164,6 +164,26 @@ def test_the_last_run_is_resumed_from_the_journal(sandbox, run_pipeline, tmp_pat
     assert server.history(object_id(0)) == ["pending", "in_progress", "succeeded"]   # resumed, not re-claimed
 
 
+def test_claims_that_can_no_longer_be_resumed_are_answered_not_stranded(sandbox, run_pipeline, tmp_path):
+    malformed = embedding_task(object_id(0), "")
+    unknown_type = dict(embedding_task(object_id(1), "text"), type="retired_type")
+    unreadable = embedding_task(object_id(2), "text")
+    server = sandbox([malformed, unknown_type, unreadable])
+    settings = settings_for(server, tmp_path)
+    journal = Journal(settings.journal_path)
+    for task, task_json in ((malformed, msgspec.json.encode(malformed)), (unknown_type, msgspec.json.encode(
+            unknown_type)), (unreadable, b'{"_id": truncated')):
+        server.store.set_state(task["_id"], "in_progress", None)
+        journal.record_claims([Claim(task["_id"], task_json)])
+    journal.close()
+
+    run_pipeline(settings)
+    wait_until(lambda: server.counts().get("in_progress", 0) == 0, message="every claim answered")
+    assert server.state_of(malformed["_id"]) == "failed" and "empty" in server.error_of(malformed["_id"])
+    assert server.state_of(unreadable["_id"]) == "failed" and "unreadable claim" in server.error_of(unreadable["_id"])
+    assert server.state_of(unknown_type["_id"]) == "pending"      # for a worker that takes its type
+
+
 @pytest.mark.parametrize("reuse_seconds", ["60", "0"])
 def test_a_backlog_is_taken_from_one_list_while_it_is_fresh(sandbox, run_pipeline, tmp_path, reuse_seconds):
     server = sandbox(generated_tasks(480))
