@@ -28,6 +28,8 @@ from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.reporter")
 
+BARE_FAILURE = state_body("failed")     # what a server that refuses a reason or a release still takes
+
 
 class Reporter(Stage):
     name = "reporter"
@@ -103,9 +105,12 @@ class Reporter(Stage):
     def _answered(self, message: PatchesAnswered) -> None:
         settled: list[str] = []
         waiting: list[str] = []
+        bare: list[OutboxEntry] = []
         for task_id, result in message.answers:
-            if self._answered_one(task_id, result, message.attempt, waiting):
+            if self._answered_one(task_id, result, message.attempt, waiting, bare):
                 settled.append(task_id)
+        if bare:
+            self._send(bare, 1)
         if settled:
             self.ctx.journal.acknowledge(settled)     # its outbox row, or the claim of an unjournaled one
             self.tell("poller", TasksSettled(settled))
@@ -113,11 +118,23 @@ class Reporter(Stage):
             log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
             self._send([self.entries[task_id] for task_id in waiting if task_id in self.entries], 1)
 
-    def _answered_one(self, task_id: str, result: PatchResult, attempt: int, waiting: list[str]) -> bool:
-        """Handle one answer; True when the task left the outbox."""
+    def _answered_one(self, task_id: str, result: PatchResult, attempt: int, waiting: list[str],
+                      bare: list[OutboxEntry]) -> bool:
+        """Handle one answer; True when the task left the outbox. A refused release or failure
+        report goes into `bare` as the plainest body there is, `{"state":"failed"}`: a task left
+        in_progress would be stranded."""
         entry = self.entries.get(task_id)
         if entry is None:
             return False   # answered twice (sent again after a restart): already settled
+        if result.outcome is PatchOutcome.INVALID and entry.state != "succeeded" and entry.body != BARE_FAILURE:
+            log.error("task API refused the report; sending a bare failure instead", extra={"fields": {
+                **self._fields(entry, result), "detail": result.detail}})
+            fallback = OutboxEntry(task_id, BARE_FAILURE, "failed")
+            if task_id not in self.unjournaled:
+                self.ctx.journal.add_results([fallback])
+            self.entries[task_id] = fallback
+            bare.append(fallback)
+            return False
         if result.outcome is PatchOutcome.RETRY:
             probe = self.gate.failed(task_id, task_id, result.retry_after)
             if probe is not None:

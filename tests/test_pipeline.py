@@ -235,3 +235,15 @@ def test_a_chunk_whose_client_call_raises_is_retried_not_stranded(sandbox, run_p
     run_pipeline(settings_for(server, tmp_path))
     wait_until(lambda: drained(server), message="the queue to drain")
     assert raised and server.counts() == {"succeeded": 20}
+
+
+def test_a_refused_failure_report_is_sent_again_bare_and_never_strands_its_task(sandbox, run_pipeline, tmp_path):
+    malformed = [embedding_task(object_id(i), "") for i in range(3)]
+    server = sandbox(malformed + generated_tasks(5, start=10))
+    server.strict_bodies = True           # 400 for the `error` field a failure report carries
+    pipeline = run_pipeline(settings_for(server, tmp_path))
+    wait_until(lambda: drained(server), message="the queue to drain")
+    assert server.counts() == {"succeeded": 5, "failed": 3}
+    for task in malformed:
+        assert server.history(task["_id"])[-1] == "failed"
+    wait_until(lambda: pipeline.ctx.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")

@@ -115,6 +115,8 @@ class SandboxServer:
         self.outage: str | None = None
         self.garbage_polls = 0                   # answer the next N polls with 200 and a body that is not JSON
         self.duplicate_in_list = False           # list every pending task twice
+        self.strict_bodies = False               # 400 for a body with fields besides state and result (a
+                                                 # ValidationPipe with forbidNonWhitelisted)
         self.reject_results_of: set[str] = set() # store `succeeded`, then answer 400 (a callback that refused it)
         self.outage_over = threading.Event()
         self._server = QuietServer((host, port), _make_handler(self))
@@ -338,6 +340,9 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 return self._error(400, "Invalid state", "Bad Request")
             if state not in STATES:
                 return self._error(400, "Invalid state", "Bad Request")
+            if sandbox.strict_bodies and set(update) - {"state", "result"}:
+                extra = sorted(set(update) - {"state", "result"})[0]
+                return self._error(400, f"property {extra} should not exist", "Bad Request")
             if task_id not in sandbox.store.tasks:
                 if self.headers.get("X-Api-Request") == "true":
                     return self._error(404, "Task not found", "Not Found")
