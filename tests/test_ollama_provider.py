@@ -105,3 +105,24 @@ def test_a_model_list_that_is_not_an_answer_stops_the_provider_being_ready(scrip
     provider.close()
     with pytest.raises(ProviderError, match="cannot list Ollama models"):
         OllamaProvider(settings_for(server.url)).prepare()
+
+
+def test_a_model_deleted_while_running_is_pulled_again_and_the_batch_embedded(ollama):
+    stub = ollama(models={"nomic-embed-text": 8})
+    provider = OllamaProvider(settings_for(stub.url))
+    provider.prepare()
+    stub.installed.clear()                      # `ollama rm nomic-embed-text` while aitp runs
+    raw = provider.embed("nomic-embed-text", ["a", "b"])
+    assert raw.decoder == "ollama" and stub.pulls == ["nomic-embed-text"]
+    assert stub.embedded == ["a", "b"]
+
+
+def test_a_model_that_cannot_be_pulled_again_is_an_outage_not_the_tasks_fault(ollama):
+    stub = ollama(models={"nomic-embed-text": 8})
+    provider = OllamaProvider(settings_for(stub.url, AITP_OLLAMA__PULL_MISSING_MODELS="false"))
+    stub.installed.clear()
+    with pytest.raises(ProviderError) as caught:
+        provider.embed("nomic-embed-text", ["a"])
+    error = caught.value
+    assert error.retryable and error.counts_as_outage and not error.input_specific
+    assert "pulling is off" in str(error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 
 import msgspec
@@ -69,6 +70,7 @@ class OllamaProvider(Provider):
         # Every call but a pull goes through the lean client (aitp/transport/http1.py); like the task API,
         # Ollama is reached directly, never through an HTTP_PROXY.
         self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8)
+        self._pull_lock = threading.Lock()     # one pull at a time, however many batches found a model gone
 
     def refusal(self, model: str) -> str | None:
         if _base_name(model) not in self._supported:
@@ -129,6 +131,37 @@ class OllamaProvider(Provider):
         raise ProviderError(f"Ollama ended the pull of {model!r} without success", provider=self.name)
 
     def embed(self, model: str, texts: list[str]) -> RawEmbedding:
+        try:
+            return self._embed(model, texts)
+        except ProviderError as exc:
+            if exc.status != 404 or _base_name(model) not in self._supported:
+                raise
+        # The model is gone (deleted while we ran, or another Ollama behind the same address): pull
+        # it again and try once more. If that fails too, the batch is retried as after an outage and
+        # its tasks go back to pending: a missing model is never the tasks' fault.
+        self._pull_again(model)
+        try:
+            return self._embed(model, texts)
+        except ProviderError as exc:
+            if exc.status != 404:
+                raise
+            raise ProviderError(f"model {model!r} still missing in Ollama at {self._base} after a pull",
+                                provider=self.name, status=404, counts_as_outage=True) from None
+
+    def _pull_again(self, model: str) -> None:
+        with self._pull_lock:
+            if _base_name(model) in self.installed_models():
+                return                        # another batch's pull brought it back meanwhile
+            if not self._pull_missing:
+                raise ProviderError(f"model {model!r} is missing in Ollama at {self._base} and pulling is off",
+                                    provider=self.name, status=404, counts_as_outage=True)
+            log.warning("model missing in Ollama; pulling it again", extra={"fields": {"model": model}})
+            try:
+                self.pull(model)
+            except ProviderError as exc:      # retried later like an outage, never failing the tasks
+                raise ProviderError(str(exc), provider=self.name, status=404, counts_as_outage=True) from None
+
+    def _embed(self, model: str, texts: list[str]) -> RawEmbedding:
         # Ollama cuts a long input to the model's context by itself (its default, said explicitly): a
         # long article is embedded from its beginning, as the original service did, not failed.
         body = _encoder.encode({"model": model, "input": texts, "truncate": True})
@@ -141,8 +174,7 @@ class OllamaProvider(Provider):
             # One NaN fails a whole batch with 500, one over-long input with 400: split and retry.
             raise ProviderError(f"Ollama /api/embed answered {response.status}: {detail}",
                                 provider=self.name, status=response.status,
-                                input_specific=response.status in (400, 500),
-                                retryable=response.status != 404)
+                                input_specific=response.status in (400, 500))
         # Garbage is the process worker's to report, as a contract error for the whole batch.
         return RawEmbedding(decoder="ollama", payload=response.body, tokens=prompt_tokens(response.body))
 
