@@ -28,11 +28,11 @@ from aitp.timers import Scheduler
 from aitp.vectors.pool import VectorPool
 from actors.authenticator import ActorCredentials, Authenticator, TokenCell
 from actors.dispatcher import Dispatcher
-from actors.messages import TasksSettled
+from actors.messages import BatchEmbedded, TasksSettled
 from actors.poller import Poller
 from actors.provider_workers import ProviderWorkers
 from actors.rate_limiter import RateLimiter
-from actors.reporter import Reporter
+from actors.reporter import Reporter, result_entry
 from actors.stage import PipelineContext, Stage, StageDirectory
 from actors.supervisor import ChildSpec, Supervisor
 
@@ -75,6 +75,7 @@ class Pipeline:
             for name in providers})
         journal = Journal(settings.journal_path)
         directory, cell = StageDirectory(), TokenCell()
+        directory.undeliverable = self._keep_late_results
         token_client = None
         if settings.uses_oauth2:
             token_client = TokenClient(settings.token_url, settings.auth.client_id, settings.auth.client_secret,
@@ -177,6 +178,18 @@ class Pipeline:
             log.info("resuming the last run", extra={"fields": {"claims": len(resumed),
                                                                  "outbox": len(in_flight) - len(resumed)}})
         return {"dispatcher": resumed, "poller": in_flight}
+
+    def _keep_late_results(self, stage: str, message: object) -> None:
+        """A batch's paid results that reached the Reporter after it stopped (a provider call that
+        ran past the shutdown deadline) go to the outbox, for the next start to send. Unpaid ones
+        are dropped: their claims go back to pending, to be computed again."""
+        if not isinstance(message, BatchEmbedded) or self.ctx is None:
+            return
+        if message.paid or self.settings.storage.journal_unpaid_results:
+            entries = [result_entry(result) for result in message.results]
+            self.ctx.journal.add_results(entries)
+            log.info("results that came back after the stop were journaled for the next start",
+                     extra={"fields": {"batch_id": message.batch_id, "results": len(entries)}})
 
     def _fatal(self, reason: str) -> None:
         self.fatal_reason = reason
@@ -291,12 +304,14 @@ class Pipeline:
             supervisor.stop_timeout = stop_timeout
             supervisor.stop_children().get(timeout=stop_timeout * len(STAGES))
             self.supervisor.stop()
+        # Answers that came back past the deadline are checked and journaled (_keep_late_results)
+        # before any claim is released: releasing them would have them paid for again.
+        ctx.vector_pool.close(finish_queued=True)
         self._release_claims()
         left = ctx.journal.counts()
         log.info("pipeline stopped", extra={"fields": {"claims_released_or_kept": left["claims"],
                                                         "outbox_kept": left["outbox"]}})
         ctx.scheduler.stop()
-        ctx.vector_pool.close()
         ctx.task_api.close()
         ctx.router.close()
         ctx.rate_limits.close()

@@ -20,6 +20,7 @@ from collections import Counter
 
 from aitp.contract import RELEASE_BODY, state_body
 from aitp.storage.journal import OutboxEntry
+from aitp.vectors.jobs import TaskVector
 from aitp.transport.task_api import PatchOutcome, PatchResult
 from actors.messages import (BatchEmbedded, PatchesAnswered, ReportResults, TasksRejected, TasksReleased,
                              TasksSettled)
@@ -29,6 +30,13 @@ from actors.stage import PipelineContext, Stage
 log = logging.getLogger("aitp.reporter")
 
 BARE_FAILURE = state_body("failed")     # what a server that refuses a reason or a release still takes
+
+
+def result_entry(result: TaskVector) -> OutboxEntry:
+    """The outbox entry for one task's result: its success body, or a failure with the reason."""
+    if result.body is not None:
+        return OutboxEntry(result.task_id, result.body, "succeeded")
+    return OutboxEntry(result.task_id, state_body("failed", result.error or "no vector"), "failed")
 
 
 class Reporter(Stage):
@@ -60,7 +68,7 @@ class Reporter(Stage):
     def receive(self, message) -> None:
         if isinstance(message, BatchEmbedded):
             self.batch_of.update((r.task_id, message.batch_id) for r in message.results)
-            self._store([OutboxEntry(r.task_id, r.body, "succeeded") if r.body is not None
+            self._store([result_entry(r) if r.body is not None
                          else self._failure(r.task_id, r.error or "no vector", message.batch_id)
                          for r in message.results],
                         journaled=message.paid or self.settings.storage.journal_unpaid_results)

@@ -60,6 +60,9 @@ class StageDirectory:
         self._refs: dict[str, pykka.ActorRef] = {}
         self._waiting: dict[str, list[Any]] = defaultdict(list)
         self.closed = False
+        # Once closed (shutting down), a message for a stage that is gone goes here instead: the
+        # pipeline journals late results rather than lose them.
+        self.undeliverable: Callable[[str, Any], None] | None = None
 
     def tell(self, name: str, message: Any) -> None:
         with self._lock:
@@ -72,6 +75,9 @@ class StageDirectory:
                     pass
             if not self.closed:
                 self._waiting[name].append(message)
+                return
+        if self.undeliverable is not None:
+            self.undeliverable(name, message)
 
     def ref(self, name: str) -> pykka.ActorRef | None:
         with self._lock:

@@ -194,7 +194,9 @@ class Supervisor(pykka.ThreadingActor):
         self.stopping = True
         self.directory.closed = True
         for name in reversed(self.order):
-            ref = self.directory.ref(name)
+            # Out of the directory first: a message told after the stop message would be dropped by
+            # pykka, so it goes to the directory's `undeliverable` instead.
+            ref = self.directory.take_down(name)
             if ref is not None:
                 try:
                     ref.stop(block=True, timeout=self.stop_timeout)

@@ -2,11 +2,13 @@
 Ollama and OpenAI servers, with the whole pipeline in this process (or as `aitp run`)."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from actors.app import main as aitp_main
+from actors.pipeline import Pipeline
 from aitp.storage.journal import Journal
 from aitp.sandbox.ollama_stub import POISON, stub_vector
 from aitp.sandbox.openai_stub import STUB_KEY, Injected, openai_stub_vector
@@ -298,3 +300,39 @@ def test_a_partial_batch_is_not_held_for_ever_behind_a_stuck_provider(sandbox, o
     stub.gate.set()
     wait_until(lambda: drained(server), message="the queue to drain")
     assert [len(r["inputs"]) for r in stub.requests] == [8, 3]
+
+
+def test_a_paid_answer_that_comes_back_past_the_shutdown_deadline_is_journaled_not_paid_again(
+        sandbox, openai_stub, tmp_path):
+    stub = openai_stub(models={"text-embedding-3-small": 128})
+    stub.gate.clear()                                 # calls wait at the gate: past the deadline
+    tasks = generated_tasks(6, models=("text-embedding-3-small",))
+    server = sandbox(tasks)
+    settings = settings_for(server, tmp_path, SMALL_DIMENSIONS + "[shutdown]\ndeadline_seconds = 0.05\n",
+                            OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url)
+    pipeline = Pipeline(settings)
+    assert pipeline.start()
+    wait_until(lambda: stub.in_flight > 0, message="a call in flight")
+    stopping = threading.Thread(target=pipeline.shutdown)
+    stopping.start()
+    wait_until(lambda: pipeline.ctx.directory.closed, message="the deadline to pass and the stages to stop")
+    stub.gate.set()                                   # the answer comes back now, after the deadline
+    stopping.join(60)
+    assert not stopping.is_alive()
+    in_the_call = {text for request in stub.requests for text in request["inputs"]}
+    journal = Journal(settings.journal_path)
+    kept = {entry.task_id for entry in journal.outbox()}
+    journal.close()
+    assert kept and all(server.state_of(task_id) == "in_progress" for task_id in kept)   # not released
+    calls_before = len(stub.requests)
+
+    second = Pipeline(settings)                       # the next start sends them without a new call
+    assert second.start()
+    try:
+        wait_until(lambda: drained(server), message="the queue to drain")
+    finally:
+        second.shutdown()
+    assert server.counts() == {"succeeded": 6}
+    again = {text for request in stub.requests[calls_before:] for text in request["inputs"]}
+    assert not again & {task["content"]["text"] for task in tasks if task["_id"] in kept}
+    assert in_the_call

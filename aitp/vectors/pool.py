@@ -92,11 +92,12 @@ class VectorPool:
             _run_here(job, future)
         return future
 
-    def close(self) -> None:
-        """Fail the jobs not started yet, let running ones finish, and stop the workers."""
+    def close(self, finish_queued: bool = False) -> None:
+        """Fail the jobs not started yet (with `finish_queued`, run them: they may hold paid
+        answers), let running ones finish, and stop the workers."""
         with self._lock:
             self._closed = True
-            while True:
+            while not finish_queued:
                 try:
                     queued = self._queue.get_nowait()
                 except queue.Empty:
