@@ -38,6 +38,10 @@ from actors.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger("aitp.pipeline")
 
+# How long /health and /metrics wait for the stages' answers together; a stage that takes longer is
+# shown as busy with its last answer (Docker's health check gives a probe 4 s, the first poll 5 s).
+_STATUS_SECONDS = 1.0
+
 # Started downstream first, so that nothing a stage sends has to wait for its receiver.
 STAGES = (("authenticator", Authenticator), ("reporter", Reporter), ("provider_workers", ProviderWorkers),
           ("dispatcher", Dispatcher), ("rate_limiter", RateLimiter), ("poller", Poller))
@@ -59,6 +63,8 @@ class Pipeline:
         self.phase = "starting"          # starting, preparing providers, running, stopping
         self.metrics = Metrics()
         self.monitor: MonitoringServer | None = None
+        self.specs: list[ChildSpec] = []
+        self.last_status: dict[str, dict] = {}   # each stage's last answer, shown while it is busy
 
     # --- startup ---
     def start(self) -> bool:
@@ -101,7 +107,8 @@ class Pipeline:
         def starter(name: str, stage_class) -> Callable[[list], pykka.ActorRef]:
             return lambda work: stage_class.start(ctx, work, **extra.get(name, {}))
 
-        specs = [ChildSpec(name, starter(name, stage_class), getattr(policies, name)) for name, stage_class in STAGES]
+        self.specs = specs = [ChildSpec(name, starter(name, stage_class), getattr(policies, name))
+                              for name, stage_class in STAGES]
         self.supervisor = Supervisor.start(directory, specs, self._recover(), self._fatal,
                                            ctx.scheduler.call_later)
         ctx.supervisor = self.supervisor
@@ -213,24 +220,30 @@ class Pipeline:
             return {"stages": {}}
         ctx = self.ctx
         stages: dict = {}
-        for name, _ in STAGES:
+        asked = {}
+        for name, _ in STAGES:       # asked all at once: one stage inside a long call delays none of the others
             proxy = self.stage(name)
             try:
-                stages[name] = proxy.status().get(timeout=2) if proxy else {"state": "down"}
+                asked[name] = proxy.status() if proxy else None
+            except pykka.ActorDeadError:
+                asked[name] = None
+        deadline = time.monotonic() + _STATUS_SECONDS
+        for name, answer in asked.items():
+            try:
+                stages[name] = {"state": "down"} if answer is None else \
+                    answer.get(timeout=max(0.0, deadline - time.monotonic()))
+                self.last_status[name] = stages[name]
             except pykka.ActorDeadError:
                 stages[name] = {"state": "down"}
-            except pykka.Timeout:   # alive but inside a long call (a slow token fetch): not down
-                stages[name] = {"state": "busy"}
+            except pykka.Timeout:   # alive but inside a long call (a slow poll or token fetch): its last answer
+                stages[name] = {**self.last_status.get(name, {}), "state": "busy"}
         # Results waiting for the API: the Reporter holds them all, unpaid ones in memory only.
         reporter = stages.get("reporter", {})
         outbox = reporter["outbox"] if "outbox" in reporter else ctx.journal.counts()["outbox"]
         out: dict = {"stages": stages, "breakers": ctx.router.status(), "outbox": outbox,
                      "process_worker_restarts": ctx.vector_pool.restarts}
-        if self.supervisor is not None and self.supervisor.is_alive():
-            try:
-                out["restarts"] = self.supervisor.proxy().restarts().get(timeout=5)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                pass
+        if self.specs:     # read, not asked: the supervisor may be busy handing a stage over
+            out["restarts"] = {spec.name: spec.total_restarts for spec in self.specs}
         limiter = stages.get("rate_limiter", {})
         out["rate_limits"] = {"tiers": limiter.get("limits", []), "exceeded": limiter.get("exceeded", {})}
         return out

@@ -1,5 +1,7 @@
 """The whole pipeline in this process, against the sandbox, with the mock provider or the Ollama stub."""
 
+import threading
+
 import msgspec
 import numpy as np
 import pytest
@@ -247,3 +249,29 @@ def test_a_refused_failure_report_is_sent_again_bare_and_never_strands_its_task(
     for task in malformed:
         assert server.history(task["_id"])[-1] == "failed"
     wait_until(lambda: pipeline.ctx.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")
+
+
+def test_health_answers_within_dockers_probe_time_while_stages_are_busy(sandbox, run_pipeline, tmp_path):
+    class Stall:
+        """Keeps the stage that handles it inside a long call, as an API stall does."""
+    release = threading.Event()
+
+    def hold(stage, message):
+        if isinstance(message, Stall):
+            release.wait(60)
+    server = sandbox(generated_tasks(20))
+    pipeline = run_pipeline(settings_for(server, tmp_path), before_message=hold)
+    wait_until(lambda: drained(server), message="the queue to drain")
+    stuck = ("poller", "dispatcher", "reporter")
+    assert pipeline.status()["stages"]["poller"]["taken"] == 20          # a probe before the stall
+    try:
+        for name in stuck:               # asked one after another for 2 s each, they took 6 s
+            pipeline.ctx.directory.tell(name, Stall())
+        health = requests.get(f"http://127.0.0.1:{pipeline.monitor.port}/health", timeout=4)   # Docker's budget
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert {name: health.json()["stages"][name]["state"] for name in stuck} == dict.fromkeys(stuck, "busy")
+        assert pipeline.status()["stages"]["poller"]["taken"] == 20      # its last answer, marked busy
+    finally:
+        release.set()
+    server.add_tasks(generated_tasks(20, start=100))
+    wait_until(lambda: drained(server), message="the rest to drain")
