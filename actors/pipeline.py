@@ -94,7 +94,7 @@ class Pipeline:
                                  credentials=credentials, observer=self.metrics.api_request,
                                  pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
                                  pipelining=settings.api.pipelining)
-        vector_pool = VectorPool(workers.process_workers)
+        vector_pool = VectorPool(workers.process_workers, workers.process_answer_timeout)
         vector_pool.warm_up()
         self.ctx = ctx = PipelineContext(
             settings=settings, directory=directory, scheduler=Scheduler(), journal=journal, task_api=task_api,

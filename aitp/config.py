@@ -105,6 +105,7 @@ class WorkerSettings(_Section):
     process_workers: NonNegative = 1
     reporter_concurrency: Positive = 8
     claim_concurrency: Positive = 8
+    process_answer_timeout: Seconds = 60.0
 
 
 class ResilienceSettings(_Section):

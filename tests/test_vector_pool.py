@@ -150,3 +150,17 @@ def test_without_workers_jobs_run_in_the_calling_thread():
     inline.close()
     with pytest.raises(RuntimeError, match="closed"):
         inline.submit(mock_job(["late"])).result(timeout=0)
+
+
+def test_a_worker_that_stops_answering_is_replaced_and_its_job_retried():
+    vector_pool = VectorPool(1, answer_timeout=1.0)
+    try:
+        vector_pool.warm_up()
+        stuck = vector_pool.worker_pids()[0]
+        os.kill(stuck, signal.SIGSTOP)          # alive but silent, as a worker caught in a pathological input
+        result = vector_pool.submit(mock_job(["after a hang"])).result(timeout=60)
+        assert len(result.results) == 1
+        assert vector_pool.restarts == 1 and vector_pool.worker_pids() != [stuck]
+        wait_until(lambda: _dead(stuck), message="the stuck worker to be killed")
+    finally:
+        vector_pool.close()

@@ -57,7 +57,10 @@ class VectorPool:
     """`submit` returns a future; a job lost to a dead worker is retried once in its fresh
     replacement, so a crashed process costs a retry, never a task."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, answer_timeout: float = 60.0) -> None:
+        # A worker that has not answered a job (or a ping) within this many seconds is taken for
+        # hung (a pathological input, a stopped process): killed and replaced, its job retried once.
+        self.answer_timeout = answer_timeout
         # A fresh interpreter per worker (never a fork: the parent runs many threads), finding
         # this package where the parent found it.
         package_root = str(Path(__file__).resolve().parents[1])
@@ -163,6 +166,9 @@ class _Worker:
         try:
             self._pipe.send(Pipe.message(PING) if job is None else tagged(JOB, job))
             answer = self._pipe.receive()
+        except TimeoutError:
+            raise WorkerDied(f"vector worker {self.pid} gave no answer within {self.pool.answer_timeout:g} s "
+                             "and was replaced") from None
         except (EOFError, OSError):
             raise WorkerDied(f"vector worker {self.pid} died: end of its pipe") from None
         kind, body = bytes(answer[:1]), answer[1:]
@@ -183,6 +189,7 @@ class _Worker:
                                        pass_fds=(child_end.fileno(),), env=self.pool._worker_env)
         finally:
             child_end.close()      # so that the worker's death is an end-of-file here
+        parent_end.settimeout(self.pool.answer_timeout)
         self._process, self._pipe, self.pid = process, Pipe(parent_end), process.pid
         try:
             self._exchange(None)
@@ -200,7 +207,7 @@ class _Worker:
             pass
         try:
             process.wait(_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:      # hung or stopped: SIGKILL ends even a stopped process
             process.kill()
             process.wait(_STOP_SECONDS)
         pipe.close()
