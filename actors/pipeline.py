@@ -93,7 +93,7 @@ class Pipeline:
         task_api = TaskApiClient(settings.api.base_url, timeout=settings.api.request_timeout,
                                  credentials=credentials, observer=self.metrics.api_request,
                                  pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
-                                 pipelining=settings.api.pipelining)
+                                 pipelining=settings.api.pipelining, max_answer_bytes=settings.api.max_answer_bytes)
         vector_pool = VectorPool(workers.process_workers, workers.process_answer_timeout)
         vector_pool.warm_up()
         self.ctx = ctx = PipelineContext(

@@ -35,6 +35,7 @@ class ApiSettings(_Section):
     request_timeout: Seconds = 30.0
     claim_tasks: bool = True
     max_body_bytes: Positive = 100_000
+    max_answer_bytes: Positive = 16_000_000
     pipelining: bool = True
 
 
@@ -80,6 +81,7 @@ class OllamaSettings(_Section):
     max_retries: NonNegative = 3
     model_download_timeout: Seconds = 1800.0
     pull_missing_models: bool = True
+    max_answer_bytes: Positive = 64_000_000
 
 
 class ModelSettings(_Section):

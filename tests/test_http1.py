@@ -375,3 +375,37 @@ def test_pipelined_groups_bound_the_bytes_joined_at_once():
         start = end
     assert groups == [[300_000] * 3, [300_000] * 3, [300_000], [2_000_000], [10]]
     assert all(sum(g) <= PIPELINE_GROUP_BYTES or len(g) == 1 for g in groups)
+
+
+def test_a_server_that_drips_its_answer_cannot_hold_a_request_past_its_deadline(scripted):
+    stop = threading.Event()
+
+    def script(peer: Peer, number: int) -> None:
+        peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n")
+        for _ in range(400):                       # a byte every 50 ms: 20 s for the whole body
+            if stop.wait(0.05):
+                return
+            peer.send(b"x")
+    server = scripted(script)
+    try:
+        with pytest.raises(HttpTransportError) as error:
+            Http1Client(server.url, timeout=1).request("GET", "/", {})
+        assert error.value.kind == "Timeout"
+    finally:
+        stop.set()
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_an_answer_over_the_cap_is_refused_before_it_is_held(scripted, framing):
+    if framing == "length":                        # nothing of it is allocated: the length alone decides
+        answer = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100000000000\r\n\r\n"
+    elif framing == "chunked":
+        answer = b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1000\r\n" + b"y" * 4096 + b"\r\n" * 1 \
+            + b"1000\r\n" + b"y" * 4096 + b"\r\n0\r\n\r\n"
+    else:
+        answer = b"HTTP/1.1 500 Oops\r\nConnection: close\r\n\r\n" + b"z" * 200_000
+    server = scripted(keep_answering(answer))
+    with pytest.raises(HttpTransportError) as error:
+        Http1Client(server.url, timeout=5, max_body_bytes=5000).request("GET", "/", {})
+    assert error.value.kind == "TooLarge"

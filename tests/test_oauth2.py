@@ -224,3 +224,29 @@ def test_config_show_tells_whether_a_token_is_held_and_never_shows_it(oauth2_ser
     assert shown.returncode == 0
     assert "# token: held, expires " in shown.stdout and peer.token_url in shown.stdout
     assert SECRET not in shown.stdout and "eyJ" not in shown.stdout      # no secret, no JWT
+
+
+def test_the_token_post_is_never_redirected_and_a_huge_or_wordy_answer_is_cut(scripted):
+    elsewhere = scripted(lambda peer, number: peer.read_request() and peer.send(
+        b'HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n{"access_token":"stolen","expires_in":9}'))
+    redirecting = scripted(lambda peer, number: peer.read_request() and peer.send(
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: " + elsewhere.url.encode() + b"/token\r\n"
+        b"Content-Length: 0\r\n\r\n"))
+    client = TokenClient(redirecting.url + "/token", "aitp", "the-secret", auth_method="client_secret_post",
+                         timeout=5)
+    with pytest.raises(AuthError, match="answered 307"):
+        client.fetch()
+    assert elsewhere.requests == []                       # the form, secret and all, went nowhere else
+
+    huge = scripted(lambda peer, number: peer.read_request() and peer.send(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b" " * 1_000_000))
+    with pytest.raises(AuthError, match="more than"):
+        TokenClient(huge.url, "aitp", "s", timeout=5).fetch()
+
+    problem = json.dumps({"error": "invalid_client\n" + "x" * 5000, "error_description": "no"}).encode()
+    wordy = scripted(lambda peer, number: peer.read_request() and peer.send(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(problem), problem)))
+    with pytest.raises(AuthError) as error:
+        TokenClient(wordy.url, "aitp", "s", timeout=5).fetch()
+    assert "invalid_client?xxx" in str(error.value)         # the server's words, cut and printable
+    assert len(str(error.value)) < 300 and "\n" not in str(error.value)

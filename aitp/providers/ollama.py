@@ -69,7 +69,8 @@ class OllamaProvider(Provider):
         self._dimensions = settings.models.dimensions
         # Every call but a pull goes through the lean client (aitp/transport/http1.py); like the task API,
         # Ollama is reached directly, never through an HTTP_PROXY.
-        self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8)
+        self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8,
+                                         max_body_bytes=settings.ollama.max_answer_bytes)
         self._pull_lock = threading.Lock()     # one pull at a time, however many batches found a model gone
 
     def refusal(self, model: str) -> str | None:

@@ -12,6 +12,11 @@ import msgspec
 from aitp.errors import AuthError
 
 
+# A token answer is a few hundred bytes; an error text is shown in /health, so only its start.
+_MAX_ANSWER_BYTES = 64 * 1024
+_REASON_CHARS = 200
+
+
 class Token(msgspec.Struct, frozen=True):
     access_token: str
     expires_at: float          # time.time() seconds
@@ -58,25 +63,41 @@ class TokenClient:
             self._session = requests.Session()
         started = time.time()
         try:
-            response = self._session.post(self.token_url, data=form, auth=auth, timeout=self._timeout,
-                                          headers={"Accept": "application/json"})
+            # Never redirected: a 307 would send the form, the secret in it, somewhere else.
+            with self._session.post(self.token_url, data=form, auth=auth, timeout=self._timeout, stream=True,
+                                    allow_redirects=False, headers={"Accept": "application/json"}) as response:
+                content = self._read_capped(response, started)
         except requests.Timeout:
             raise AuthError(f"token endpoint {self.token_url} did not answer within {self._timeout} s") from None
         except requests.RequestException as exc:
             raise AuthError(f"token endpoint {self.token_url} unreachable: {type(exc).__name__}") from None
         if response.status_code != 200:
             try:
-                problem = msgspec.json.decode(response.content, type=_OAuthError)
+                problem = msgspec.json.decode(content, type=_OAuthError)
                 reason = problem.error + (f" ({problem.error_description})" if problem.error_description else "")
             except msgspec.DecodeError:
                 reason = "non-JSON answer"
+            # The server's words go to /health and the status file: a few of them, printable only.
+            reason = "".join(ch if ch.isprintable() else "?" for ch in reason[:_REASON_CHARS])
             raise AuthError(f"token endpoint {self.token_url} answered {response.status_code}: "
                             f"{reason or 'no error given'}")
         try:
-            body = msgspec.json.decode(response.content, type=_TokenResponse)
+            body = msgspec.json.decode(content, type=_TokenResponse)
         except msgspec.DecodeError:
             raise AuthError(f"token endpoint {self.token_url} answered 200 without a token in JSON") from None
         return Token(access_token=body.access_token, expires_at=started + body.expires_in)
+
+    def _read_capped(self, response, started: float) -> bytes:
+        """The answer's body, at most _MAX_ANSWER_BYTES of it, within the timeout as a whole."""
+        import requests
+        body = bytearray()
+        for piece in response.iter_content(16 * 1024):
+            body += piece
+            if len(body) > _MAX_ANSWER_BYTES:
+                raise AuthError(f"token endpoint {self.token_url} answered more than {_MAX_ANSWER_BYTES} bytes")
+            if time.time() - started > self._timeout:
+                raise requests.Timeout()
+        return bytes(body)
 
     def close(self) -> None:
         if self._session is not None:

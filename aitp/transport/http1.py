@@ -4,9 +4,10 @@ Why not urllib3 or requests: every task costs two PATCHes, and on loopback a req
 300 µs of client CPU with urllib3 (700 µs with requests) against about 100 µs here
 (benchmarks/README.md). The task API needs little of HTTP: a few headers, small JSON bodies and
 one large GET. What this still does properly: TLS with certificate checks, chunked and
-read-to-close bodies, 1xx answers, `Connection: close`, timeouts on every socket operation, and
-one quiet reconnect when a kept-alive connection turns out to have been closed by the server
-before it answered (the only case where the request certainly was not processed).
+read-to-close bodies, 1xx answers, `Connection: close`, a total deadline per request (not per
+read: a server dripping a byte a second cannot hold a request), an optional cap on a body read
+whole (checked before anything is allocated for it), and one quiet reconnect when a kept-alive
+connection turns out to have been closed by the server before it answered.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from aitp.timers import running_mean
 log = logging.getLogger("aitp.http1")
 
 _MAX_HEADER_BYTES = 64 * 1024
+# A request must be answered within its timeout, plus one second for every this many bytes of
+# answer that arrived: a large pending list on a slow link still arrives, a server that drips a
+# byte at a time does not hold the request past about its timeout.
+_DEADLINE_BYTES_PER_SECOND = 64 * 1024
 # A connection given back this recently is reused without asking the kernel whether the server
 # closed it (one syscall less per request); servers keep idle connections for seconds (Node: 5 s),
 # and a close in that window is still caught: it fails before any answer and is retried once.
@@ -81,7 +86,9 @@ class Http1Client:
 
     def __init__(self, base_url: str, *, timeout: float, max_idle: int = 16,
                  ssl_context: ssl.SSLContext | None = None, pipelining: bool = True,
-                 trusted_idle_seconds: float = TRUSTED_IDLE_SECONDS) -> None:
+                 trusted_idle_seconds: float = TRUSTED_IDLE_SECONDS, max_body_bytes: int | None = None) -> None:
+        """`timeout`: the deadline of each request (see _DEADLINE_BYTES_PER_SECOND); `max_body_bytes`:
+        the largest body read whole (a streamed one, to a body sink, is the sink's to bound)."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -92,6 +99,7 @@ class Http1Client:
         self._host_header = parts.netloc.rpartition("@")[2]
         self._timeout = timeout
         self._max_idle = max_idle
+        self._max_body_bytes = max_body_bytes
         self._trusted_idle_seconds = trusted_idle_seconds
         self._ssl_context = ssl_context or (ssl.create_default_context() if self._tls else None)
         self._idle: list[_Connection] = []
@@ -147,11 +155,13 @@ class Http1Client:
             payload = b"".join(messages[len(results):group])
             size_class = (len(payload) // count).bit_length()
             try:
+                connection.start_deadline()
                 connection.send(payload)
                 sent_at = time.monotonic()
                 if nap := gather_seconds(self._answer_seconds.get(size_class), count):
                     time.sleep(nap)
                 while len(results) < group and keep_alive:
+                    connection.start_deadline()     # each answer of the group has its own
                     connection.expect_answer()
                     response, keep_alive = connection.read_response(method)
                     results.append(response)
@@ -202,6 +212,7 @@ class Http1Client:
 
     def _exchange(self, connection: _Connection, method: str, head: bytes, body: bytes | None,
                   body_sink: BodySink | None) -> Response:
+        connection.start_deadline()
         connection.send(head + body if body else head)
         response, keep_alive = connection.read_response(method, body_sink)
         if keep_alive:
@@ -243,7 +254,7 @@ class Http1Client:
             except (OSError, ssl.SSLError) as exc:
                 sock.close()
                 raise HttpTransportError("TLSError", str(exc)[:200]) from None
-        return _Connection(sock)
+        return _Connection(sock, self._timeout, self._max_body_bytes)
 
 
 def gather_seconds(seconds_per_answer: float | None, count: int) -> float:
@@ -281,8 +292,11 @@ def next_group(messages: list[bytes], start: int) -> int:
 class _Connection:
     """One socket and the bytes read past the end of the last answer."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: float | None = None, max_body_bytes: int | None = None) -> None:
         self._sock = sock
+        self._timeout = timeout
+        self._max_body_bytes = max_body_bytes
+        self._deadline: float | None = None      # when the current request must have its answer
         self._buffer = bytearray()
         self._scratch = memoryview(bytearray(_FILL_BYTES))
         self._received_any = False
@@ -340,6 +354,32 @@ class _Connection:
             self._buffer += self._scratch[:count]
         return writable, False
 
+    def start_deadline(self) -> None:
+        """A request starts now: its answer must be complete within the timeout (plus a second per
+        _DEADLINE_BYTES_PER_SECOND bytes received)."""
+        if self._timeout is not None:
+            self._deadline = time.monotonic() + self._timeout
+            self._sock.settimeout(self._timeout)     # for sending; each read then waits what is left
+
+    def _arm(self) -> None:
+        """Before a read: wait at most until the deadline."""
+        if self._deadline is None:
+            return
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise HttpTransportError("Timeout", "no complete answer within the request's deadline")
+        self._sock.settimeout(left)
+
+    def _received(self, count: int) -> None:
+        self._received_any = True
+        if self._deadline is not None:
+            self._deadline += count / _DEADLINE_BYTES_PER_SECOND
+
+    def _check_size(self, size: int) -> None:
+        if self._max_body_bytes is not None and size > self._max_body_bytes:
+            raise HttpTransportError("TooLarge", f"an answer of {size} bytes or more, over the "
+                                                 f"{self._max_body_bytes} allowed")
+
     def expect_answer(self) -> None:
         """The next bytes read begin a new answer (a pipelined one may already be buffered)."""
         self._received_any = bool(self._buffer)
@@ -365,7 +405,11 @@ class _Connection:
                 raise HttpTransportError("ProtocolError", "bad Content-Length") from None
             if length < 0:
                 raise HttpTransportError("ProtocolError", "negative Content-Length")
-            body = self._read_exactly(length) if sink is None else self._stream_exactly(length, sink)
+            if sink is None:
+                self._check_size(length)          # before anything is allocated for it
+                body = self._read_exactly(length)
+            else:
+                body = self._stream_exactly(length, sink)
         else:
             body, keep_alive = self._read_to_close(sink), False
         return Response(status, headers, body), keep_alive
@@ -433,7 +477,7 @@ class _Connection:
         return line
 
     def _read_chunked(self, sink: Callable[[memoryview | bytes], None] | None = None) -> bytes:
-        parts = []
+        parts, total = [], 0
         while True:
             size_text = self._read_line().split(b";", 1)[0].strip()
             try:
@@ -444,7 +488,12 @@ class _Connection:
                 while self._read_line():      # trailers, up to the empty line
                     pass
                 return b"".join(parts)
-            parts.append(self._read_exactly(size) if sink is None else self._stream_exactly(size, sink))
+            if sink is None:
+                total += size
+                self._check_size(total)
+                parts.append(self._read_exactly(size))
+            else:
+                parts.append(self._stream_exactly(size, sink))
             if self._read_exactly(2) != b"\r\n":
                 raise HttpTransportError("ProtocolError", "chunk not followed by CRLF")
 
@@ -453,6 +502,8 @@ class _Connection:
             if sink is not None and self._buffer:
                 sink(bytes(self._buffer))
                 self._buffer.clear()
+            elif sink is None:
+                self._check_size(len(self._buffer))
             try:
                 self._fill()
             except HttpTransportError as exc:
@@ -466,6 +517,7 @@ class _Connection:
                 return body
 
     def _fill(self) -> None:
+        self._arm()
         try:
             count = self._sock.recv_into(self._scratch)
         except TimeoutError:
@@ -477,10 +529,11 @@ class _Connection:
             if not self._received_any:
                 raise _ClosedBeforeAnswer("ConnectionError", "closed before answering")
             raise HttpTransportError("Closed", "closed in the middle of the answer")
-        self._received_any = True
+        self._received(count)
         self._buffer += self._scratch[:count]
 
     def _receive_into(self, view: memoryview) -> int:
+        self._arm()
         try:
             count = self._sock.recv_into(view)
         except TimeoutError:
@@ -489,5 +542,5 @@ class _Connection:
             raise HttpTransportError("ConnectionError", f"reading the answer: {type(exc).__name__}") from None
         if not count:
             raise HttpTransportError("Closed", "closed in the middle of the answer")
-        self._received_any = True
+        self._received(count)
         return count

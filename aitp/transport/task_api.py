@@ -88,13 +88,15 @@ class TaskApiClient:
     """One kept-alive connection pool shared by every stage that talks to the task API."""
 
     def __init__(self, base_url: str, *, timeout: float, credentials: Credentials | None = None,
-                 pool_size: int = 16, observer: RequestObserver | None = None, pipelining: bool = True) -> None:
+                 pool_size: int = 16, observer: RequestObserver | None = None, pipelining: bool = True,
+                 max_answer_bytes: int | None = None) -> None:
         self._base = "/api/ai-tasks"
         self.credentials: Credentials = credentials or NoCredentials()
         self._observer = observer
         # Every task takes two requests, so the client's CPU per request matters (aitp/transport/http1.py).
         # No retries here and no redirects followed: the stages decide what a failure means.
-        self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size, pipelining=pipelining)
+        self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size, pipelining=pipelining,
+                                 max_body_bytes=max_answer_bytes)
         # JSON 404s instead of a redirect to /404 for unknown ids.
         self._headers = {"Content-Type": "application/json", "X-Api-Request": "true"}
         # Wall seconds one PATCH takes in a group sent together (a running mean; None before the
