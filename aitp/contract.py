@@ -187,25 +187,26 @@ def _last_boundary(buffer: bytearray, end: int) -> tuple[int, int] | None:
 
 
 def _decode_segment(segment: bytes) -> list[msgspec.Raw] | None:
-    """The entries of a segment that should be a whole JSON array, or None where it is not one."""
+    """The entries of a segment that should be a whole JSON array, or None where it is not one.
+    Where msgspec cannot read it (an entry nested too deep, or one that is not JSON, as `Infinity`),
+    the array is split by its structure alone, so that each entry is judged on its own."""
     try:
         return _list_decoder.decode(segment)
-    except msgspec.DecodeError:
-        if b"\\u" not in segment:
-            return None
-    except RecursionError:        # an entry nested too deep for msgspec: split the array by hand
-        return scan_entries(segment)
-    try:
-        return _list_decoder.decode(replace_lone_surrogates(segment))
-    except msgspec.DecodeError:
-        return None
-    except RecursionError:
-        return scan_entries(replace_lone_surrogates(segment))
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    if b"\\u" in segment:
+        segment = replace_lone_surrogates(segment)
+        try:
+            return _list_decoder.decode(segment)
+        except (msgspec.DecodeError, RecursionError):
+            pass
+    return scan_entries(segment)
 
 
-# One token of JSON's structure: a whole string (escapes included) or one of the five structural
-# characters. Everything else (numbers, literals, white space) lies between tokens.
-_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+# One token of JSON's structure: a whole string (escapes included), a quote that opens a string
+# never closed (the segment was cut inside it), or one of the five structural characters.
+# Everything else (numbers, literals, white space) lies between tokens.
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|"|[\[\]{},]')
 
 
 def scan_entries(segment: bytes) -> list[msgspec.Raw] | None:
@@ -216,7 +217,9 @@ def scan_entries(segment: bytes) -> list[msgspec.Raw] | None:
     depth, start, entries, opened = 0, -1, [], False
     for token in _STRUCTURE.finditer(segment):
         char = segment[token.start()]
-        if char == 0x22:               # a string
+        if char == 0x22:               # a string; a lone quote: cut inside a string
+            if token.end() - token.start() == 1:
+                return None
             continue
         if char in b"[{":
             if depth == 0:

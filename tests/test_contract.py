@@ -139,3 +139,25 @@ def test_memory_stays_bounded_however_long_the_list(monkeypatch):
         tracemalloc.stop()
     assert len(pending) == 1000 and pending.truncated
     assert peak < 6 * 2**20, f"peak {peak / 2**20:.1f} MB while splitting a {len(body) / 2**20:.0f} MB list"
+
+
+@pytest.mark.parametrize("segment, entries", [
+    (b'[1,"a",Infinity,{"b":[2]}]', [b"1", b'"a"', b"Infinity", b'{"b":[2]}']),    # judged one by one
+    (b'[{"a":"x"},{"b":"y}]', None),         # cut inside a string ("y},{..."): never a real boundary
+    (b'[{"b":"q\\"}]', None),                # the same with an escaped quote before the cut
+    (b'[{"a":[1,{"c":2}]', None),            # cut inside a nested value
+    (b'[1,2,]', None), (b'{"a":1}', None), (b'[1] [2]', None), (b"<html>", None),
+    (b"[]", []),
+])
+def test_the_structural_split_finds_real_entries_only(segment, entries):
+    from aitp.contract import scan_entries
+    found = scan_entries(segment)
+    assert (None if found is None else [bytes(raw) for raw in found]) == entries
+
+
+def test_an_entry_that_is_not_json_is_left_alone_and_the_rest_read():
+    body = b'[' + msgspec.json.encode(embedding_task(object_id(1), "a")) + b',Infinity,' \
+        + msgspec.json.encode(embedding_task(object_id(2), "b")) + b']'
+    entries = list(decode_pending(body))
+    assert [entry.id for entry in entries if isinstance(entry, Task)] == [object_id(1), object_id(2)]
+    assert [entry.reason for entry in entries if isinstance(entry, Unusable)] == ["not an object"]

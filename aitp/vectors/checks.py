@@ -47,7 +47,10 @@ def mock_vector(model: str, text: str, dimension: int) -> np.ndarray:
 
 
 def _decode_mock(payload: bytes) -> np.ndarray:
-    recipe = _recipe_decoder.decode(payload)
+    try:
+        recipe = _recipe_decoder.decode(payload)
+    except msgspec.DecodeError as exc:        # ours, so never expected: still one batch's error, not a crash
+        raise VectorContractError(f"mock recipe unreadable: {exc}") from None
     return np.stack([mock_vector(recipe.model, text, recipe.dimension) for text in recipe.texts])
 
 
