@@ -19,24 +19,20 @@ def run(*args: str) -> str:
     return done.stdout
 
 
-def test_the_drain_benchmark_compares_aitp_with_the_minimal_loop():
-    out = run("--tasks", "60")
+def test_the_drain_benchmark_compares_aitp_with_the_minimal_loop_and_passes_settings_on():
+    # One tiny run: the figures are not looked at, only that each is printed, and that a setting
+    # reaches aitp run (process_workers = 0 runs the vector checks in the service).
+    out = run("--tasks", "60", "--set", "AITP_WORKERS__PROCESS_WORKERS=0")
+    assert "aitp run with AITP_WORKERS__PROCESS_WORKERS=0" in out
     for label in ("minimal loop", "aitp run"):
-        line = next(line for line in out.splitlines() if line.startswith(label))
+        line = next(line for line in out.splitlines() if line.startswith(label) and "tasks/s" in line)
         assert re.search(r"tasks/s .*busy .*cpu .*µs/task .*peak RSS .*polled .*batch", line), line
     assert re.search(r"ratio: aitp run drains at \d+% of the minimal loop's rate, with [\d.]+ times its CPU", out)
     assert re.search(r"idle latency \(polling every 2 s\): \d+\.\d+ s", out)
 
 
-def test_the_memory_benchmark_reports_each_backlog():
-    out = run("--memory", "100", "300", "--memory-seconds", "1")
-    assert re.findall(r"peak RSS with ([\d,]+) pending: \d+ MB", out) == ["100", "300"]
-
-
-def test_settings_for_aitp_run_are_passed_on_and_named():
-    # A setting that aitp run refuses at startup makes the benchmark fail: it did reach the service.
-    out = run("--memory", "100", "--memory-seconds", "1", "--set", "AITP_WORKERS__PROCESS_WORKERS=0")
-    assert "aitp run with AITP_WORKERS__PROCESS_WORKERS=0" in out
+def test_a_setting_that_aitp_run_refuses_fails_the_benchmark():
+    # Refused at startup, so this costs no benchmark run: it shows the setting did reach the service.
     refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "drain.py"), "--tasks", "20",
                               "--set", "AITP_WORKERS__PROCESS_WORKERS=-1"], cwd=ROOT, capture_output=True,
                              text=True, timeout=150)

@@ -60,10 +60,14 @@ def test_500_tasks_end_in_their_right_states_then_sigterm_exits_0(sandbox, ollam
 def test_sigterm_mid_run_releases_every_claim_and_exits_0(sandbox, ollama, service, tmp_path):
     server = sandbox(generated_tasks(300))
     stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.05, input_cost=0.002)   # a slow GPU
-    process = service({"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": stub.url})
+    process = service({"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": stub.url,
+                       "OLLAMA_TIMEOUT": "2", "AITP_SHUTDOWN__DEADLINE_SECONDS": "1"})
     wait_until(lambda: server.counts().get("succeeded", 0) >= 20, timeout=60, message="work to be under way")
+    stub.gate.clear()                     # the GPU stalls: a call is held, whatever the machine's pace
+    wait_until(lambda: stub.waiting_at_gate, message="a call held in flight")
     process.signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+    stub.gate.set()
     counts = server.counts()
     assert not counts.get("in_progress"), counts                       # nothing left claimed
     assert counts.get("succeeded", 0) + counts.get("pending", 0) == 300
@@ -76,11 +80,13 @@ def test_kill_9_then_restart_finishes_every_task(sandbox, ollama, service, tmp_p
     stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.02, input_cost=0.002)
     env = {"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": stub.url}
     first = service(env)
-    wait_until(lambda: server.counts().get("in_progress", 0) > 0 and server.counts().get("succeeded", 0) > 10,
-               timeout=60, message="claimed work")
+    wait_until(lambda: server.counts().get("succeeded", 0) > 10, timeout=60, message="work under way")
+    stub.gate.clear()                     # a call held in flight: its tasks stay claimed at the kill
+    wait_until(lambda: stub.waiting_at_gate, message="a call held in flight")
     first.signal(signal.SIGKILL)
     first.wait(timeout=10)
     stranded = server.counts().get("in_progress", 0)
+    stub.gate.set()
     second = service(env)
     wait_until(lambda: server.counts() == {"succeeded": 200}, timeout=90, message="every task to succeed")
     second.signal(signal.SIGTERM)

@@ -51,6 +51,9 @@ class OllamaStub:
         self.fail_next: list[int] = []       # statuses to answer the next /api/embed calls with
         self.garbage_next = 0                # answer the next N calls with 200 and a body that is not JSON
         self.embedded: list[str] = []        # every text embedded successfully, in order
+        self.gate = threading.Event()        # cleared: /api/embed calls wait at it (a call held in flight)
+        self.gate.set()
+        self.waiting_at_gate = 0
         self.busy_seconds = 0.0
         self._server = QuietServer((host, port), _handler(self))
 
@@ -64,12 +67,17 @@ class OllamaStub:
         return self.url
 
     def stop(self) -> None:
+        self.gate.set()
         self._server.shutdown()
         self._server.server_close()
 
     def embed(self, model: str, inputs: list[str], truncate: bool = True) -> tuple[int, bytes]:
         if truncate and self.honours_truncate:
             inputs = [text[:self.context_chars] for text in inputs]
+        if not self.gate.is_set():
+            with self.lock:
+                self.waiting_at_gate += 1
+            self.gate.wait(30)
         with self.lock:
             self.batch_sizes.append(len(inputs))
             if self.fail_next:

@@ -47,7 +47,7 @@ server.service.on("beforeResponse", (response, req) => {
   const client = clientOf(req);
   const ok = client.id === clientId && client.secret === clientSecret;
   say({ event: "token", ok, method: client.method, grant_type: req.body?.grant_type ?? null,
-        scope: req.body?.scope ?? null });
+        scope: req.body?.scope ?? null, at: Date.now() / 1000 });
   if (!ok) {
     response.statusCode = 401;
     response.body = { error: "invalid_client", error_description: "Client authentication failed." };
