@@ -72,6 +72,7 @@ class OpenAISettings(_Section):
     max_batch_inputs: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 2048
     max_batch_tokens: Positive = 300_000
     max_input_tokens: Positive = 8192
+    max_answer_bytes: Positive = 256_000_000
     dimensions_model_prefixes: list[str] = msgspec.field(default_factory=lambda: ["text-embedding-3"])
 
 

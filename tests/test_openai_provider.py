@@ -1,6 +1,7 @@
 """The OpenAI provider through the official SDK, against the stub endpoint on 127.0.0.1."""
 
 import base64
+import threading
 
 import msgspec
 import numpy as np
@@ -176,3 +177,30 @@ def test_durations():
     assert parse_duration("1h2m3.5s") == 3723.5
     assert parse_duration("20ms") == 0.02
     assert parse_duration("soon") is None and parse_duration("5x") is None
+
+
+@pytest.mark.parametrize("answer", ["huge", "dripping"])
+def test_an_answer_too_large_or_too_slow_in_total_is_a_provider_error_not_a_hang(scripted, answer):
+    stop = threading.Event()
+
+    def script(peer, number):
+        peer.read_request()
+        if answer == "huge":       # refused on its Content-Length: nothing of it is read
+            peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n{")
+            stop.wait(30)
+            return
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n")
+        for _ in range(400):       # a byte every 50 ms: each read is quick, the whole takes 20 s
+            if stop.wait(0.05):
+                return
+            peer.send(b" ")
+    server = scripted(script)
+    provider = OpenAIProvider(load_config(environ={"OPENAI_API_KEY": STUB_KEY, "OPENAI_BASE_URL": server.url,
+                                                   "OPENAI_TIMEOUT": "1"}, dotenv_dir="/x").settings)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            provider.embed("text-embedding-3-small", ["a"])
+        assert caught.value.counts_as_outage
+    finally:
+        stop.set()
+        provider.close()

@@ -15,6 +15,7 @@ import openai
 from aitp.config import Settings
 from aitp.errors import ConfigError, ProviderError
 from aitp.providers.base import Provider, RawEmbedding
+from aitp.transport.capped import CappedTransport
 from aitp.transport.retry_after import retry_after_seconds
 from aitp.tokens import estimate_tokens
 
@@ -41,8 +42,10 @@ class OpenAIProvider(Provider):
         config = settings.openai
         self._base = config.base_url.rstrip("/") or OPENAI_DEFAULT_URL
         self._key_source = key_source
+        # The SDK's own client, on a transport that caps an answer's size and total time.
+        http_client = openai.DefaultHttpxClient(transport=CappedTransport(config.max_answer_bytes, config.timeout))
         self._client = openai.OpenAI(api_key=config.api_key, base_url=self._base, timeout=config.timeout,
-                                     max_retries=0)
+                                     max_retries=0, http_client=http_client)
         self._timeout = config.timeout
         self._configured_dimensions = settings.models.dimensions
         self._dimension_prefixes = tuple(config.dimensions_model_prefixes)
