@@ -42,6 +42,8 @@ log = logging.getLogger("aitp.pipeline")
 # shown as busy with its last answer (Docker's health check gives a probe 4 s, the first poll 5 s).
 _STATUS_SECONDS = 1.0
 
+_MOCK_WARNING_SECONDS = 600.0     # how often the mock provider's warning is repeated
+
 # Started downstream first, so that nothing a stage sends has to wait for its receiver.
 STAGES = (("authenticator", Authenticator), ("reporter", Reporter), ("provider_workers", ProviderWorkers),
           ("dispatcher", Dispatcher), ("rate_limiter", RateLimiter), ("poller", Poller))
@@ -116,6 +118,8 @@ class Pipeline:
         self.phase = "running"
         log.info("pipeline started", extra={"fields": {"mode": settings.processing.mode, "providers": list(providers),
                                                         "api": settings.api.base_url}})
+        if settings.uses_mock_provider:
+            self._warn_mock()
         return True
 
     def _start_monitoring(self) -> None:
@@ -185,6 +189,15 @@ class Pipeline:
             log.info("resuming the last run", extra={"fields": {"claims": len(resumed),
                                                                  "outbox": len(in_flight) - len(resumed)}})
         return {"dispatcher": resumed, "poller": in_flight}
+
+    def _warn_mock(self) -> None:
+        """Said at start and every few minutes while it lasts: the mock's vectors are not embeddings."""
+        if self.phase in ("stopping", "stopped") or self.ctx is None:
+            return
+        log.warning("the mock provider is in use: its vectors are deterministic stand-ins, not embeddings; "
+                    "never point this service at a production task API",
+                    extra={"fields": {"mode": self.settings.processing.mode}})
+        self.ctx.scheduler.call_later(_MOCK_WARNING_SECONDS, self._warn_mock)
 
     def _keep_late_results(self, stage: str, message: object) -> None:
         """A batch's paid results that reached the Reporter after it stopped (a provider call that
@@ -266,6 +279,7 @@ class Pipeline:
             "status": "failing" if failing else ("stopping" if self.phase == "stopping" else
                                                  "ok" if self.phase == "running" else "starting"),
             "version": __version__, "mode": self.settings.processing.mode, "phase": self.phase,
+            "mock": self.settings.uses_mock_provider,
             "uptime_s": round(time.monotonic() - self.created_at, 1),
             "stages": stages,
             "breakers": {name: breaker["state"] for name, breaker in status.get("breakers", {}).items()},

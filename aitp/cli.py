@@ -176,7 +176,8 @@ def _token_line(settings) -> str:
 
 def _provider_names(settings) -> str:
     remote = "mock" if settings.uses_mock_provider else "openai"
-    return {"openai": remote, "ollama": "ollama", "hybrid": f"ollama, then {remote}"}[settings.processing.mode]
+    return {"openai": remote, "ollama": "ollama", "hybrid": f"ollama, then {remote}",
+            "mock": "mock"}[settings.processing.mode]
 
 
 def _learned_dimensions(settings) -> dict[str, int]:

@@ -50,7 +50,7 @@ class AuthSettings(_Section):
 
 
 class ProcessingSettings(_Section):
-    mode: Literal["openai", "ollama", "hybrid"] = "openai"
+    mode: Literal["openai", "ollama", "hybrid", "mock"] = "openai"
     supported_models: list[str] = msgspec.field(default_factory=lambda: ["nomic-embed-text"])
     concurrency_limit: Positive = 2
     max_in_flight: Positive = 256
@@ -66,7 +66,7 @@ class PollingSettings(_Section):
 
 
 class OpenAISettings(_Section):
-    api_key: str = PLACEHOLDER_OPENAI_KEY
+    api_key: str = ""
     base_url: str = ""
     timeout: Seconds = 30.0
     max_batch_inputs: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 2048
@@ -180,8 +180,10 @@ class Settings(_Section):
     # --- derived values, so that no stage re-derives them its own way ---
     @property
     def uses_mock_provider(self) -> bool:
-        """The placeholder key means development without cost, as in the original service."""
-        return self.openai.api_key == PLACEHOLDER_OPENAI_KEY
+        """Only when asked for: PROCESSING_MODE=mock, or the placeholder key set on purpose (as the
+        original service's development setup does). A missing key is an error, never the mock."""
+        mode = self.processing.mode
+        return mode == "mock" or (mode in ("openai", "hybrid") and self.openai.api_key == PLACEHOLDER_OPENAI_KEY)
 
     @property
     def uses_oauth2(self) -> bool:

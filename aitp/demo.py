@@ -9,7 +9,7 @@ import tempfile
 import time
 from typing import TextIO
 
-from aitp.config import PLACEHOLDER_OPENAI_KEY, load_config
+from aitp.config import load_config
 from aitp.contract import is_object_id
 from aitp.sandbox import SandboxServer, demo_tasks
 from aitp.service import ServiceFactory
@@ -26,7 +26,7 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
         settings = load_config(dotenv_dir=data_dir, environ={
             "API_BASE_URL": sandbox.url, "OAUTH2_TOKEN_URL": sandbox.token_url,
             "OAUTH2_CLIENT_ID": "aitp-demo", "OAUTH2_CLIENT_SECRET": sandbox.client_secret or "",
-            "PROCESSING_MODE": "openai", "OPENAI_API_KEY": PLACEHOLDER_OPENAI_KEY,
+            "PROCESSING_MODE": "mock",
             "AITP_DATA_DIR": data_dir, "POLLING_INTERVAL_SECONDS": "0.5",
             "METRICS_PORT": "0",   # any free port: the demo must not collide with a running service
         }).settings

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from actors.pipeline import Pipeline
-from aitp.config import load_config
+from aitp.config import PLACEHOLDER_OPENAI_KEY, load_config
 from aitp.sandbox import SandboxServer
 from aitp.sandbox.ollama_stub import OllamaStub
 from aitp.sandbox.openai_stub import OpenAIStub
@@ -108,7 +108,8 @@ def service(tmp_path):
 
     def start(env: dict[str, str]) -> ServiceProcess:
         base = {"AITP_DATA_DIR": str(tmp_path / "data"), "POLLING_INTERVAL_SECONDS": "0.2",
-                "LOG_LEVEL": "INFO", "LOG_FORMAT": "json", "METRICS_PORT": "0"}
+                "LOG_LEVEL": "INFO", "LOG_FORMAT": "json", "METRICS_PORT": "0",
+                "OPENAI_API_KEY": PLACEHOLDER_OPENAI_KEY}      # the mock, unless a test says otherwise
         process = ServiceProcess({**base, **env}, tmp_path / f"service-{len(started)}.log", tmp_path)
         started.append(process)
         return process
@@ -129,7 +130,7 @@ def monitoring_port(process) -> int | None:
 # --- the pipeline in this process ---
 def settings_for(server, tmp_path, toml: str = "", **env):
     base = {"API_BASE_URL": server.url, "AITP_DATA_DIR": str(tmp_path / "data"), "POLLING_INTERVAL_SECONDS": "0.1",
-            "METRICS_PORT": "0",
+            "METRICS_PORT": "0", "OPENAI_API_KEY": PLACEHOLDER_OPENAI_KEY,    # the mock, unless a test says otherwise
             "RETRY_BACKOFF_FACTOR": "0.05"}
     config = None
     if toml:

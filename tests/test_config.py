@@ -115,6 +115,17 @@ def test_cli_exits_2_with_one_message_on_a_bad_value(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("mode", ["openai", "hybrid"])
+def test_no_openai_key_stops_aitp_run_with_exit_2_naming_it(tmp_path, mode):
+    # Before, the missing key fell back to the mock: random vectors reported as results.
+    result = subprocess.run([sys.executable, "-m", "actors", "run"], capture_output=True, text=True, cwd=tmp_path,
+                            env={"PATH": "", "PROCESSING_MODE": mode, "AITP_DATA_DIR": str(tmp_path),
+                                 "METRICS_PORT": "0", "OLLAMA_BASE_URL": "http://127.0.0.1:9"}, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "OPENAI_API_KEY" in result.stderr and "PROCESSING_MODE=mock" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_config_show_redacts_secrets_and_names_sources(tmp_path):
     env = {"PATH": "", "OAUTH2_CLIENT_ID": "client", "OAUTH2_CLIENT_SECRET": "s3cret-value",
            "OAUTH2_TOKEN_URL": "http://127.0.0.1:1/token", "OPENAI_API_KEY": "sk-real-key-123"}

@@ -1,7 +1,7 @@
 import pytest
 
-from aitp.config import load_config
-from aitp.errors import ProviderError
+from aitp.config import PLACEHOLDER_OPENAI_KEY, load_config
+from aitp.errors import ConfigError, ProviderError
 from aitp.providers import providers_for
 from aitp.providers.ollama import OllamaProvider
 from aitp.sandbox.ollama_stub import POISON
@@ -85,11 +85,20 @@ def test_mode_selects_the_providers_in_order():
     def names(**env):
         return list(providers_for(load_config(environ=env, dotenv_dir="/x").settings))
 
-    assert names() == ["mock"]
+    assert names(PROCESSING_MODE="mock") == ["mock"]
+    assert names(OPENAI_API_KEY=PLACEHOLDER_OPENAI_KEY) == ["mock"]          # the placeholder, set on purpose
     assert names(OPENAI_API_KEY="sk-test") == ["openai"]
     assert names(PROCESSING_MODE="ollama") == ["ollama"]
     assert names(PROCESSING_MODE="hybrid", OPENAI_API_KEY="sk-test") == ["ollama", "openai"]
-    assert names(PROCESSING_MODE="hybrid") == ["ollama", "mock"]
+    assert names(PROCESSING_MODE="hybrid", OPENAI_API_KEY=PLACEHOLDER_OPENAI_KEY) == ["ollama", "mock"]
+
+
+@pytest.mark.parametrize("mode", ["openai", "hybrid"])
+def test_no_key_in_a_mode_that_needs_one_stops_startup_naming_it_never_the_mock(mode):
+    settings = load_config(environ={"PROCESSING_MODE": mode}, dotenv_dir="/x").settings
+    with pytest.raises(ConfigError) as caught:
+        providers_for(settings)
+    assert caught.value.key == "OPENAI_API_KEY" and "PROCESSING_MODE=mock" in str(caught.value)
 
 
 def test_a_model_list_that_is_not_an_answer_stops_the_provider_being_ready(scripted):

@@ -1,5 +1,6 @@
 """The whole pipeline in this process, against the sandbox, with the mock provider or the Ollama stub."""
 
+import logging
 import threading
 
 import msgspec
@@ -275,3 +276,15 @@ def test_health_answers_within_dockers_probe_time_while_stages_are_busy(sandbox,
         release.set()
     server.add_tasks(generated_tasks(20, start=100))
     wait_until(lambda: drained(server), message="the rest to drain")
+
+
+def test_the_mock_provider_says_so_in_health_and_in_a_warning(sandbox, ollama, run_pipeline, tmp_path, caplog):
+    server = sandbox(generated_tasks(3))
+    with caplog.at_level(logging.WARNING, logger="aitp.pipeline"):
+        mocked = run_pipeline(settings_for(server, tmp_path / "mock", PROCESSING_MODE="mock"))
+    assert mocked.health()[1]["mock"] is True
+    assert any("mock provider is in use" in record.getMessage() for record in caplog.records)
+    stub = ollama(models={"nomic-embed-text": 768})
+    real = run_pipeline(settings_for(server, tmp_path / "ollama", PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url,
+                                     METRICS_PORT="0"))
+    assert real.health()[1]["mock"] is False
