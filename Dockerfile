@@ -12,6 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     AITP_DATA_DIR=/data \
     AITP_CONFIG=/etc/aitp/aitp.toml \
+    METRICS_HOST=0.0.0.0 \
     METRICS_PORT=8001 \
     LOG_FORMAT=json
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin aitp \

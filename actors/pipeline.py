@@ -126,7 +126,8 @@ class Pipeline:
         """First of all, so that /ready answers 503 (and /health says why) while models download."""
         port = self.settings.monitoring.metrics_port
         try:
-            self.monitor = MonitoringServer(port, health=self.health, ready=self.ready, metrics=self.metrics.expose)
+            self.monitor = MonitoringServer(port, health=self.health, ready=self.ready, metrics=self.metrics.expose,
+                                            host=self.settings.monitoring.host)
         except OSError as exc:
             raise ConfigError("monitoring.metrics_port", port, f"a free TCP port ({exc.strerror})",
                               self.sources.get("monitoring.metrics_port", "default")) from None

@@ -128,6 +128,7 @@ class RateLimitSettings(_Section):
 
 
 class MonitoringSettings(_Section):
+    host: str = "127.0.0.1"
     metrics_port: Port = 8001
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -247,6 +248,7 @@ ENV_NAMES: dict[str, str] = {
     "RATE_LIMIT_PER_MONTH": "rate_limit.per_month",
     "RATE_LIMIT_STRATEGY": "rate_limit.strategy",
     "RATE_LIMIT_STORAGE_PATH": "rate_limit.storage_path",
+    "METRICS_HOST": "monitoring.host",
     "METRICS_PORT": "monitoring.metrics_port",
     "LOG_LEVEL": "monitoring.log_level",
     "LOG_FORMAT": "monitoring.log_format",
@@ -310,6 +312,8 @@ def env_example() -> str:
         if isinstance(value, (list, dict)):
             text = f"'{text}'"
         lines.append(f"{KEY_TO_ENV[key]}={text}")
+    lines += ["", "# [docker compose] not an aitp setting: the Grafana admin password docker-compose.yml requires",
+              "GRAFANA_ADMIN_PASSWORD="]
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from aitp.config import ENV_NAMES, KEY_TO_ENV, LEAF_TYPES, env_example, load_config, parse_dotenv
@@ -35,13 +36,19 @@ def test_compose_services_ports_volumes_and_healthchecks_hang_together():
 
     processor = services["processor"]
     assert processor["build"] == "." and (ROOT / "Dockerfile").is_file()
-    assert "8001:8001" in processor["ports"] and processor["environment"]["METRICS_PORT"] == "8001"
+    assert processor["ports"] == ["127.0.0.1:8001:8001"] and processor["environment"]["METRICS_PORT"] == "8001"
+    assert processor["environment"]["METRICS_HOST"] == "0.0.0.0"      # inside the container only
+    assert processor["env_file"] == ".env"     # the form Compose 1.29 reads too (not path/required)
     assert any(v.endswith(":/data") for v in processor["volumes"])
     assert processor["environment"]["AITP_DATA_DIR"] == "/data"
     probe = " ".join(processor["healthcheck"]["test"])
     assert "/health" in probe and "8001" in probe
     assert processor["environment"]["OLLAMA_BASE_URL"] == "http://ollama:11434"
-    assert "11434:11434" in services["ollama"]["ports"]
+    assert "ports" not in services["ollama"]      # on the compose network only: its API can delete models
+    for name, service in services.items():       # published on 127.0.0.1 only
+        assert all(port.startswith("127.0.0.1:") for port in service.get("ports", [])), name
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?"), password       # required, no default
     assert processor["depends_on"]["ollama"]["condition"] == "service_healthy" and "healthcheck" in services["ollama"]
     assert processor["restart"] == "unless-stopped"       # exit 1 after a fatal error: Docker restarts it
     assert not any(key in json.dumps(processor) for key in ("OPENAI_API_KEY", "OAUTH2_CLIENT_SECRET"))  # from .env
@@ -122,7 +129,7 @@ def test_env_example_lists_every_setting_with_its_default(tmp_path):
     text = (ROOT / ".env.example").read_text()
     assert text == env_example(), "regenerate it: aitp config env-example > .env.example"
     values = parse_dotenv(ROOT / ".env.example")
-    assert set(values) == set(ENV_NAMES) and set(KEY_TO_ENV) == set(LEAF_TYPES)
+    assert set(values) - {"GRAFANA_ADMIN_PASSWORD"} == set(ENV_NAMES) and set(KEY_TO_ENV) == set(LEAF_TYPES)
     # Read back as a .env, it changes nothing: every line is the default.
     (tmp_path / ".env").write_text(text)
     assert load_config(environ={}, dotenv_dir=tmp_path).settings == load_config(environ={}, dotenv_dir="/x").settings
@@ -133,3 +140,32 @@ def test_every_setting_can_come_from_the_environment():
                                     "AITP_MODELS__DIMENSIONS": '{"m": 12}'}, dotenv_dir="/x").settings
     assert settings.batching.max_items == 32 and settings.supervision.poller.intensity == 9
     assert settings.models.dimensions == {"m": 12}
+
+
+def _compose_project(tmp_path, password: str) -> Path:
+    """A copy of what docker-compose reads, with a .env made from .env.example."""
+    import shutil
+    tmp_path.mkdir()
+    for name in ("docker-compose.yml", "docker-compose.gpu.yml", "Dockerfile"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    env = (ROOT / ".env.example").read_text().replace("GRAFANA_ADMIN_PASSWORD=", f"GRAFANA_ADMIN_PASSWORD={password}")
+    (tmp_path / ".env").write_text(env)
+    return tmp_path
+
+
+def test_compose_files_load_in_docker_compose_1_29_and_need_a_grafana_password(tmp_path):
+    import shutil
+    import subprocess
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (tests/install-peers.sh installs it as root)")
+    project = _compose_project(tmp_path / "with", "a-real-password")
+    done = subprocess.run([compose, "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config"],
+                          cwd=project, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)
+    assert rendered["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "a-real-password"
+    refused = subprocess.run([compose, "config"], cwd=_compose_project(tmp_path / "without", ""),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr

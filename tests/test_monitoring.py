@@ -149,3 +149,41 @@ def test_the_server_answers_probes_until_stopped_and_then_lets_go_of_its_port():
     assert not server.serving
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def test_the_server_listens_on_loopback_by_default_and_bounds_its_connections():
+    from aitp.config import Settings
+    from aitp.observability.monitoring import MonitoringServer
+    assert Settings().monitoring.host == "127.0.0.1"
+    server = MonitoringServer(0, health=lambda: (200, {"ok": True}), ready=lambda: (True, "up"),
+                              metrics=lambda: b"", max_connections=2, read_timeout=0.5)
+    server.start()
+    try:
+        assert server.host == "127.0.0.1"
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        for sock in idle:          # connections that send nothing are dropped after the read timeout
+            assert sock.recv(1) == b""
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        wait_until(lambda: _refused_at_once(server.port), message="a third connection closed at once")
+        for sock in idle + held:
+            sock.close()
+        wait_until(lambda: _answers(server.port), message="probes answered again")
+    finally:
+        server.stop()
+
+
+def _refused_at_once(port: int) -> bool:
+    """A connection the server closes without reading a request (all its slots are taken)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            return sock.recv(100) == b""
+        except ConnectionResetError:
+            return True
+
+
+def _answers(port: int) -> bool:
+    try:
+        return get(port, "/health").status_code == 200
+    except requests.RequestException:
+        return False

@@ -22,15 +22,46 @@ from aitp.transport.httpserver import QuietServer
 
 log = logging.getLogger("aitp.monitoring")
 
+# Probes come from a few places (Docker, Prometheus, a load balancer): more connections at once
+# than this are closed at once, and a connection that sends nothing is dropped after the timeout,
+# so that a client holding connections open cannot pile up threads.
+MAX_CONNECTIONS = 16
+READ_TIMEOUT_SECONDS = 5.0
+
+
+class _BoundedServer(QuietServer):
+    """A thread per connection, at most `max_connections` of them."""
+
+    def __init__(self, address, handler, max_connections: int) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)      # full: closed at once rather than queued
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
 
 class MonitoringServer:
     def __init__(self, port: int, *, health: Callable[[], tuple[int, dict]], ready: Callable[[], tuple[bool, str]],
-                 metrics: Callable[[], bytes], host: str = "0.0.0.0") -> None:
-        self._server = QuietServer((host, port), _handler(health, ready, metrics))
+                 metrics: Callable[[], bytes], host: str = "127.0.0.1", max_connections: int = MAX_CONNECTIONS,
+                 read_timeout: float = READ_TIMEOUT_SECONDS) -> None:
+        self._server = _BoundedServer((host, port), _handler(health, ready, metrics, read_timeout), max_connections)
         # Bounds handle_request's own wait if a connection is gone by the time it is accepted.
         self._server.timeout = 0.5
         self._stop_reader, self._stop_writer = socket.socketpair()
         self._thread: threading.Thread | None = None
+
+    @property
+    def host(self) -> str:
+        return self._server.server_address[0]
 
     @property
     def port(self) -> int:
@@ -44,7 +75,7 @@ class MonitoringServer:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="aitp-monitoring", daemon=True)
         self._thread.start()
-        log.info("monitoring listening", extra={"fields": {"port": self.port,
+        log.info("monitoring listening", extra={"fields": {"host": self.host, "port": self.port,
                                                             "paths": ["/health", "/ready", "/metrics"]}})
 
     def _serve(self) -> None:
@@ -66,9 +97,10 @@ class MonitoringServer:
         self._stop_writer.close()
 
 
-def _handler(health, ready, metrics) -> type[BaseHTTPRequestHandler]:
+def _handler(health, ready, metrics, read_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = read_timeout      # a connection that sends nothing does not hold its thread
 
         def log_message(self, format: str, *args) -> None:  # noqa: A002 - probes every few seconds: quiet
             pass
