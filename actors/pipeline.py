@@ -18,6 +18,7 @@ from aitp.errors import ConfigError, ProviderError
 from aitp.observability.metrics import Metrics
 from aitp.observability.monitoring import MonitoringServer
 from aitp.storage.journal import Journal, OutboxEntry
+from aitp.storage.files import private_directory
 from aitp.breakers import ProviderBreaker
 from aitp.providers import Provider, providers_for
 from aitp.storage.rate_limits import rate_limits_for
@@ -81,6 +82,7 @@ class Pipeline:
         router = Router(settings.processing.mode, providers, {
             name: ProviderBreaker(name, resilience.circuit_breaker_threshold, resilience.circuit_breaker_reset_seconds)
             for name in providers})
+        private_directory(settings.data_dir)     # 0700: task texts and vectors live there
         journal = Journal(settings.journal_path)
         directory, cell = StageDirectory(), TokenCell()
         directory.undeliverable = self._keep_late_results

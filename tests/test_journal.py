@@ -37,3 +37,24 @@ def test_deleting_a_result_does_not_rewrite_its_freed_pages(tmp_path):
     # Private on purpose (one of the few reach-ins left): secure_delete is a setting of the journal's
     # own connection, which no other connection to the file can see.
     assert journal._db.execute("PRAGMA secure_delete").fetchone()[0] == 2      # 2 is FAST
+
+
+def test_the_data_directory_is_0700_and_every_file_in_it_0600_whatever_the_umask(sandbox, run_pipeline, tmp_path):
+    import os
+    import stat
+    from aitp.sandbox.seed import generated_tasks
+    from conftest import drained, settings_for, wait_until
+    previous = os.umask(0o000)              # the most permissive umask there is
+    try:
+        server = sandbox(generated_tasks(5))
+        settings = settings_for(server, tmp_path, RATE_LIMIT_PER_DAY="1000")
+        run_pipeline(settings)
+        wait_until(lambda: drained(server), message="the queue to drain")
+    finally:
+        os.umask(previous)
+    data = settings.data_dir
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    files = [path for path in data.iterdir() if path.is_file()]
+    assert {path.name for path in files} >= {"journal.sqlite3", "rate_limits.sqlite3"}
+    assert {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in files} == \
+        {path.name: oct(0o600) for path in files}

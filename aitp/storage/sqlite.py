@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from aitp.storage.files import private_file
+
 
 def open_database(path: Path) -> sqlite3.Connection:
     """An autocommit connection (transactions are explicit) usable from any thread under the
@@ -16,8 +18,10 @@ def open_database(path: Path) -> sqlite3.Connection:
     delete frees, and each acknowledged result frees about three pages of vector. That tripled the
     cost of acknowledging a result (32 against 9 us per task). FAST still zeroes deleted rows in
     the pages a delete writes anyway; freed overflow pages keep old vectors until they are reused,
-    in a file that never leaves this host."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    in a file that never leaves this host.
+
+    The file is 0600 before SQLite opens it, and SQLite gives its -wal and -shm files the same mode."""
+    private_file(path)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")

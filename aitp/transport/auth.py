@@ -10,6 +10,7 @@ from urllib.parse import quote_plus
 import msgspec
 
 from aitp.errors import AuthError
+from aitp.storage.files import private_file
 
 
 # A token answer is a few hundred bytes; an error text is shown in /health, so only its start.
@@ -116,8 +117,7 @@ class AuthStatus(msgspec.Struct, frozen=True):
 
 def write_auth_status(path: Path, status: AuthStatus) -> None:
     """Atomically, so that a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
+    partial = private_file(path.with_suffix(".tmp"))      # 0600, like every file in the data directory
     partial.write_bytes(msgspec.json.encode(status))
     os.replace(partial, path)
 
