@@ -10,6 +10,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
@@ -475,11 +476,20 @@ def redacted_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
         value = flat[key]
         if key in SECRET_KEYS and value:
             value = REDACTED if value != PLACEHOLDER_OPENAI_KEY else value
+        elif key in URL_KEYS and isinstance(value, str) and urlsplit(value).password:
+            value = value.replace(f":{urlsplit(value).password}@", f":{REDACTED}@", 1)
         rows.append((key, value, loaded.sources.get(key, "default")))
     return rows
 
 
+URL_KEYS = ("api.base_url", "ollama.base_url", "openai.base_url", "auth.token_url")
+
+
 def secret_values(settings: Settings) -> list[str]:
-    """The secret strings in force, so the log redactor can blank them wherever they appear."""
+    """The secret strings in force, so the log redactor can blank them wherever they appear: the
+    client secret, the API key, and any password in a configured URL's userinfo."""
     values = [settings.auth.client_secret, settings.openai.api_key]
+    for key in URL_KEYS:
+        section, name = key.split(".")
+        values.append(urlsplit(getattr(getattr(settings, section), name)).password or "")
     return [value for value in values if value and value != PLACEHOLDER_OPENAI_KEY]

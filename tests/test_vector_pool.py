@@ -164,3 +164,19 @@ def test_a_worker_that_stops_answering_is_replaced_and_its_job_retried():
         wait_until(lambda: _dead(stuck), message="the stuck worker to be killed")
     finally:
         vector_pool.close()
+
+
+def test_workers_get_only_the_environment_they_need(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-in-a-worker")
+    monkeypatch.setenv("OAUTH2_CLIENT_SECRET", "client-secret-never-in-a-worker")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    vector_pool = VectorPool(1)
+    try:
+        vector_pool.warm_up()
+        with open(f"/proc/{vector_pool.worker_pids()[0]}/environ", "rb") as environ:
+            names = {entry.split(b"=", 1)[0].decode() for entry in environ.read().split(b"\0") if entry}
+        assert "OPENAI_API_KEY" not in names and "OAUTH2_CLIENT_SECRET" not in names
+        assert {"OMP_NUM_THREADS", "PYTHONPATH"} <= names
+        assert len(vector_pool.submit(mock_job(["still works"])).result(timeout=30).results) == 1
+    finally:
+        vector_pool.close()

@@ -42,6 +42,19 @@ _result_decoder = msgspec.msgpack.Decoder(VectorJobResult)
 _STOP_SECONDS = 5.0
 
 
+# What a worker process needs of the environment: where Python and its libraries are, the locale,
+# and the numeric libraries' tuning. Nothing else: the client secret, the API key and tokens stay in
+# the service process.
+_WORKER_ENV_NAMES = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONHOME",
+                               "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "SYSTEMROOT"})
+_WORKER_ENV_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_", "NUMEXPR_", "GOTO_", "VECLIB_")
+
+
+def worker_environment(environ) -> dict[str, str]:
+    return {name: value for name, value in environ.items()
+            if name in _WORKER_ENV_NAMES or name.startswith(_WORKER_ENV_PREFIXES)}
+
+
 class WorkerDied(RuntimeError):
     """A vector worker process died (killed, or crashed) while it held this job."""
 
@@ -63,8 +76,8 @@ class VectorPool:
         self.answer_timeout = answer_timeout
         # A fresh interpreter per worker (never a fork: the parent runs many threads), finding
         # this package where the parent found it.
-        package_root = str(Path(__file__).resolve().parents[1])
-        self._worker_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        package_root = str(Path(__file__).resolve().parents[2])
+        self._worker_env = {**worker_environment(os.environ), "PYTHONPATH": os.pathsep.join(
             [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
         self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
