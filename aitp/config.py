@@ -6,8 +6,10 @@ key (a test keeps the two equal). Environment variables keep the names of the or
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,6 +49,7 @@ class AuthSettings(_Section):
     client_secret: str = ""
     scope: str = ""
     client_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    allow_plain_http_token_url: bool = False
     refresh_margin_seconds: NonNegativeSeconds = 60.0
 
 
@@ -466,6 +469,29 @@ def _check_cross_field(settings: Settings, sources: dict[str, str]) -> None:
     if settings.auth.client_id and not settings.token_url:
         raise ConfigError("auth.token_url", "", "OAUTH2_TOKEN_URL or ORY_PROJECT_SLUG when a client id is set",
                           sources["auth.token_url"])
+    slug = settings.auth.ory_project_slug
+    if slug and not _HOSTNAME_LABEL.fullmatch(slug):
+        # Pasted into a hostname: "evil.example#" would send the client secret elsewhere.
+        raise ConfigError("auth.ory_project_slug", slug, "an Ory project slug: letters, digits and hyphens "
+                          "(one hostname label)", sources["auth.ory_project_slug"])
+    token_url = urlsplit(settings.token_url)
+    if (settings.uses_oauth2 and token_url.scheme == "http" and not _is_loopback(token_url.hostname or "")
+            and not settings.auth.allow_plain_http_token_url):
+        raise ConfigError("auth.token_url", settings.token_url, "an https:// URL: the client secret would travel in "
+                          "clear (plain http only to a loopback host, or with "
+                          "AITP_AUTH__ALLOW_PLAIN_HTTP_TOKEN_URL=true)", sources["auth.token_url"])
+
+
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def redacted_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:

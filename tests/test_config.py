@@ -156,3 +156,35 @@ def test_token_url_is_oauth2_token_url_or_derived_from_the_ory_slug():
     assert token_url() == ""
     default = load_config(environ={}, dotenv_dir="/nonexistent").settings.auth.client_auth_method
     assert default == "client_secret_basic"     # what an Ory client uses unless told otherwise
+
+
+@pytest.mark.parametrize("env, key", [
+    ({"OAUTH2_TOKEN_URL": "http://auth.example.com/oauth2/token"}, "auth.token_url"),     # the secret in clear
+    ({"ORY_PROJECT_SLUG": "evil.example#"}, "auth.ory_project_slug"),                      # another host
+    ({"ORY_PROJECT_SLUG": "a/b"}, "auth.ory_project_slug"),
+])
+def test_a_token_url_that_would_expose_the_secret_stops_startup(env, key):
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"OAUTH2_CLIENT_ID": "c", "OAUTH2_CLIENT_SECRET": "s", **env}, dotenv_dir="/x")
+    assert caught.value.key == key
+
+
+@pytest.mark.parametrize("env", [
+    {"OAUTH2_TOKEN_URL": "http://127.0.0.1:4444/oauth2/token"},
+    {"OAUTH2_TOKEN_URL": "http://localhost:4444/oauth2/token"},
+    {"OAUTH2_TOKEN_URL": "http://[::1]:4444/oauth2/token"},
+    {"OAUTH2_TOKEN_URL": "http://hydra:4444/oauth2/token", "AITP_AUTH__ALLOW_PLAIN_HTTP_TOKEN_URL": "true"},
+    {"ORY_PROJECT_SLUG": "my-project-123"},
+])
+def test_loopback_http_an_explicit_allowance_or_https_is_accepted(env):
+    settings = load_config(environ={"OAUTH2_CLIENT_ID": "c", "OAUTH2_CLIENT_SECRET": "s", **env},
+                           dotenv_dir="/x").settings
+    assert settings.token_url
+
+
+def test_a_remote_plain_http_token_url_makes_aitp_run_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "actors", "run"], capture_output=True, text=True, cwd=tmp_path,
+                            env={"PATH": "", "OAUTH2_CLIENT_ID": "c", "OAUTH2_CLIENT_SECRET": "s",
+                                 "OAUTH2_TOKEN_URL": "http://auth.example.com/token", "AITP_DATA_DIR": str(tmp_path)},
+                            timeout=60)
+    assert result.returncode == 2 and "auth.token_url" in result.stderr and "https" in result.stderr
