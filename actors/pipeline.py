@@ -64,7 +64,7 @@ class Pipeline:
         self.started_at = 0.0
         self.created_at = time.monotonic()
         self.phase = "starting"          # starting, preparing providers, running, stopping
-        self.metrics = Metrics()
+        self.metrics = Metrics(known_models=_known_models(settings), known_types=set(HANDLERS))
         self.monitor: MonitoringServer | None = None
         self.specs: list[ChildSpec] = []
         self.last_status: dict[str, dict] = {}   # each stage's last answer, shown while it is busy
@@ -369,3 +369,9 @@ class Pipeline:
             if not claim.sent:
                 self.ctx.rate_limits.refund(claim.reservation, 1)
             journal.drop_claims([claim.task_id])
+
+
+def _known_models(settings: Settings) -> set[str]:
+    """The model names the configuration names: metric labels are kept to these."""
+    supported = settings.processing.supported_models
+    return {*settings.models.dimensions, *supported, *(model.removesuffix(":latest") for model in supported)}

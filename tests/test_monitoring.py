@@ -187,3 +187,17 @@ def _answers(port: int) -> bool:
         return get(port, "/health").status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_labels_from_task_data_are_bounded_to_what_the_configuration_knows():
+    from aitp.observability.metrics import Metrics
+    metrics = Metrics(known_models={"nomic-embed-text"}, known_types={"text_embedding"})
+    for number in range(500):                       # a hostile API inventing names
+        metrics.provider_call("openai", f"model-{number}", "success", 1, 0.01, tokens=3)
+        metrics.task_decided(f"type-{number}", "failed", 0.1)
+    metrics.provider_call("openai", "nomic-embed-text", "success", 1, 0.01)
+    found = samples(metrics.expose().decode())
+    models = {dict(key[1:]).get("model") for key in found if key[0] == "openai_requests_total"}
+    types = {dict(key[1:]).get("task_type") for key in found if key[0] == "ai_tasks_processed_total"}
+    assert models == {"nomic-embed-text", "other"} and types == {"other"}
+    assert total(found, "openai_requests_total", model="other") == 500

@@ -19,10 +19,19 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
-class Metrics:
-    """One registry per pipeline (tests run several in one process)."""
+OTHER = "other"
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """One registry per pipeline (tests run several in one process).
+
+    Labels that come from task data (a model's name, a task's type) are kept to the ones the
+    configuration knows (`known_models`, `known_types`); any other is counted as "other", so a
+    hostile or careless task API cannot create series without bound."""
+
+    def __init__(self, known_models: set[str] | frozenset[str] = frozenset(),
+                 known_types: set[str] | frozenset[str] = frozenset()) -> None:
+        self.known_models, self.known_types = frozenset(known_models), frozenset(known_types)
         self.registry = registry = CollectorRegistry()
         self.tasks_processed = Counter("ai_tasks_processed", "Tasks decided, by type and final state",
                                        ["task_type", "status"], registry=registry)
@@ -56,6 +65,7 @@ class Metrics:
     # Labelled children are kept: these two run for every task and every request, and `labels()`
     # takes a lock and builds its key each time.
     def task_decided(self, task_type: str, status: str, seconds: float | None = None) -> None:
+        task_type = task_type if task_type in self.known_types else OTHER
         key = (task_type, status)
         if (children := self._task_children.get(key)) is None:
             children = self._task_children[key] = (self.tasks_processed.labels(task_type, status),
@@ -74,6 +84,7 @@ class Metrics:
 
     def provider_call(self, provider: str, model: str, status: str, inputs: int, seconds: float,
                       tokens: int = 0) -> None:
+        model = model if model in self.known_models else OTHER
         if provider in self.provider_requests:
             self.provider_requests[provider].labels(model, status).inc()
             if tokens:
