@@ -291,6 +291,8 @@ def generic_env_name(key: str) -> str:
     return "AITP_" + key.upper().replace(".", "__")
 
 
+# Keys that have an original name answer to their generic name too (the original wins).
+GENERIC_ONLY_NAMES: dict[str, str] = {generic_env_name(key): key for key in LEAF_TYPES if key in KEY_TO_ENV}
 for _key in LEAF_TYPES:
     if _key not in KEY_TO_ENV:
         ENV_NAMES[generic_env_name(_key)] = _key
@@ -340,9 +342,12 @@ def load_config(
     dotenv_path = Path(dotenv_dir if dotenv_dir is not None else Path.cwd()) / ".env"
     layers = [(parse_dotenv(dotenv_path) if dotenv_path.is_file() else {}, ".env"), (environ, "environment")]
     for layer, source in layers:
-        for env_name, key in ENV_NAMES.items():
-            if env_name in layer:
-                values[key], sources[key] = layer[env_name], f"{source} {env_name}"
+        # The generic AITP_<SECTION>__<KEY> name works for every key; where the original service's
+        # name is set too, it wins (it is applied after).
+        for names in (GENERIC_ONLY_NAMES, ENV_NAMES):
+            for env_name, key in names.items():
+                if env_name in layer:
+                    values[key], sources[key] = layer[env_name], f"{source} {env_name}"
 
     converted = {key: _convert(key, value, sources[key]) for key, value in values.items()}
     settings = msgspec.convert(_unflatten(converted), Settings)
@@ -351,20 +356,10 @@ def load_config(
 
 
 def parse_dotenv(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; `#` comments, optional `export`, single or double quotes."""
-    out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        name, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        out[name.strip()] = value
-    return out
+    """A `.env` file as python-dotenv reads it (quotes, `export`, comments after a quoted value,
+    escapes, multi-line values), without expanding ${VARIABLES}; a name with no `=` is skipped."""
+    from dotenv import dotenv_values
+    return {name: value for name, value in dotenv_values(path, interpolate=False).items() if value is not None}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

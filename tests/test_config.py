@@ -188,3 +188,24 @@ def test_a_remote_plain_http_token_url_makes_aitp_run_exit_2(tmp_path):
                                  "OAUTH2_TOKEN_URL": "http://auth.example.com/token", "AITP_DATA_DIR": str(tmp_path)},
                             timeout=60)
     assert result.returncode == 2 and "auth.token_url" in result.stderr and "https" in result.stderr
+
+
+def test_the_generic_name_works_for_every_key_and_the_original_name_wins(tmp_path):
+    alone = load_config(environ={"AITP_API__BASE_URL": "http://api.example:3000"}, dotenv_dir=tmp_path)
+    assert alone.settings.api.base_url == "http://api.example:3000"
+    assert alone.sources["api.base_url"] == "environment AITP_API__BASE_URL"
+    both = load_config(environ={"AITP_API__BASE_URL": "http://generic:1", "API_BASE_URL": "http://original:2"},
+                       dotenv_dir=tmp_path)
+    assert both.settings.api.base_url == "http://original:2"
+    assert both.sources["api.base_url"] == "environment API_BASE_URL"
+
+
+def test_dotenv_is_read_as_python_dotenv_reads_it(tmp_path):
+    (tmp_path / ".env").write_text('API_BASE_URL="http://quoted:3000" # a note after the quotes\n'
+                                   "export LOG_LEVEL='DEBUG'\n"
+                                   'OAUTH2_SCOPE="a b"\n'
+                                   "OPENAI_API_KEY=sk-with-#-inside\n")
+    settings = load_config(environ={}, dotenv_dir=tmp_path).settings
+    assert settings.api.base_url == "http://quoted:3000"          # the quotes were kept before
+    assert settings.monitoring.log_level == "DEBUG" and settings.auth.scope == "a b"
+    assert settings.openai.api_key == "sk-with-#-inside"
