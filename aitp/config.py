@@ -470,7 +470,7 @@ def _check_cross_field(settings: Settings, sources: dict[str, str]) -> None:
         raise ConfigError("auth.ory_project_slug", slug, "an Ory project slug: letters, digits and hyphens "
                           "(one hostname label)", sources["auth.ory_project_slug"])
     token_url = urlsplit(settings.token_url)
-    if (settings.uses_oauth2 and token_url.scheme == "http" and not _is_loopback(token_url.hostname or "")
+    if (settings.uses_oauth2 and token_url.scheme == "http" and not is_loopback(token_url.hostname or "")
             and not settings.auth.allow_plain_http_token_url):
         raise ConfigError("auth.token_url", settings.token_url, "an https:// URL: the client secret would travel in "
                           "clear (plain http only to a loopback host, or with "
@@ -480,7 +480,8 @@ def _check_cross_field(settings: Settings, sources: dict[str, str]) -> None:
 _HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost, or an address in 127.0.0.0/8 or ::1."""
     if host == "localhost":
         return True
     try:

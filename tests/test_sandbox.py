@@ -45,3 +45,25 @@ def test_demo_queue_holds_the_hard_cases():
     types = {t.get("type") for t in tasks}
     assert {"text_embedding", "defining_topics", "identifying_data"} <= types
     assert any(t["_id"] == "../../etc/passwd" for t in tasks)
+
+
+def test_the_admin_routes_need_the_same_client_auth_as_the_task_api(sandbox):
+    server = sandbox(generated_tasks(2), client_id="aitp", client_secret="sandbox-secret")
+    for method, path in (("GET", "/_sandbox/stats"), ("GET", "/_sandbox/tasks"), ("POST", "/_sandbox/revoke")):
+        assert requests.request(method, server.url + path, timeout=5).status_code == 403, path
+    token = requests.post(server.token_url, data={"grant_type": "client_credentials"},
+                          auth=("aitp", "sandbox-secret"), timeout=5).json()["access_token"]
+    stats = requests.get(server.url + "/_sandbox/stats", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert stats.status_code == 200 and stats.json()["counts"] == {"pending": 2}
+    wrong = requests.post(server.token_url, data={"grant_type": "client_credentials"},
+                          auth=("aitp", "sandbox-secreT"), timeout=5)
+    assert wrong.status_code == 401
+
+
+def test_the_sandbox_warns_when_it_listens_beyond_loopback(caplog):
+    from aitp.sandbox import SandboxServer
+    server = SandboxServer([], host="0.0.0.0")
+    with caplog.at_level("WARNING", logger="aitp.sandbox"):
+        server.start()
+    server.stop()
+    assert any("stand-in for tests and demos" in record.getMessage() for record in caplog.records)

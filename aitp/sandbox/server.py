@@ -3,13 +3,18 @@
 Faithful to the real server where it matters to a worker: every pending task on every poll, no
 claiming, 403 for a missing or stale token, a redirect to /404 for an unknown id (JSON 404 with
 `X-Api-Request: true`), a 100 kB body limit, and only `state` stored. `/_sandbox/*` routes let a
-person or a test look inside.
+person or a test look inside; when client auth is on they need a bearer token like the task API.
+
+A stand-in for tests and demos, never a production task API: it keeps everything in memory and
+says so in a warning when it listens beyond loopback.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
+import logging
 import re
 import secrets
 import socket
@@ -23,10 +28,13 @@ from urllib.parse import parse_qs, unquote
 import msgspec
 import requests
 
+from aitp.config import is_loopback
 from aitp.contract import STATES
 from aitp.transport.httpserver import QuietServer
 
+log = logging.getLogger("aitp.sandbox")
 _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+
 BODY_LIMIT = 100 * 1024
 _encoder = msgspec.json.Encoder()
 
@@ -136,6 +144,10 @@ class SandboxServer:
         return f"{self.url}/oauth2/token"
 
     def start(self) -> str:
+        host = self._server.server_address[0]
+        if not is_loopback(host):
+            log.warning("the sandbox task API listens beyond loopback: it is a stand-in for tests and demos, "
+                        "with every task in memory, not a production server", extra={"fields": {"host": host}})
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="sandbox", daemon=True)
         self._thread.start()
         return self.url
@@ -235,7 +247,9 @@ class SandboxServer:
                 client_id, secret = unquote(client_id), unquote(secret)
             except (ValueError, UnicodeDecodeError):
                 return False
-        return client_id == self.client_id and secret == self.client_secret
+        # Compared in constant time: how long a refusal takes must not tell how much was right.
+        return (hmac.compare_digest((client_id or "").encode(), (self.client_id or "").encode())
+                & hmac.compare_digest((secret or "").encode(), (self.client_secret or "").encode()))
 
 
 def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
@@ -307,6 +321,8 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 with sandbox.store.lock:
                     sandbox.store.bytes_polled += len(body)
                 return self._reply(200, body)
+            if path.startswith("/_sandbox/") and not sandbox.token_valid(self.headers.get("Authorization")):
+                return self._error(403, "Forbidden resource", "Forbidden")
             if path == "/_sandbox/stats":
                 return self._json(200, sandbox.snapshot())
             if path == "/_sandbox/tasks":
@@ -369,6 +385,8 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 token, lifetime = sandbox.issue_token()
                 return self._json(200, {"access_token": token, "token_type": "bearer",
                                         "expires_in": int(lifetime), "scope": form.get("scope", "")})
+            if self.path.startswith("/_sandbox/") and not sandbox.token_valid(self.headers.get("Authorization")):
+                return self._error(403, "Forbidden resource", "Forbidden")
             if self.path == "/_sandbox/tasks":
                 sandbox.add_tasks(msgspec.json.decode(body))
                 return self._json(200, {"added": True})
