@@ -177,12 +177,11 @@ class FailOnce:
             raise RuntimeError(f"injected {stage.name} fault")
 
 
-def dispatcher_fails_with_jobs_queued() -> FailOnce:
-    """The Dispatcher raises once while it holds queued jobs (so a restart must hand them over), on
-    a message that only nudges it (a flush or a hungry provider), which the restart may drop."""
-    from actors.messages import FlushBatches, ProviderHungry
-    return FailOnce("dispatcher", lambda stage, message: isinstance(message, (FlushBatches, ProviderHungry))
-                    and any(stage.queues.values()))
+def dispatcher_fails_on_its_first_claimed_tasks() -> FailOnce:
+    """The Dispatcher raises once, on the first tasks it is given: the restart must hand that
+    message to its successor, and whatever else was waiting, or those tasks would be stranded."""
+    from actors.messages import TasksClaimed
+    return FailOnce("dispatcher", lambda stage, message: isinstance(message, TasksClaimed))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from aitp.storage.journal import Journal
 from aitp.sandbox.ollama_stub import stub_vector
 from aitp.sandbox.openai_stub import STUB_KEY, Injected
 from aitp.sandbox.seed import embedding_task, generated_tasks, hostile_tasks, object_id
-from conftest import (FailOnce, dispatcher_fails_with_jobs_queued, drained, expected_unit, monitoring_port,
+from conftest import (FailOnce, dispatcher_fails_on_its_first_claimed_tasks, drained, expected_unit, monitoring_port,
                       settings_for, wait_until)
 
 OLLAMA = {"PROCESSING_MODE": "ollama", "SUPPORTED_MODELS": "nomic-embed-text"}
@@ -375,7 +375,7 @@ def test_kill_9_of_a_process_worker_mid_batch_retries_the_batch(sandbox, ollama,
 
 # --- supervision ---
 def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipeline, tmp_path):
-    fault = dispatcher_fails_with_jobs_queued()
+    fault = dispatcher_fails_on_its_first_claimed_tasks()
     server = sandbox(generated_tasks(120))
     toml = "[supervision.dispatcher]\nstrategy = \"rest_for_one\"\n"
     pipeline = run_pipeline(settings_for(server, tmp_path, toml), before_message=fault)

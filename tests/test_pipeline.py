@@ -15,7 +15,7 @@ from aitp.storage.journal import Claim, Journal, OutboxEntry
 from aitp.sandbox.ollama_stub import POISON, stub_vector
 from aitp.sandbox.seed import demo_tasks, embedding_task, generated_tasks, object_id
 from aitp.vectors.checks import mock_vector
-from conftest import dispatcher_fails_with_jobs_queued, drained, expected_unit, settings_for, wait_until
+from conftest import dispatcher_fails_on_its_first_claimed_tasks, drained, expected_unit, settings_for, wait_until
 
 
 def test_demo_queue_drains_with_the_mock(sandbox, run_pipeline, tmp_path):
@@ -113,7 +113,7 @@ def test_a_full_take_polls_again_without_waiting_the_interval(sandbox, run_pipel
 
 
 def test_a_stage_that_raises_is_restarted_and_nothing_is_lost(sandbox, run_pipeline, tmp_path):
-    fault = dispatcher_fails_with_jobs_queued()
+    fault = dispatcher_fails_on_its_first_claimed_tasks()
     server = sandbox(generated_tasks(80))
     pipeline = run_pipeline(settings_for(server, tmp_path), before_message=fault)
     wait_until(lambda: drained(server), message="the queue to drain")
