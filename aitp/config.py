@@ -89,6 +89,18 @@ class OllamaSettings(_Section):
     max_answer_bytes: Positive = 64_000_000
 
 
+class WikidataSettings(_Section):
+    api_url: str = "https://www.wikidata.org/w/api.php"
+    sparql_url: str = "https://query.wikidata.org/sparql"
+    pageviews_url: str = "https://wikimedia.org/api/rest_v1/metrics/pageviews/per-article"
+    user_agent: str = "aitp/0.1 (AI Task Processor; https://github.com/aitp/aitp) python-requests"
+    timeout: Seconds = 10.0
+    cache_ttl_seconds: Seconds = 604_800.0
+    max_attempts: Positive = 4
+    max_wait_seconds: NonNegativeSeconds = 30.0
+    concurrency: Positive = 2
+
+
 class ModelSettings(_Section):
     dimensions: dict[str, Positive] = msgspec.field(default_factory=lambda: {
         "nomic-embed-text": 768,
@@ -173,6 +185,7 @@ class Settings(_Section):
     openai: OpenAISettings = OpenAISettings()
     ollama: OllamaSettings = OllamaSettings()
     models: ModelSettings = ModelSettings()
+    wikidata: WikidataSettings = WikidataSettings()
     batching: BatchingSettings = BatchingSettings()
     workers: WorkerSettings = WorkerSettings()
     resilience: ResilienceSettings = ResilienceSettings()
@@ -215,6 +228,10 @@ class Settings(_Section):
     def rate_limit_path(self) -> Path:
         configured = self.rate_limit.storage_path
         return Path(configured) if configured else self.data_dir / "rate_limits.sqlite3"
+
+    @property
+    def wikidata_cache_path(self) -> Path:
+        return self.data_dir / "wikidata-cache.sqlite3"
 
     @property
     def auth_status_path(self) -> Path:
@@ -450,7 +467,7 @@ def _expectation(declared: Any, exc: msgspec.ValidationError) -> str:
 
 
 def _check_cross_field(settings: Settings, sources: dict[str, str]) -> None:
-    for key in ("api.base_url", "ollama.base_url", "openai.base_url", "auth.token_url"):
+    for key in URL_KEYS:
         section, name = key.split(".")
         url = getattr(getattr(settings, section), name)
         if url and not url.startswith(("http://", "https://")):
@@ -504,7 +521,8 @@ def redacted_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
     return rows
 
 
-URL_KEYS = ("api.base_url", "ollama.base_url", "openai.base_url", "auth.token_url")
+URL_KEYS = ("api.base_url", "ollama.base_url", "openai.base_url", "auth.token_url", "wikidata.api_url",
+            "wikidata.sparql_url", "wikidata.pageviews_url")
 
 
 def secret_values(settings: Settings) -> list[str]:
