@@ -12,9 +12,9 @@ import logging
 import time
 import uuid
 
-from aitp.tasks import EmbeddingJob
+from aitp.tasks import ChatJob, EmbeddingJob
 from aitp.tokens import estimate_tokens
-from actors.messages import EmbedBatch, FlushBatches, ProviderHungry, TasksClaimed
+from actors.messages import EmbedBatch, FlushBatches, ProviderHungry, RunChatTasks, TasksClaimed
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.dispatcher")
@@ -65,7 +65,13 @@ class Dispatcher(Stage):
         for model in list(self.queues):
             self._cut(model, flush=True)
 
-    def _enqueue(self, jobs: list[EmbeddingJob]) -> None:
+    def _enqueue(self, jobs: list) -> None:
+        chat = [job for job in jobs if isinstance(job, ChatJob)]
+        if chat:      # LLM tasks are not batched: each runs on its own in LlmWorkers
+            self.tell("llm_workers", RunChatTasks(chat))
+            jobs = [job for job in jobs if not isinstance(job, ChatJob)]
+            if not jobs:
+                return
         if not self.queues:
             self.held_since = time.monotonic()
         for job in jobs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from aitp.errors import ProviderError
-from aitp.tasks import EmbeddingJob
+from aitp.tasks import ChatJob, EmbeddingJob
 from aitp.transport.task_api import PatchResult
 from aitp.vectors.jobs import TaskVector
 
@@ -13,7 +13,7 @@ from aitp.vectors.jobs import TaskVector
 class TakenTask(msgspec.Struct, frozen=True):
     """A task the poller took: its job and the exact JSON the journal keeps for a resume."""
 
-    job: EmbeddingJob
+    job: EmbeddingJob | ChatJob
     raw: bytes
 
 
@@ -64,7 +64,26 @@ class RetryClaim(msgspec.Struct, frozen=True):
 class TasksClaimed(msgspec.Struct, frozen=True):
     """RateLimiter to Dispatcher: admitted, journaled and claimed; ready to embed."""
 
-    jobs: list[EmbeddingJob]
+    jobs: list[EmbeddingJob | ChatJob]
+
+
+class RunChatTasks(msgspec.Struct, frozen=True):
+    """Dispatcher to LlmWorkers: LLM tasks to run, each on its own (not batched)."""
+
+    jobs: list[ChatJob]
+
+
+class ChatTaskRetry(msgspec.Struct, frozen=True):
+    """LlmWorkers to itself: run this task again after an outage's backoff."""
+
+    job: ChatJob
+    attempt: int
+
+
+class ChatTaskDone(msgspec.Struct, frozen=True):
+    """LlmWorkers to itself: a task's run ended (its slot is free)."""
+
+    task_id: str
 
 
 class FlushBatches(msgspec.Struct, frozen=True):
@@ -167,9 +186,11 @@ def tasks_carried(message: object) -> list[str]:
         return [taken.job.task_id for taken in message.tasks]
     if isinstance(message, RetryClaim):
         return [message.task.job.task_id]
+    if isinstance(message, ChatTaskRetry):
+        return [message.job.task_id]
     if isinstance(message, ClaimsAnswered):
         return [taken.job.task_id for taken, _ in message.answers]
-    if isinstance(message, (TasksClaimed, EmbedBatch)):
+    if isinstance(message, (TasksClaimed, EmbedBatch, RunChatTasks)):
         return [job.task_id for job in message.jobs]
     if isinstance(message, CallFailed):
         return [job.task_id for job in message.batch.jobs]

@@ -22,13 +22,15 @@ from aitp.storage.files import private_directory
 from aitp.breakers import ProviderBreaker
 from aitp.providers import Provider, providers_for
 from aitp.storage.rate_limits import rate_limits_for
-from aitp.routing import Router
+from aitp.routing import ChatRouter, Router
 from aitp.transport.task_api import NoCredentials, PatchOutcome, TaskApiClient
+from aitp.transport.wikidata import wikidata_client_for
 from aitp.tasks import HANDLERS, TaskRejected
 from aitp.timers import Scheduler
 from aitp.vectors.pool import VectorPool
 from actors.authenticator import ActorCredentials, Authenticator, TokenCell
 from actors.dispatcher import Dispatcher
+from actors.llm_workers import LlmWorkers
 from actors.messages import BatchEmbedded, TasksSettled
 from actors.poller import Poller
 from actors.provider_workers import ProviderWorkers
@@ -47,6 +49,7 @@ _MOCK_WARNING_SECONDS = 600.0     # how often the mock provider's warning is rep
 
 # Started downstream first, so that nothing a stage sends has to wait for its receiver.
 STAGES = (("authenticator", Authenticator), ("reporter", Reporter), ("provider_workers", ProviderWorkers),
+          ("llm_workers", LlmWorkers),
           ("dispatcher", Dispatcher), ("rate_limiter", RateLimiter), ("poller", Poller))
 
 
@@ -79,10 +82,12 @@ class Pipeline:
         if not self._prepare(providers):
             return False
         resilience = settings.resilience
-        router = Router(settings.processing.mode, providers, {
-            name: ProviderBreaker(name, resilience.circuit_breaker_threshold, resilience.circuit_breaker_reset_seconds)
-            for name in providers})
+        breakers = {name: ProviderBreaker(name, resilience.circuit_breaker_threshold,
+                                          resilience.circuit_breaker_reset_seconds) for name in providers}
+        router = Router(settings.processing.mode, providers, breakers)
         private_directory(settings.data_dir)     # 0700: task texts and vectors live there
+        wikidata = wikidata_client_for(settings, ProviderBreaker("wikidata", resilience.circuit_breaker_threshold,
+                                                                 resilience.circuit_breaker_reset_seconds))
         journal = Journal(settings.journal_path)
         directory, cell = StageDirectory(), TokenCell()
         directory.undeliverable = self._keep_late_results
@@ -103,6 +108,7 @@ class Pipeline:
         self.ctx = ctx = PipelineContext(
             settings=settings, directory=directory, scheduler=Scheduler(), journal=journal, task_api=task_api,
             router=router, vector_pool=vector_pool, rate_limits=rate_limits_for(settings), metrics=self.metrics,
+            chat_router=ChatRouter(providers, breakers, settings.models.chat), wikidata=wikidata,
             handlers={name: handler(settings) for name, handler in HANDLERS.items()},
             before_message=self.before_message)
         extra: dict[str, dict] = {"authenticator": {"client": token_client, "cell": cell}}
@@ -256,7 +262,9 @@ class Pipeline:
         # Results waiting for the API: the Reporter holds them all, unpaid ones in memory only.
         reporter = stages.get("reporter", {})
         outbox = reporter["outbox"] if "outbox" in reporter else ctx.journal.counts()["outbox"]
-        out: dict = {"stages": stages, "breakers": ctx.router.status(), "outbox": outbox,
+        wikidata = ctx.wikidata.status() if ctx.wikidata is not None else {}
+        breakers = {**ctx.router.status(), **({"wikidata": wikidata.pop("breaker")} if "breaker" in wikidata else {})}
+        out: dict = {"stages": stages, "breakers": breakers, "outbox": outbox, "wikidata": wikidata,
                      "process_worker_restarts": ctx.vector_pool.restarts}
         if self.specs:     # read, not asked: the supervisor may be busy handing a stage over
             out["restarts"] = {spec.name: spec.total_restarts for spec in self.specs}
@@ -314,7 +322,7 @@ class Pipeline:
         if poller:
             poller.stop_polling().get(timeout=5)
         released = []
-        for name in ("dispatcher", "provider_workers"):   # work no provider has seen yet
+        for name in ("dispatcher", "provider_workers", "llm_workers"):   # work no provider has seen yet
             stage = self.stage(name)
             if stage:
                 released += stage.release_queued().get(timeout=5)
@@ -344,6 +352,8 @@ class Pipeline:
         ctx.scheduler.stop()
         ctx.task_api.close()
         ctx.router.close()
+        if ctx.wikidata is not None:
+            ctx.wikidata.close()
         ctx.rate_limits.close()
         ctx.journal.close()
         self._stop_monitoring()

@@ -11,7 +11,7 @@ import msgspec
 
 from aitp.contract import PendingList, PendingSplitter, Task, Unusable, read_entry
 from aitp.errors import ContractError, TaskApiError
-from aitp.tasks import TaskRejected
+from aitp.tasks import ChatJob, TaskRejected
 from actors.messages import Poll, Rejection, TakenTask, TasksRejected, TasksSettled, TasksTaken, TokenArrived
 from actors.stage import PipelineContext, Stage
 
@@ -207,7 +207,8 @@ class Poller(Stage):
             self.in_flight.add(task.id)
             try:
                 job = handler.parse(task.id, task.raw)
-                refusal = self.ctx.router.refusal(job.model, job.text)
+                refusal = self.ctx.chat_router.refusal(job.model) if isinstance(job, ChatJob) \
+                    else self.ctx.router.refusal(job.model, job.text)
                 if refusal:
                     raise TaskRejected(refusal)
                 taken.append(TakenTask(job=msgspec.structs.replace(job, taken_at=now), raw=task.raw))

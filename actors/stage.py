@@ -19,8 +19,9 @@ from aitp.config import Settings
 from aitp.storage.journal import Journal
 from aitp.observability.metrics import Metrics
 from aitp.storage.rate_limits import AdmitAll, RateLimitBackend
-from aitp.routing import Router
+from aitp.routing import ChatRouter, Router
 from aitp.transport.task_api import PatchOutcome, PatchResult, TaskApiClient
+from aitp.transport.wikidata import WikidataClient
 from aitp.tasks import TaskHandler
 from aitp.timers import Scheduler, backoff_delay
 from aitp.vectors.pool import VectorPool
@@ -127,6 +128,8 @@ class PipelineContext:
     metrics: Metrics = field(default_factory=Metrics)
     supervisor: pykka.ActorRef | None = None
     rng: random.Random = field(default_factory=random.Random)
+    chat_router: ChatRouter | None = None      # the LLM task types' chat models
+    wikidata: WikidataClient | None = None
     # Called with (stage, message) before a stage handles a told message: the seam through which
     # tests inject faults at a chosen moment, and where a tracer could watch the flow.
     before_message: Callable[[Stage, Any], None] | None = None

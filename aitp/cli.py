@@ -197,14 +197,20 @@ def _learned_dimensions(settings) -> dict[str, int]:
 def _sandbox(args) -> int:
     from aitp.sandbox import SandboxServer, demo_tasks
 
-    tasks = json.loads(args.tasks_file.read_text()) if args.tasks_file else demo_tasks(args.tasks)
+    from aitp.sandbox.wikidata_stub import WikidataStub
+
+    tasks = json.loads(args.tasks_file.read_text()) if args.tasks_file else \
+        demo_tasks(args.tasks, llm_count=max(1, args.tasks // 5))
     if bool(args.client_id) != bool(args.client_secret):
         raise ConfigError("--client-id", args.client_id or "", "--client-id and --client-secret together")
     server = SandboxServer(tasks, host=args.host, port=args.port, client_id=args.client_id,
                            client_secret=args.client_secret, token_lifetime=args.token_lifetime)
     server.start()
+    wikidata = WikidataStub(host=args.host)      # the LLM task types' look-ups, answered locally
+    wikidata.start()
     print(f"sandbox task API at {server.url} with {len(tasks)} tasks; point aitp at it with:")
-    print(f"  API_BASE_URL={server.url}")
+    local_wikidata = " ".join(f"{name}={value}" for name, value in wikidata.settings_env().items())
+    print(f"  API_BASE_URL={server.url} {local_wikidata}")
     if args.client_id:
         print(f"  OAUTH2_TOKEN_URL={server.token_url} OAUTH2_CLIENT_ID={args.client_id} OAUTH2_CLIENT_SECRET=...")
     print(f"state: {server.url}/_sandbox/stats  tasks: {server.url}/_sandbox/tasks  (Ctrl-C to stop)", flush=True)
@@ -216,4 +222,5 @@ def _sandbox(args) -> int:
     except KeyboardInterrupt:
         pass
     server.stop()
+    wikidata.stop()
     return EXIT_OK

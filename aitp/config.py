@@ -85,6 +85,7 @@ class OllamaSettings(_Section):
     timeout: Seconds = 60.0
     max_retries: NonNegative = 3
     model_download_timeout: Seconds = 1800.0
+    chat_timeout: Seconds = 300.0
     pull_missing_models: bool = True
     max_answer_bytes: Positive = 64_000_000
 
@@ -111,6 +112,9 @@ class ModelSettings(_Section):
         "text-embedding-ada-002": 1536,
     })
     mock_default_dimension: Positive = 768
+    # The chat model a task names (OpenAI's, e.g. "o3") -> the local model Ollama runs in its place.
+    chat: dict[str, str] = msgspec.field(default_factory=dict)
+    default_chat_model: str = "o3"
 
 
 class BatchingSettings(_Section):
@@ -125,6 +129,7 @@ class WorkerSettings(_Section):
     reporter_concurrency: Positive = 8
     claim_concurrency: Positive = 8
     process_answer_timeout: Seconds = 60.0
+    llm_concurrency: Positive = 4
 
 
 class ResilienceSettings(_Section):
@@ -171,6 +176,7 @@ class SupervisionSettings(_Section):
     dispatcher: ChildPolicy = ChildPolicy()
     provider_workers: ChildPolicy = ChildPolicy()
     reporter: ChildPolicy = ChildPolicy()
+    llm_workers: ChildPolicy = ChildPolicy()
 
 
 class ShutdownSettings(_Section):

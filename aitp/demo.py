@@ -12,16 +12,21 @@ from typing import TextIO
 from aitp.config import load_config
 from aitp.contract import is_object_id
 from aitp.sandbox import SandboxServer, demo_tasks
+from aitp.sandbox.wikidata_stub import WikidataStub
+from aitp.tasks import HANDLERS
 from aitp.service import ServiceFactory
 
 
 def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float = 120.0,
              out: TextIO = sys.stdout) -> int:
-    queue = demo_tasks(tasks)
-    left_alone = sum(1 for t in queue if t.get("type") != "text_embedding" or not is_object_id(t.get("_id")))
+    per_llm_type = max(1, tasks // 5)
+    queue = demo_tasks(tasks, llm_count=per_llm_type)
+    left_alone = sum(1 for t in queue if t.get("type") not in HANDLERS or not is_object_id(t.get("_id")))
     sandbox = SandboxServer(queue, client_id="aitp-demo", client_secret=secrets.token_urlsafe(16),
                             token_lifetime=600)
     sandbox.start()
+    wikidata = WikidataStub()                  # the LLM task types' look-ups, answered locally
+    wikidata.start()
     with tempfile.TemporaryDirectory(prefix="aitp-demo-") as data_dir:
         settings = load_config(dotenv_dir=data_dir, environ={
             "API_BASE_URL": sandbox.url, "OAUTH2_TOKEN_URL": sandbox.token_url,
@@ -29,10 +34,13 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
             "PROCESSING_MODE": "mock",
             "AITP_DATA_DIR": data_dir, "POLLING_INTERVAL_SECONDS": "0.5",
             "METRICS_PORT": "0",   # any free port: the demo must not collide with a running service
+            **wikidata.settings_env(),
         }).settings
+        good = tasks + 4 * per_llm_type
         print(f"aitp demo: sandbox task API at {sandbox.url} with {len(queue)} tasks "
-              f"({tasks} good, {len(queue) - tasks - left_alone} malformed, {left_alone} to leave alone); "
-              "mock provider", file=out, flush=True)
+              f"({good} good: {tasks} embeddings and {per_llm_type} of each LLM type; "
+              f"{len(queue) - good - left_alone} malformed, {left_alone} to leave alone); mock provider and a "
+              "local Wikidata", file=out, flush=True)
         service = make_service(settings)
         started = time.monotonic()
         try:
@@ -46,6 +54,7 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
         finally:
             service.shutdown()
             sandbox.stop()
+            wikidata.stop()
         elapsed = time.monotonic() - started
     counts = sandbox.counts()
     done = counts.get("succeeded", 0) + counts.get("failed", 0)
@@ -53,6 +62,11 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
           f"{counts.get('pending', 0)} left pending (types not handled or unusable ids), "
           f"{counts.get('in_progress', 0)} in progress; {done / elapsed:.1f} tasks/s over {elapsed:.2f}s",
           file=out, flush=True)
+    for task_type, by_state in sorted(sandbox.counts_by_type().items()):
+        if task_type in HANDLERS:
+            print(f"  {task_type:<22} {by_state.get('succeeded', 0):4d} succeeded "
+                  f"{by_state.get('failed', 0):4d} failed {by_state.get('pending', 0):4d} pending",
+                  file=out, flush=True)
     if service.fatal_reason:
         print(f"the service stopped: {service.fatal_reason}", file=out)
         return 1

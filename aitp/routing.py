@@ -5,11 +5,14 @@
 - `hybrid`: a model in SUPPORTED_MODELS goes to Ollama first and then to the OpenAI endpoint with the
   same model name; other models go to the OpenAI endpoint directly. A model is never swapped for
   another: two models' vectors live in different spaces.
+
+ChatRouter does the same for the LLM task types' chat models.
 """
 
 from __future__ import annotations
 
 from aitp.breakers import ProviderBreaker
+from aitp.errors import ProviderError
 from aitp.providers import Provider
 
 
@@ -66,3 +69,53 @@ class Router:
     def close(self) -> None:
         for provider in self.providers.values():
             provider.close()
+
+
+class ChatRouter:
+    """Which provider runs an LLM task's chat model, in PROCESSING_MODE's order: Ollama (only for a
+    model the operator mapped to a local one in [models.chat]), then the OpenAI endpoint (or the
+    mock) with the model the task names. An open breaker is passed over; a provider that fails for
+    want of health hands the call to the next one. When none answers, the call is an outage."""
+
+    def __init__(self, providers: dict[str, Provider], breakers: dict[str, ProviderBreaker],
+                 local_models: dict[str, str]) -> None:
+        self.providers, self.breakers, self.local_models = providers, breakers, local_models
+
+    def candidates(self, model: str) -> list[tuple[str, str]]:
+        """(provider, the model it runs) in order of preference."""
+        order = []
+        if "ollama" in self.providers and model in self.local_models:
+            order.append(("ollama", self.local_models[model]))
+        order += [(name, model) for name in self.providers if name != "ollama"]
+        return order
+
+    def refusal(self, model: str) -> str | None:
+        if self.candidates(model):
+            return None
+        return (f"chat model {model!r} has no local model in [models.chat] (AITP_MODELS__CHAT), and Ollama "
+                f"runs only the chat models mapped there")
+
+    def chat(self, model: str, system: str, user: str, schema_name: str, schema: dict):
+        """(ChatAnswer, provider name, paid). Raises the provider's error when it is about this
+        task (not retryable), or an outage when no provider could answer."""
+        failures = []
+        for name, local_model in self.candidates(model):
+            breaker = self.breakers[name]
+            permit = breaker.begin()
+            if permit is None:
+                failures.append(f"{name}: circuit breaker open")
+                continue
+            try:
+                answer = self.providers[name].chat(local_model, system, user, schema_name, schema)
+            except ProviderError as exc:
+                breaker.end(permit, failed=exc.counts_as_outage)
+                if not exc.retryable:
+                    raise
+                failures.append(f"{name}: {exc}")
+                continue
+            breaker.end(permit, failed=False)
+            return answer, name, self.providers[name].paid
+        raise ProviderError("; ".join(failures) or f"no provider for chat model {model!r}", provider="router",
+                            counts_as_outage=True, retry_after=min(
+                                (self.breakers[name].seconds_until_trial() for name, _ in self.candidates(model)),
+                                default=None) or None)

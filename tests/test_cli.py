@@ -24,7 +24,7 @@ def test_sandbox_command_serves_generated_tasks(tmp_path):
         first = process.stdout.readline()
         url = first.split(" at ", 1)[1].split(" ", 1)[0]
         listed = requests.get(f"{url}/api/ai-tasks/pending", timeout=5).json()
-        assert len(listed) == 7 + 11        # the good ones plus the malformed and foreign samples
+        assert len(listed) == 7 + 4 + 11     # the good ones, one of each LLM type, the malformed and foreign
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0

@@ -53,7 +53,7 @@ def test_500_tasks_end_in_their_right_states_then_sigterm_exits_0(sandbox, ollam
     lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     failed = [line for line in lines if line["event"] == "task failed"]
     assert len(failed) == 6 and all(line["task_id"] and line["reason"] for line in failed)
-    assert any(line["event"] == "task left alone" and line.get("type") == "defining_topics" for line in lines)
+    assert any(line["event"] == "task left alone" and line.get("type") == "summarizing" for line in lines)
     assert Journal(tmp_path / "data" / "journal.sqlite3").counts() == {"claims": 0, "outbox": 0}
 
 
@@ -99,7 +99,13 @@ def test_demo_command_drains_and_exits_0(tmp_path):
     result = subprocess.run([sys.executable, "-m", "actors", "demo", "--tasks", "120"], capture_output=True,
                             text=True, cwd=tmp_path, timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "summary: 120 succeeded, 6 failed, 5 left pending" in result.stdout
+    assert "summary: 216 succeeded, 6 failed, 5 left pending" in result.stdout     # 120 + 4 x 24 LLM tasks
+    for task_type in ("text_embedding", "identifying_data", "defining_topics", "defining_impact_area",
+                      "defining_severity"):
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(task_type + " "))
+        succeeded = int(line.split()[1])
+        assert succeeded == (120 if task_type == "text_embedding" else 24), line
+        assert task_type == "text_embedding" or line.endswith(" 0 pending"), line   # 3 unusable ids stay
     assert "tasks/s" in result.stdout
 
 

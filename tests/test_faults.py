@@ -382,8 +382,8 @@ def test_rest_for_one_restarts_the_stages_after_the_failed_one(sandbox, run_pipe
     wait_until(lambda: drained(server), message="the queue to drain")
     assert fault.failures and server.counts() == {"succeeded": 120}
     restarts = pipeline.status()["restarts"]
-    assert restarts == {"authenticator": 0, "reporter": 0, "provider_workers": 0, "dispatcher": 1,
-                        "rate_limiter": 1, "poller": 1}
+    assert restarts == {"authenticator": 0, "reporter": 0, "provider_workers": 0, "llm_workers": 0,
+                        "dispatcher": 1, "rate_limiter": 1, "poller": 1}
     assert pipeline.fatal_reason is None
 
 

@@ -95,7 +95,7 @@ def test_metrics_after_a_run_match_what_the_sandbox_saw_and_logs_carry_ids_but_n
     assert health["status"] == "ok" and health["mode"] == "ollama"
     assert health["token"]["held"] is True and isinstance(health["token"]["expires_at"], int)
     assert set(health["stages"]) == {"poller", "authenticator", "rate_limiter", "dispatcher", "provider_workers",
-                                     "reporter"}
+                                     "llm_workers", "reporter"}
     process.signal(15)
     assert process.wait(60) == 0
 

@@ -204,7 +204,7 @@ def test_a_backlog_is_taken_from_one_list_while_it_is_fresh(sandbox, run_pipelin
 
 def test_tasks_behind_a_long_run_of_unhandled_ones_are_still_reached(sandbox, run_pipeline, tmp_path):
     # More tasks of a type no handler takes than a poll keeps: they must not hide the others.
-    unhandled = [dict(task, type="identifying_data") for task in generated_tasks(300)]
+    unhandled = [dict(task, type="summarizing") for task in generated_tasks(300)]
     server = sandbox(unhandled + generated_tasks(40, start=300))
     run_pipeline(settings_for(server, tmp_path, "[processing]\nmax_in_flight = 4\n"))
     wait_until(lambda: drained(server, 300), message="the embedding tasks to drain")

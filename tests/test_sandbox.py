@@ -41,9 +41,10 @@ def test_token_endpoint_checks_the_client_and_tokens_expire(sandbox):
 
 
 def test_demo_queue_holds_the_hard_cases():
-    tasks = demo_tasks(10)
+    tasks = demo_tasks(10, llm_count=2)
     types = {t.get("type") for t in tasks}
-    assert {"text_embedding", "defining_topics", "identifying_data"} <= types
+    assert {"text_embedding", "identifying_data", "defining_topics", "defining_impact_area", "defining_severity",
+            "summarizing"} <= types
     assert any(t["_id"] == "../../etc/passwd" for t in tasks)
 
 

@@ -135,6 +135,12 @@ class StatusCollector:
                   {name: BREAKER_STATE.get(breaker.get("state"), 1)
                    for name, breaker in status.get("breakers", {}).items()})
 
+        wikidata = status.get("wikidata", {})
+        for key, name, text in (("calls", "aitp_wikidata_calls", "Calls made to Wikidata (cache misses only)"),
+                                ("cache_hits", "aitp_wikidata_cache_hits", "Wikidata look-ups answered by the cache"),
+                                ("cache_misses", "aitp_wikidata_cache_misses", "Wikidata look-ups not in the cache")):
+            yield _one(CounterMetricFamily, name, text, wikidata.get(key, 0))
+
         limits = status.get("rate_limits", {})
         for key, name, text in (("used", "rate_limit_current_usage", "Units used in the current window"),
                                 ("limit", "rate_limit_max_allowed", "Units allowed per window"),

@@ -16,6 +16,13 @@ class RawEmbedding(msgspec.Struct, frozen=True):
     tokens: int = 0
 
 
+class ChatAnswer(msgspec.Struct, frozen=True):
+    """A chat model's answer: the JSON text it wrote (to be checked against the schema asked for)."""
+
+    content: str
+    tokens: int = 0
+
+
 class Provider(abc.ABC):
     """An embedding backend. `embed` makes one HTTP call per batch and must not parse floats."""
 
@@ -44,6 +51,13 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def embed(self, model: str, texts: list[str]) -> RawEmbedding:
         """Embed a batch in one call; raise ProviderError on failure."""
+
+    def chat(self, model: str, system: str, user: str, schema_name: str, schema: dict) -> ChatAnswer:
+        """One chat completion whose answer follows the JSON `schema` (structured outputs); raise
+        ProviderError on failure. Providers that have no chat models keep this refusal."""
+        from aitp.errors import ProviderError
+        raise ProviderError(f"{self.name} has no chat models", provider=self.name, retryable=False,
+                            counts_as_outage=False)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -12,7 +12,7 @@ import msgspec
 from aitp.config import Settings
 from aitp.errors import ProviderError
 from aitp.transport.http1 import Http1Client, HttpTransportError
-from aitp.providers.base import Provider, RawEmbedding
+from aitp.providers.base import ChatAnswer, Provider, RawEmbedding
 
 log = logging.getLogger("aitp.providers.ollama")
 
@@ -55,6 +55,19 @@ def _base_name(model: str) -> str:
     return model if ":" in model else f"{model}:latest"
 
 
+class _ChatMessage(msgspec.Struct, frozen=True):
+    content: str = ""
+
+
+class _ChatResponse(msgspec.Struct):
+    message: _ChatMessage = _ChatMessage()
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+
+
+_chat_decoder = msgspec.json.Decoder(_ChatResponse)
+
+
 class OllamaProvider(Provider):
     name = "ollama"
     paid = False
@@ -72,7 +85,10 @@ class OllamaProvider(Provider):
         self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8,
                                          max_body_bytes=settings.ollama.max_answer_bytes)
         self._pull_lock = threading.Lock()     # one pull at a time, however many batches found a model gone
-
+        self._chat_client = Http1Client(self._base, timeout=settings.ollama.chat_timeout, max_idle=8,
+                                        max_body_bytes=settings.ollama.max_answer_bytes)
+        self._chat_models = sorted(set(settings.models.chat.values())) if settings.processing.mode in (
+            "ollama", "hybrid") else []
     def refusal(self, model: str) -> str | None:
         if _base_name(model) not in self._supported:
             return (f"model {model!r} is not in SUPPORTED_MODELS {self._supported_names} "
@@ -84,7 +100,7 @@ class OllamaProvider(Provider):
 
     def prepare(self) -> None:
         present = self.installed_models()
-        for model in self._supported_names:
+        for model in [*self._supported_names, *self._chat_models]:
             if _base_name(model) in present:
                 continue
             if not self._pull_missing:
@@ -179,5 +195,26 @@ class OllamaProvider(Provider):
         # Garbage is the process worker's to report, as a contract error for the whole batch.
         return RawEmbedding(decoder="ollama", payload=response.body, tokens=prompt_tokens(response.body))
 
+    def chat(self, model: str, system: str, user: str, schema_name: str, schema: dict) -> ChatAnswer:
+        """/api/chat with `format` set to the JSON schema (structured outputs) and no streaming.
+        `model` is the local model (the operator's [models.chat] mapping chose it)."""
+        body = _encoder.encode({"model": model, "stream": False, "format": schema, "options": {"temperature": 0},
+                                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]})
+        try:
+            response = self._chat_client.request("POST", "/api/chat", _JSON, body)
+        except HttpTransportError as exc:
+            raise ProviderError(f"Ollama at {self._base} unreachable: {exc.kind}", provider=self.name) from None
+        if response.status != 200:
+            detail = response.body[:400].decode("utf-8", "replace")[:200]
+            raise ProviderError(f"Ollama /api/chat answered {response.status}: {detail}", provider=self.name,
+                                status=response.status, retryable=response.status != 400,
+                                counts_as_outage=response.status != 400)
+        try:
+            answer = _chat_decoder.decode(response.body)
+        except msgspec.DecodeError as exc:
+            raise ProviderError(f"Ollama /api/chat answer unreadable: {exc}", provider=self.name) from None
+        return ChatAnswer(content=answer.message.content, tokens=answer.prompt_eval_count + answer.eval_count)
+
     def close(self) -> None:
         self._embed_client.close()
+        self._chat_client.close()

@@ -14,7 +14,7 @@ import openai
 
 from aitp.config import Settings
 from aitp.errors import ConfigError, ProviderError
-from aitp.providers.base import Provider, RawEmbedding
+from aitp.providers.base import ChatAnswer, Provider, RawEmbedding
 from aitp.transport.capped import CappedTransport
 from aitp.transport.retry_after import retry_after_seconds
 from aitp.tokens import estimate_tokens
@@ -33,6 +33,33 @@ class _UsageOnly(msgspec.Struct):
 
 
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
+
+
+class _ChatUsage(msgspec.Struct, frozen=True):
+    total_tokens: int = 0
+
+
+class _ChatMessage(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _ChatMessage
+
+
+class _ChatCompletion(msgspec.Struct):
+    choices: list[_Choice]
+    usage: _ChatUsage = _ChatUsage()
+
+
+_chat_decoder = msgspec.json.Decoder(_ChatCompletion)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """OpenAI's reasoning models take only temperature 1."""
+    name = model.lower()
+    return name.startswith(("o1", "o3", "o4", "gpt-5"))
 
 
 class OpenAIProvider(Provider):
@@ -102,6 +129,32 @@ class OpenAIProvider(Provider):
         except msgspec.DecodeError:
             tokens = 0   # the process worker reports the garbage as a contract error for the batch
         return RawEmbedding(decoder="openai", payload=content, tokens=tokens)
+
+    def chat(self, model: str, system: str, user: str, schema_name: str, schema: dict) -> ChatAnswer:
+        """Chat completions with structured outputs (a strict JSON schema). Reasoning models (o1,
+        o3, o4, gpt-5) accept only temperature 1; the others answer at a low one."""
+        try:
+            response = self._client.chat.completions.with_raw_response.create(
+                model=model, temperature=1 if is_reasoning_model(model) else 0.2,
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": schema_name, "strict": True, "schema": schema}})
+        except openai.APITimeoutError:
+            raise ProviderError(f"OpenAI at {self._base} did not answer within {self._timeout} s",
+                                provider=self.name) from None
+        except openai.APIConnectionError as exc:
+            raise ProviderError(f"OpenAI at {self._base} unreachable: {_describe(exc)}", provider=self.name) from None
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, model) from None
+        try:
+            answer = _chat_decoder.decode(response.content)
+            choice = answer.choices[0].message
+        except (msgspec.DecodeError, IndexError) as exc:
+            raise ProviderError(f"OpenAI chat answer unreadable: {exc}", provider=self.name) from None
+        if choice.refusal:
+            raise ProviderError(f"the model refused: {choice.refusal[:200]}", provider=self.name, retryable=False,
+                                counts_as_outage=False)
+        return ChatAnswer(content=choice.content or "", tokens=answer.usage.total_tokens)
 
     def _status_error(self, exc: openai.APIStatusError, model: str) -> ProviderError:
         status = exc.status_code

@@ -54,6 +54,7 @@ class OllamaStub:
         self.gate = threading.Event()        # cleared: /api/embed calls wait at it (a call held in flight)
         self.gate.set()
         self.waiting_at_gate = 0
+        self.chat_requests: list[dict] = []   # each /api/chat request as it came
         self.busy_seconds = 0.0
         self._server = QuietServer((host, port), _handler(self))
 
@@ -70,6 +71,22 @@ class OllamaStub:
         self.gate.set()
         self._server.shutdown()
         self._server.server_close()
+
+    def chat(self, request: dict) -> tuple[int, bytes]:
+        """/api/chat with `format` as a JSON schema: a schema-valid answer (see providers.mock)."""
+        from aitp.providers.mock import schema_answer
+        with self.lock:
+            self.chat_requests.append(request)
+            if self.fail_next:
+                return self.fail_next.pop(0), b'{"error":"injected failure"}'
+        name = str(request.get("model", "")).removesuffix(":latest")
+        if name not in self.installed:
+            return 404, msgspec.json.encode({"error": f"model \"{name}\" not found, try pulling it first"})
+        user = next((m.get("content", "") for m in request.get("messages", []) if m.get("role") == "user"), "")
+        content = schema_answer(name, user, request.get("format") or {})
+        return 200, msgspec.json.encode({"model": request.get("model"), "done": True,
+                                         "message": {"role": "assistant", "content": content},
+                                         "prompt_eval_count": len(user) // 4, "eval_count": len(content) // 4})
 
     def embed(self, model: str, inputs: list[str], truncate: bool = True) -> tuple[int, bytes]:
         if truncate and self.honours_truncate:
@@ -141,6 +158,8 @@ def _handler(stub: OllamaStub) -> type[BaseHTTPRequestHandler]:
                 inputs = request.get("input")
                 inputs = [inputs] if isinstance(inputs, str) else inputs
                 return self._reply(*stub.embed(request.get("model", ""), inputs, request.get("truncate", True)))
+            if self.path == "/api/chat":
+                return self._reply(*stub.chat(request))
             if self.path == "/api/pull":
                 return self._pull(request.get("model") or request.get("name", ""))
             self._reply(404, b"404 page not found")

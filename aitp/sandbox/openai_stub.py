@@ -45,6 +45,7 @@ class OpenAIStub:
         self.api_key, self.context_chars = api_key, context_chars
         self.lock = threading.Lock()
         self.requests: list[dict] = []      # model, inputs, dimensions, encoding_format of each embeddings call
+        self.chat_requests: list[dict] = []  # each chat completions request as it came
         self.fail_next: list[Injected] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -65,6 +66,25 @@ class OpenAIStub:
         self.gate.set()
         self._server.shutdown()
         self._server.server_close()
+
+    def chat(self, request: dict) -> tuple[int, bytes, dict[str, str]]:
+        """Chat completions with structured outputs: a schema-valid answer (see providers.mock)."""
+        from aitp.providers.mock import schema_answer
+        with self.lock:
+            self.chat_requests.append(request)
+            if self.fail_next:
+                injected = self.fail_next.pop(0)
+                return injected.status, injected.body, injected.headers
+        self.gate.wait(30)
+        schema = ((request.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
+        user = next((m.get("content", "") for m in request.get("messages", []) if m.get("role") == "user"), "")
+        content = schema_answer(request.get("model", ""), user, schema)
+        return 200, msgspec.json.encode({
+            "id": "chatcmpl-stub", "object": "chat.completion", "model": request.get("model"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content, "refusal": None}}],
+            "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4,
+                      "total_tokens": (len(user) + len(content)) // 4}}), {}
 
     def calls_of(self, model: str) -> list[dict]:
         with self.lock:
@@ -164,6 +184,8 @@ def _handler(stub: OpenAIStub) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if not self._authorised():
                 return
+            if self.path == "/v1/chat/completions":
+                return self._reply(*stub.chat(msgspec.json.decode(body)))
             if self.path != "/v1/embeddings":
                 return self._reply(404, _error("not found", "invalid_request_error"))
             self._reply(*stub.embed(msgspec.json.decode(body)))

@@ -189,6 +189,15 @@ class SandboxServer:
         with self.store.lock:
             return dict(Counter(task.get("state", "?") for task in self.store.tasks.values()))
 
+    def counts_by_type(self) -> dict[str, dict[str, int]]:
+        """type -> state -> how many tasks."""
+        out: dict[str, dict[str, int]] = {}
+        with self.store.lock:
+            for task in self.store.tasks.values():
+                by_state = out.setdefault(str(task.get("type")), {})
+                by_state[task.get("state", "?")] = by_state.get(task.get("state", "?"), 0) + 1
+        return out
+
     def history(self, task_id: str) -> list[str]:
         with self.store.lock:
             return list(self.store.history[task_id])
@@ -250,6 +259,26 @@ class SandboxServer:
         # Compared in constant time: how long a refusal takes must not tell how much was right.
         return (hmac.compare_digest((client_id or "").encode(), (self.client_id or "").encode())
                 & hmac.compare_digest((secret or "").encode(), (self.client_secret or "").encode()))
+
+
+_SEVERITIES = {"critical", "high_3", "high_2", "high_1", "medium_3", "medium_2", "medium_1", "low_3", "low_2", "low_1"}
+
+
+def result_fits(task_type: object, result: object) -> bool:
+    """Whether a `succeeded` result has the shape the API's callback for that type reads
+    (../shared/LLM-TASKS.md); the callback refuses (400) any other."""
+    if task_type == "identifying_data":
+        return isinstance(result, dict) and isinstance(result.get("personalities"), list) and all(
+            isinstance(p, dict) and isinstance(p.get("wikidata"), dict) and isinstance(p.get("name"), str)
+            for p in result["personalities"])
+    if task_type == "defining_topics":
+        return isinstance(result, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                                and t.get("language") == "pt" for t in result)
+    if task_type == "defining_impact_area":
+        return isinstance(result, dict) and isinstance(result.get("name"), str) and result.get("language") == "pt"
+    if task_type == "defining_severity":
+        return isinstance(result, dict) and result.get("severity") in _SEVERITIES
+    return isinstance(result, list) and bool(result) and all(isinstance(x, (int, float)) for x in result)
 
 
 def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
@@ -365,8 +394,8 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
                 return self._reply(302, b"", {"Location": "/404"})
             result = update.get("result")
             sandbox.store.set_state(task_id, state, result, update.get("error"))
-            if state == "succeeded" and (task_id in sandbox.reject_results_of or not (
-                    isinstance(result, list) and result and all(isinstance(x, (int, float)) for x in result))):
+            if state == "succeeded" and (task_id in sandbox.reject_results_of or not result_fits(
+                    sandbox.store.tasks[task_id].get("type"), result)):
                 # The real server stores the state first, then its callback rejects the result.
                 return self._error(400, "callback rejected the result", "Bad Request")
             with sandbox.store.lock:

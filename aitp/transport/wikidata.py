@@ -127,8 +127,18 @@ class WikidataClient:
         self._store(key, _encoder.encode(views))
         return views
 
+    def status(self) -> dict:
+        cache = self._cache
+        out = {"calls": self.calls, "cache_hits": cache.hits if cache else 0,
+               "cache_misses": cache.misses if cache else 0}
+        if self._breaker is not None:
+            out["breaker"] = self._breaker.status()
+        return out
+
     def close(self) -> None:
         self._session.close()
+        if self._cache is not None:
+            self._cache.close()
 
     # --- the etiquette ---
     def _cached(self, key: str) -> bytes | None:

@@ -1,0 +1,108 @@
+"""LlmWorkers: runs the LLM task types, each task on its own (a chat call and its Wikidata look-ups),
+at most `workers.llm_concurrency` at once, so that a slow chat call never holds up an embedding batch.
+
+A task ends in one of three ways: its result goes to the Reporter (journaled there first when a paid
+provider made it); it fails for its own sake (malformed content, an answer that failed the schema
+twice, a result over the API's limit); or, when no provider or Wikidata could answer, it is tried
+again after a backoff and, past `MAX_RETRIES`, put back to `pending`. An outage never succeeds with
+an empty answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+
+from aitp.errors import ProviderError
+from aitp.tasks import ChatJob, LlmHandler, TaskRejected
+from aitp.vectors.jobs import TaskVector
+from actors.messages import (BatchEmbedded, ChatTaskDone, ChatTaskRetry, Rejection, RunChatTasks, TasksRejected,
+                             TasksReleased)
+from actors.stage import PipelineContext, Stage
+
+log = logging.getLogger("aitp.llm_workers")
+
+
+class LlmWorkers(Stage):
+    name = "llm_workers"
+
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
+        super().__init__(ctx, orphans)
+        self.queue: deque[tuple[ChatJob, int]] = deque()   # (job, attempt) waiting for a slot
+        self.running: set[str] = set()
+        self.finished = 0
+
+    def setup(self) -> None:
+        self.start_pool(self.settings.workers.llm_concurrency)
+        self.queue.extend((job, 1) for job in self.inherited)   # not started by a previous instance
+        self._pump()
+
+    def receive(self, message) -> None:
+        if isinstance(message, RunChatTasks):
+            self.queue.extend((job, 1) for job in message.jobs)
+        elif isinstance(message, ChatTaskRetry):
+            self.queue.append((message.job, message.attempt))
+        elif isinstance(message, ChatTaskDone):
+            self.running.discard(message.task_id)
+            self.finished += 1
+        self._pump()
+
+    def _pump(self) -> None:
+        assert self.pool is not None
+        while self.queue and len(self.running) < self.pool_size:
+            job, attempt = self.queue.popleft()
+            self.running.add(job.task_id)
+            self.pool.submit(self._run, job, attempt)
+
+    # --- on a pool thread: no stage state touched here ---
+    def _run(self, job: ChatJob, attempt: int) -> None:
+        ctx, started = self.ctx, time.perf_counter()
+        handler = ctx.handlers[job.task_type]
+        assert isinstance(handler, LlmHandler)
+        try:
+            result = handler.run(job, ctx.chat_router.chat, ctx.wikidata)
+        except TaskRejected as exc:
+            self._failed(job, str(exc))
+        except ProviderError as exc:
+            if not exc.retryable:
+                self._failed(job, f"{exc.provider}: {exc}")
+            elif attempt <= self.settings.processing.max_retries:
+                delay = ctx.backoff(attempt, exc.retry_after)
+                log.warning("LLM task retried after an outage", extra={"fields": {
+                    "task_id": job.task_id, "type": job.task_type, "error": str(exc)[:300], "attempt": attempt,
+                    "retry_in_s": round(delay, 2)}})
+                self.later(delay, ChatTaskRetry(job, attempt + 1))
+            else:
+                log.warning("no provider could run the LLM task; it goes back to pending",
+                            extra={"fields": {"task_id": job.task_id, "error": str(exc)[:300]}})
+                ctx.metrics.tasks_released.inc()
+                self.tell("reporter", TasksReleased([job.task_id], str(exc)[:300]))
+        except Exception as exc:  # noqa: BLE001 - a handler's bug fails its task, not the stage
+            log.exception("LLM task handler failed", extra={"fields": {"task_id": job.task_id}})
+            self._failed(job, f"internal error: {exc!r}"[:300])
+        else:
+            seconds = time.perf_counter() - started
+            ctx.metrics.provider_call(result.provider, job.model, "success", 1, seconds, result.tokens)
+            ctx.metrics.task_decided(job.task_type, "succeeded", time.time() - job.taken_at if job.taken_at else None)
+            self.tell("reporter", BatchEmbedded(uuid.uuid4().hex[:12], job.model,
+                                                [TaskVector(job.task_id, result.body)], paid=result.paid))
+        finally:
+            self.tell(self.name, ChatTaskDone(job.task_id))
+
+    def _failed(self, job: ChatJob, reason: str) -> None:
+        self.ctx.metrics.task_decided(job.task_type, "failed", time.time() - job.taken_at if job.taken_at else None)
+        self.tell("reporter", TasksRejected([Rejection(job.task_id, reason)]))
+
+    # --- asked by the pipeline and the supervisor ---
+    def release_queued(self) -> list[ChatJob]:
+        jobs = [job for job, _ in self.queue]
+        self.queue.clear()
+        return jobs
+
+    def orphans(self) -> list:
+        return [job for job, _ in self.queue]
+
+    def status(self) -> dict:
+        return {"queued": len(self.queue), "active": len(self.running), "finished": self.finished}
