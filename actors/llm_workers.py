@@ -84,7 +84,7 @@ class LlmWorkers(Stage):
             self._failed(job, f"internal error: {exc!r}"[:300])
         else:
             seconds = time.perf_counter() - started
-            ctx.metrics.provider_call(result.provider, job.model, "success", 1, seconds, result.tokens)
+            ctx.metrics.provider_call(result.provider, job.model, "success", 1, seconds, result.tokens, job.task_type)
             ctx.metrics.task_decided(job.task_type, "succeeded", time.time() - job.taken_at if job.taken_at else None)
             self.tell("reporter", BatchEmbedded(uuid.uuid4().hex[:12], job.model,
                                                 [TaskVector(job.task_id, result.body)], paid=result.paid))

@@ -384,4 +384,5 @@ class Pipeline:
 def _known_models(settings: Settings) -> set[str]:
     """The model names the configuration names: metric labels are kept to these."""
     supported = settings.processing.supported_models
-    return {*settings.models.dimensions, *supported, *(model.removesuffix(":latest") for model in supported)}
+    return {*settings.models.dimensions, *supported, *(model.removesuffix(":latest") for model in supported),
+            settings.models.default_chat_model, *settings.models.chat, "o3", "o3-mini"}

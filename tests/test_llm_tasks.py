@@ -197,10 +197,15 @@ def test_the_pipeline_drains_every_llm_type_and_each_patch_body_has_the_contract
     try:
         tasks = llm_tasks(3)
         server = sandbox(tasks)
-        run_pipeline(settings_for(server, tmp_path, PROCESSING_MODE="mock", **wikidata.settings_env()))
+        pipeline = run_pipeline(settings_for(server, tmp_path, PROCESSING_MODE="mock", **wikidata.settings_env()))
         wait_until(lambda: server.counts() == {"succeeded": len(tasks)}, message="every LLM task to succeed")
+        metrics = pipeline.metrics.expose().decode()
     finally:
         wikidata.stop()
+    # The same names and ids come back in every task: most look-ups are answered by the cache.
+    hits = float(next(line.split()[-1] for line in metrics.splitlines()
+                      if line.startswith("aitp_wikidata_cache_hits_total")))
+    assert hits > 0 and len(wikidata.calls()) < 4 * len(tasks)
     by_type: dict[str, list] = {}
     for task in tasks:
         by_type.setdefault(task["type"], []).append(server.result(task["_id"]))
@@ -236,3 +241,38 @@ def test_llm_tasks_go_back_to_pending_while_the_openai_endpoint_is_down(sandbox,
     finally:
         wikidata.stop()
     assert not server.counts().get("succeeded")
+
+
+def test_kill_9_with_a_paid_chat_answer_in_the_outbox_never_pays_for_it_again(sandbox, openai_stub, service,
+                                                                              tmp_path):
+    from aitp.sandbox.openai_stub import STUB_KEY
+    from aitp.storage.journal import Journal
+    stub = openai_stub()
+    wikidata = WikidataStub()
+    wikidata.start()
+    try:
+        tasks = [llm_task(object_id(i, prefix=0x33), "defining_topics", f"A COP30 em Belém, parte {i}")
+                 for i in range(2)]
+        server = sandbox(tasks)
+        env = {"API_BASE_URL": server.url, "OPENAI_API_KEY": STUB_KEY, "OPENAI_BASE_URL": stub.url,
+               "REQUEST_TIMEOUT": "1", **wikidata.settings_env()}
+        stub.gate.clear()                                 # the chat calls wait until the API hangs
+        first = service(env)
+        wait_until(lambda: stub.chats_at_gate == 2, message="both chat calls under way")
+        server.start_outage("hang")                       # the paid answers cannot be reported
+        stub.gate.set()
+        journal_path = tmp_path / "data" / "journal.sqlite3"
+        wait_until(lambda: Journal(journal_path).counts()["outbox"] == 2, message="the paid answers journaled")
+        first.signal(9)
+        first.wait(10)
+        server.end_outage()
+        paid_calls = len(stub.chat_requests)
+        second = service(env)
+        wait_until(lambda: server.counts() == {"succeeded": 2}, message="both reported after the restart")
+        second.signal(15)
+        assert second.wait(60) == 0
+    finally:
+        wikidata.stop()
+    assert len(stub.chat_requests) == paid_calls == 2      # sent from the outbox, not asked again
+    for task in tasks:
+        assert all(topic["language"] == "pt" for topic in server.result(task["_id"]))

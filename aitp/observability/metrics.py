@@ -47,7 +47,8 @@ class Metrics:
             name: Counter(f"{name}_requests", f"{name} embedding calls", ["model", "status"], registry=registry)
             for name in ("openai", "ollama", "mock")}
         self.provider_tokens = {
-            name: Counter(f"{name}_tokens_used", f"Tokens {name} reported", ["model"], registry=registry)
+            name: Counter(f"{name}_tokens_used", f"Tokens {name} reported, by model and task type", ["model", "type"],
+                          registry=registry)
             for name in ("openai", "ollama", "mock")}
         self.batch_size = Histogram("aitp_batch_size", "Inputs per provider call", ["provider"], buckets=_BATCH,
                                     registry=registry)
@@ -83,12 +84,13 @@ class Metrics:
         children[1].observe(seconds)
 
     def provider_call(self, provider: str, model: str, status: str, inputs: int, seconds: float,
-                      tokens: int = 0) -> None:
+                      tokens: int = 0, task_type: str = "text_embedding") -> None:
         model = model if model in self.known_models else OTHER
+        task_type = task_type if task_type in self.known_types else OTHER
         if provider in self.provider_requests:
             self.provider_requests[provider].labels(model, status).inc()
             if tokens:
-                self.provider_tokens[provider].labels(model).inc(tokens)
+                self.provider_tokens[provider].labels(model, task_type).inc(tokens)
         self.batch_size.labels(provider).observe(inputs)
         self.provider_latency.labels(provider).observe(seconds)
 

@@ -46,6 +46,7 @@ class OpenAIStub:
         self.lock = threading.Lock()
         self.requests: list[dict] = []      # model, inputs, dimensions, encoding_format of each embeddings call
         self.chat_requests: list[dict] = []  # each chat completions request as it came
+        self.chats_at_gate = 0
         self.fail_next: list[Injected] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -75,6 +76,8 @@ class OpenAIStub:
             if self.fail_next:
                 injected = self.fail_next.pop(0)
                 return injected.status, injected.body, injected.headers
+        with self.lock:
+            self.chats_at_gate += 0 if self.gate.is_set() else 1
         self.gate.wait(30)
         schema = ((request.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
         user = next((m.get("content", "") for m in request.get("messages", []) if m.get("role") == "user"), "")
