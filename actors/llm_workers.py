@@ -62,6 +62,8 @@ class LlmWorkers(Stage):
         handler = ctx.handlers[job.task_type]
         assert isinstance(handler, LlmHandler)
         try:
+            if ctx.rate_limits.refunds_units:     # its rate-limit unit is spent now: no refund at a release
+                ctx.journal.mark_sent([job.task_id])
             result = handler.run(job, ctx.chat_router.chat, ctx.wikidata)
         except TaskRejected as exc:
             self._failed(job, str(exc))
