@@ -24,6 +24,7 @@ from aitp.providers import Provider, providers_for
 from aitp.storage.rate_limits import rate_limits_for
 from aitp.routing import ChatRouter, Router
 from aitp.transport.task_api import NoCredentials, PatchOutcome, TaskApiClient
+from aitp.transport.tls import client_context
 from aitp.transport.wikidata import wikidata_client_for
 from aitp.tasks import HANDLERS, TaskRejected
 from aitp.timers import Scheduler
@@ -90,19 +91,21 @@ class Pipeline:
                                                                  resilience.circuit_breaker_reset_seconds))
         journal = Journal(settings.journal_path)
         directory, cell = StageDirectory(), TokenCell()
+        tls = client_context(settings)          # one TLS policy for every client (aitp/transport/tls.py)
         directory.undeliverable = self._keep_late_results
         token_client = None
         if settings.uses_oauth2:
             token_client = TokenClient(settings.token_url, settings.auth.client_id, settings.auth.client_secret,
                                        scope=settings.auth.scope, auth_method=settings.auth.client_auth_method,
-                                       timeout=settings.api.request_timeout)
+                                       timeout=settings.api.request_timeout, ssl_context=tls)
         credentials = ActorCredentials(cell, directory, settings.api.request_timeout) if token_client \
             else NoCredentials()
         workers = settings.workers
         task_api = TaskApiClient(settings.api.base_url, timeout=settings.api.request_timeout,
                                  credentials=credentials, observer=self.metrics.api_request,
                                  pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
-                                 pipelining=settings.api.pipelining, max_answer_bytes=settings.api.max_answer_bytes)
+                                 pipelining=settings.api.pipelining, max_answer_bytes=settings.api.max_answer_bytes,
+                                 ssl_context=tls)
         vector_pool = VectorPool(workers.process_workers, workers.process_answer_timeout)
         vector_pool.warm_up()
         self.ctx = ctx = PipelineContext(

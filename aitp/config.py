@@ -90,6 +90,12 @@ class OllamaSettings(_Section):
     max_answer_bytes: Positive = 64_000_000
 
 
+class TlsSettings(_Section):
+    ca_bundle: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+
+
 class WikidataSettings(_Section):
     api_url: str = "https://www.wikidata.org/w/api.php"
     sparql_url: str = "https://query.wikidata.org/sparql"
@@ -186,6 +192,7 @@ class ShutdownSettings(_Section):
 class Settings(_Section):
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
+    tls: TlsSettings = TlsSettings()
     processing: ProcessingSettings = ProcessingSettings()
     polling: PollingSettings = PollingSettings()
     openai: OpenAISettings = OpenAISettings()
@@ -484,6 +491,13 @@ def _check_cross_field(settings: Settings, sources: dict[str, str]) -> None:
     if bool(settings.auth.client_id) != bool(settings.auth.client_secret):
         raise ConfigError("auth.client_id", settings.auth.client_id or "",
                           "OAUTH2_CLIENT_ID and OAUTH2_CLIENT_SECRET set together", sources["auth.client_id"])
+    for key in ("tls.ca_bundle", "tls.client_cert", "tls.client_key"):
+        path = getattr(settings.tls, key.split(".")[1])
+        if path and not Path(path).is_file():
+            raise ConfigError(key, path, "a readable PEM file", sources[key])
+    if bool(settings.tls.client_cert) != bool(settings.tls.client_key):
+        raise ConfigError("tls.client_cert", settings.tls.client_cert, "tls.client_cert and tls.client_key together",
+                          sources["tls.client_cert"])
     if settings.auth.client_id and not settings.token_url:
         raise ConfigError("auth.token_url", "", "OAUTH2_TOKEN_URL or ORY_PROJECT_SLUG when a client id is set",
                           sources["auth.token_url"])

@@ -3,7 +3,7 @@
 # an operator's Compose 1.29 does). Installed when missing and when running as root, as CI does;
 # elsewhere it says what is missing, and the tests that need it are skipped.
 set -euo pipefail
-wanted=(docker-compose)
+wanted=(docker-compose nginx-light)
 missing=()
 for package in "${wanted[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -409,3 +409,30 @@ def test_an_answer_over_the_cap_is_refused_before_it_is_held(scripted, framing):
     with pytest.raises(HttpTransportError) as error:
         Http1Client(server.url, timeout=5, max_body_bytes=5000).request("GET", "/", {})
     assert error.value.kind == "TooLarge"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_gzip_answer_is_inflated_whole_or_as_it_streams(scripted, streamed):
+    import gzip
+    plain = b'[' + b",".join(b'{"_id":"%024x","text":"repetitive text"}' % i for i in range(5000)) + b']'
+    packed = gzip.compress(plain)
+    server = scripted(keep_answering(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (len(packed), packed)))
+    client = Http1Client(server.url, timeout=5)
+    if streamed:
+        sink = Collect()
+        assert client.request("GET", "/", {}, body_sink=sink).body == b""
+        assert b"".join(sink.pieces) == plain and max(map(len, sink.pieces)) <= 1024 * 1024
+    else:
+        assert client.request("GET", "/", {}).body == plain
+    assert len(packed) * 2 < len(plain)
+
+
+def test_a_compressed_answer_that_would_inflate_past_the_cap_is_refused(scripted):
+    import gzip
+    bomb = gzip.compress(b"\0" * 20_000_000)          # 20 kB that inflate to 20 MB
+    server = scripted(keep_answering(b"HTTP/1.1 500 Oops\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (len(bomb), bomb)))
+    with pytest.raises(HttpTransportError) as error:
+        Http1Client(server.url, timeout=5, max_body_bytes=1_000_000).request("GET", "/", {})
+    assert error.value.kind == "TooLarge"

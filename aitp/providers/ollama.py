@@ -13,6 +13,7 @@ from aitp.config import Settings
 from aitp.errors import ProviderError
 from aitp.transport.http1 import Http1Client, HttpTransportError
 from aitp.providers.base import ChatAnswer, Provider, RawEmbedding
+from aitp.transport.tls import client_context, requests_session
 
 log = logging.getLogger("aitp.providers.ollama")
 
@@ -82,11 +83,12 @@ class OllamaProvider(Provider):
         self._dimensions = settings.models.dimensions
         # Every call but a pull goes through the lean client (aitp/transport/http1.py); like the task API,
         # Ollama is reached directly, never through an HTTP_PROXY.
-        self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8,
+        self._tls = client_context(settings) if self._base.startswith("https:") else None
+        self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8, ssl_context=self._tls,
                                          max_body_bytes=settings.ollama.max_answer_bytes)
         self._pull_lock = threading.Lock()     # one pull at a time, however many batches found a model gone
         self._chat_client = Http1Client(self._base, timeout=settings.ollama.chat_timeout, max_idle=8,
-                                        max_body_bytes=settings.ollama.max_answer_bytes)
+                                        ssl_context=self._tls, max_body_bytes=settings.ollama.max_answer_bytes)
         self._chat_models = sorted(set(settings.models.chat.values())) if settings.processing.mode in (
             "ollama", "hybrid") else []
     def refusal(self, model: str) -> str | None:
@@ -121,10 +123,11 @@ class OllamaProvider(Provider):
     def pull(self, model: str) -> None:
         """Stream `/api/pull`, logging progress at most every few seconds."""
         import requests    # only for a pull (streamed, minutes long): not loaded by a service that never pulls
+        session = requests_session(self._tls)
         log.info("pulling model", extra={"fields": {"model": model, "ollama": self._base}})
         last_logged = 0.0
         try:
-            with requests.post(f"{self._base}/api/pull", data=_encoder.encode({"model": model, "stream": True}),
+            with session.post(f"{self._base}/api/pull", data=_encoder.encode({"model": model, "stream": True}),
                                     stream=True, timeout=(self._timeout, self._download_timeout)) as response:
                 response.raise_for_status()
                 for line in response.iter_lines():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -10,6 +11,7 @@ from urllib.parse import quote_plus
 import msgspec
 
 from aitp.errors import AuthError
+from aitp.transport.tls import requests_session
 from aitp.storage.files import private_file
 
 
@@ -44,7 +46,9 @@ class TokenClient:
     """POSTs `grant_type=client_credentials` to the token URL; every error names the URL, never the secret."""
 
     def __init__(self, token_url: str, client_id: str, client_secret: str, *, scope: str = "",
-                 auth_method: str = "client_secret_basic", timeout: float = 30.0) -> None:
+                 auth_method: str = "client_secret_basic", timeout: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl_context = ssl_context       # aitp/transport/tls.py: the one TLS policy
         self.token_url = token_url
         self._client_id, self._secret = client_id, client_secret
         self._scope, self._auth_method, self._timeout = scope, auth_method, timeout
@@ -61,7 +65,7 @@ class TokenClient:
             auth = (quote_plus(self._client_id), quote_plus(self._secret))
         import requests     # about 70 ms and some MB at start-up, for a call made once an hour
         if self._session is None:
-            self._session = requests.Session()
+            self._session = requests_session(self._ssl_context)
         started = time.time()
         try:
             # Never redirected: a 307 would send the form, the secret in it, somewhere else.

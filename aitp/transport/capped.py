@@ -19,6 +19,11 @@ except ImportError:       # pragma: no cover - depends on the installed SDK
 _DEADLINE_BYTES_PER_SECOND = 64 * 1024
 
 
+def capped_inner_transport(ssl_context) -> httpx.BaseTransport:
+    """The SDK's own kind of transport, with aitp's TLS policy (aitp/transport/tls.py)."""
+    return httpx.HTTPTransport(verify=ssl_context)
+
+
 class CappedTransport(httpx.BaseTransport):
     def __init__(self, max_bytes: int, timeout: float, inner: httpx.BaseTransport | None = None) -> None:
         self._inner = inner or httpx.HTTPTransport()

@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
@@ -101,7 +102,7 @@ class Http1Client:
         self._max_idle = max_idle
         self._max_body_bytes = max_body_bytes
         self._trusted_idle_seconds = trusted_idle_seconds
-        self._ssl_context = ssl_context or (ssl.create_default_context() if self._tls else None)
+        self._ssl_context = (ssl_context or ssl.create_default_context()) if self._tls else None
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         # Off for good once a server (or a proxy before it) answered part of a group and then went
@@ -257,6 +258,50 @@ class Http1Client:
         return _Connection(sock, self._timeout, self._max_body_bytes)
 
 
+# Output of one decompression step: a small compressed piece of a hostile answer can expand a
+# thousandfold, so output is taken a bounded piece at a time.
+_INFLATE_BYTES = 1024 * 1024
+
+
+def _decoder_for(content_encoding: str):
+    """A zlib decompressor for gzip or deflate (zlib-wrapped) bodies; None for identity."""
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)     # gzip or zlib header, detected
+    raise HttpTransportError("ProtocolError", f"an answer in an encoding not asked for: {encoding[:20]!r}")
+
+
+def _decompressing(sink: Callable[[memoryview | bytes], None], decoder) -> Callable[[memoryview | bytes], None]:
+    """A sink that inflates what it is given, a bounded piece at a time, into `sink`."""
+    def feed(data: memoryview | bytes) -> None:
+        try:
+            while data:
+                out = decoder.decompress(data, _INFLATE_BYTES)
+                if out:
+                    sink(out)
+                data = decoder.unconsumed_tail
+        except zlib.error as exc:
+            raise HttpTransportError("ProtocolError", f"a compressed answer that does not inflate: {exc}") from None
+    return feed
+
+
+def _decompressed(body: bytes | bytearray, decoder, cap: int | None) -> bytes:
+    parts, size, data = [], 0, bytes(body)
+    try:
+        while data:
+            out = decoder.decompress(data, _INFLATE_BYTES)
+            size += len(out)
+            if cap is not None and size > cap:
+                raise HttpTransportError("TooLarge", f"an answer that inflates past the {cap} bytes allowed")
+            parts.append(out)
+            data = decoder.unconsumed_tail
+    except zlib.error as exc:
+        raise HttpTransportError("ProtocolError", f"a compressed answer that does not inflate: {exc}") from None
+    return b"".join(parts)
+
+
 def gather_seconds(seconds_per_answer: float | None, count: int) -> float:
     """How long to nap before reading the answers to `count` pipelined requests, when such answers
     took `seconds_per_answer` each last time (None: no idea yet, so no nap)."""
@@ -396,6 +441,9 @@ class _Connection:
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return Response(status, headers, b""), keep_alive
         sink = body_sink(status, headers) if body_sink is not None else None
+        decoder = _decoder_for(headers.get("content-encoding", ""))
+        if decoder is not None and sink is not None:
+            sink = _decompressing(sink, decoder)
         if "chunked" in headers.get("transfer-encoding", "").lower():
             body = self._read_chunked(sink)
         elif "content-length" in headers:
@@ -412,6 +460,8 @@ class _Connection:
                 body = self._stream_exactly(length, sink)
         else:
             body, keep_alive = self._read_to_close(sink), False
+        if decoder is not None and sink is None:
+            body = _decompressed(body, decoder, self._max_body_bytes)
         return Response(status, headers, body), keep_alive
 
     def _read_head(self) -> tuple[int, str, dict[str, str]]:

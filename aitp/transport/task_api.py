@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ssl
 import time
 from typing import Callable, Protocol
 
@@ -59,6 +60,7 @@ NO_ANSWER = "no answer: the request before it in its group failed"
 # How much each new group moves TaskApiClient.patch_seconds: a few groups follow a change of pace.
 _PATCH_SECONDS_WEIGHT = 0.25
 
+_ACCEPT_GZIP = {"Accept-Encoding": "gzip"}
 RequestObserver = Callable[[str, str, str, float], None]  # endpoint, method, status, seconds
 
 
@@ -89,14 +91,14 @@ class TaskApiClient:
 
     def __init__(self, base_url: str, *, timeout: float, credentials: Credentials | None = None,
                  pool_size: int = 16, observer: RequestObserver | None = None, pipelining: bool = True,
-                 max_answer_bytes: int | None = None) -> None:
+                 max_answer_bytes: int | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self._base = "/api/ai-tasks"
         self.credentials: Credentials = credentials or NoCredentials()
         self._observer = observer
         # Every task takes two requests, so the client's CPU per request matters (aitp/transport/http1.py).
         # No retries here and no redirects followed: the stages decide what a failure means.
         self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size, pipelining=pipelining,
-                                 max_body_bytes=max_answer_bytes)
+                                 max_body_bytes=max_answer_bytes, ssl_context=ssl_context)
         # JSON 404s instead of a redirect to /404 for unknown ids.
         self._headers = {"Content-Type": "application/json", "X-Api-Request": "true"}
         # Wall seconds one PATCH takes in a group sent together (a running mean; None before the
@@ -104,11 +106,11 @@ class TaskApiClient:
         self.patch_seconds: float | None = None
 
     def _send(self, method: str, path: str, endpoint: str, body: bytes | None = None,
-              body_sink: BodySink | None = None) -> Response:
+              body_sink: BodySink | None = None, extra_headers: dict[str, str] | None = None) -> Response:
         """One request with the current token, renewed and retried once on 401/403."""
         token = self.credentials.current()
         for attempt in (1, 2):
-            headers = self._headers_with(token)
+            headers = {**self._headers_with(token), **(extra_headers or {})}
             started = time.perf_counter()
             status = "error"
             try:
@@ -132,7 +134,11 @@ class TaskApiClient:
         """The raw pending list (the server returns all of it and ignores `limit`). With `consume`,
         a 200 answer's body goes there piece by piece as it arrives, and b"" is returned."""
         sink = None if consume is None else (lambda status, headers: consume if status == 200 else None)
-        response = self._send("GET", f"{self._base}/pending", "/api/ai-tasks/pending", body_sink=sink)
+        # The list is JSON that compresses about tenfold (38 MB at 100,000 tasks): a proxy in front of
+        # the API (nginx, a load balancer) that gzips it saves most of each poll; it is inflated as it
+        # arrives, a bounded piece at a time (aitp/transport/http1.py).
+        response = self._send("GET", f"{self._base}/pending", "/api/ai-tasks/pending", body_sink=sink,
+                              extra_headers=_ACCEPT_GZIP)
         if response.status != 200:
             raise TaskApiError(f"GET pending answered {response.status}: {_text(response)}",
                                status=response.status, retry_after=_retry_after(response))

@@ -10,6 +10,7 @@ provider "wikidata": the task goes back to pending, it never succeeds with an em
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from datetime import date, timedelta
@@ -22,6 +23,7 @@ from aitp.breakers import ProviderBreaker
 from aitp.errors import ProviderError
 from aitp.storage.cache import TtlCache
 from aitp.transport.retry_after import retry_after_seconds
+from aitp.transport.tls import client_context, requests_session
 
 log = logging.getLogger("aitp.wikidata")
 
@@ -55,9 +57,9 @@ class WikidataClient:
     def __init__(self, *, api_url: str, sparql_url: str, pageviews_url: str, user_agent: str, timeout: float,
                  cache: TtlCache | None = None, breaker: ProviderBreaker | None = None, max_attempts: int = 4,
                  max_wait_seconds: float = 30.0, concurrency: int = 2,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        import requests     # the task API and Ollama go through http1; these few calls are not hot
-        self._session = requests.Session()
+                 sleep: Callable[[float], None] = time.sleep, ssl_context: ssl.SSLContext | None = None) -> None:
+        # requests, not http1: these few calls are not hot. The TLS policy is aitp/transport/tls.py's.
+        self._session = requests_session(ssl_context)
         self._session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self._api, self._sparql, self._pageviews = api_url, sparql_url, pageviews_url.rstrip("/")
         self._timeout, self._cache, self._breaker = timeout, cache, breaker
@@ -241,4 +243,4 @@ def wikidata_client_for(settings, breaker: ProviderBreaker | None = None) -> Wik
                           user_agent=config.user_agent, timeout=config.timeout,
                           cache=TtlCache(settings.wikidata_cache_path, config.cache_ttl_seconds), breaker=breaker,
                           max_attempts=config.max_attempts, max_wait_seconds=config.max_wait_seconds,
-                          concurrency=config.concurrency)
+                          concurrency=config.concurrency, ssl_context=client_context(settings))
