@@ -436,3 +436,17 @@ def test_a_compressed_answer_that_would_inflate_past_the_cap_is_refused(scripted
     with pytest.raises(HttpTransportError) as error:
         Http1Client(server.url, timeout=5, max_body_bytes=1_000_000).request("GET", "/", {})
     assert error.value.kind == "TooLarge"
+
+
+@pytest.mark.parametrize("environ, url, expected", [
+    ({"HTTP_PROXY": "http://p:3128"}, "http://api.example/x", "http://p:3128"),
+    ({"https_proxy": "http://p:3128"}, "https://api.example", "http://p:3128"),            # lower case too
+    ({"HTTP_PROXY": "http://p:3128"}, "https://api.example", None),                        # per scheme
+    ({"HTTP_PROXY": "http://p:3128", "NO_PROXY": "localhost,.internal"}, "http://localhost:11434", None),
+    ({"HTTP_PROXY": "http://p:3128", "no_proxy": ".internal"}, "http://ollama.internal:11434", None),
+    ({"HTTP_PROXY": "http://p:3128", "NO_PROXY": "localhost"}, "http://127.0.0.1:3000", "http://p:3128"),
+    ({}, "http://api.example", None),
+])
+def test_the_proxy_comes_from_the_environment_as_every_http_client_reads_it(environ, url, expected):
+    from aitp.transport.http1 import proxy_for
+    assert proxy_for(url, environ) == expected

@@ -168,3 +168,64 @@ def test_one_tls_policy_for_the_token_wikidata_and_openai_clients(scripted, tmp_
     from aitp.errors import AuthError
     with pytest.raises(AuthError, match="unreachable"):       # requests' own trust does not know the CA
         TokenClient(f"{server.url}/token", "c", "s", timeout=5).fetch()
+
+
+TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
+
+
+@pytest.fixture
+def tinyproxy(tmp_path):
+    if not os.path.exists(TINYPROXY):
+        pytest.skip("tinyproxy is not installed (tests/install-peers.sh installs it as root)")
+    port = free_port()
+    home = tmp_path / "tinyproxy"
+    home.mkdir()
+    user = "User root\nGroup root\n" if os.geteuid() == 0 else ""
+    (home / "tinyproxy.conf").write_text(f"""{user}Port {port}
+Listen 127.0.0.1
+Timeout 60
+MaxClients 50
+Allow 127.0.0.1
+LogLevel Connect
+LogFile "{home}/tinyproxy.log"
+PidFile "{home}/tinyproxy.pid"
+""")
+    process = subprocess.Popen([TINYPROXY, "-d", "-c", str(home / "tinyproxy.conf")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_until(lambda: _accepts(port), message="tinyproxy to listen")
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(30)
+
+
+def test_through_a_forward_proxy_the_task_api_goes_via_it_and_ollama_in_no_proxy_does_not(
+        tinyproxy, sandbox, ollama, service):
+    stub = ollama(models={"nomic-embed-text": 768})
+    server = sandbox(generated_tasks(40))
+    ollama_url = stub.url.replace("127.0.0.1", "localhost")
+    process = service({"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": ollama_url,
+                       "HTTP_PROXY": tinyproxy, "HTTPS_PROXY": tinyproxy, "NO_PROXY": "localhost"})
+    wait_until(lambda: drained(server), timeout=120, message="the queue to drain through the proxy")
+    assert server.counts() == {"succeeded": 40}
+    counts = server.request_counts()
+    assert counts["GET pending"] == counts["GET pending via proxy"] > 0
+    assert counts["PATCH task"] == counts["PATCH task via proxy"] >= 80
+    assert stub.requests_via_proxy == 0 and sum(stub.batch_sizes) == 40
+    process.signal(15)
+    assert process.wait(60) == 0
+
+
+def test_https_goes_through_a_connect_tunnel(tinyproxy, scripted, tmp_path):
+    import ssl
+
+    from aitp.transport.http1 import Http1Client
+    ca, cert, key = private_ca(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = scripted(lambda peer, number: [peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
+                                            for _ in iter(peer.read_request, None)], ssl_context=context)
+    client = Http1Client(server.url, timeout=10, ssl_context=ssl.create_default_context(cafile=ca), proxy=tinyproxy)
+    assert [client.request("GET", "/", {}).body for _ in range(3)] == [b"secret"] * 3
+    assert server.connections == 1                      # one tunnel, kept alive
+    log = (tmp_path / "tinyproxy" / "tinyproxy.log").read_text()
+    assert "CONNECT" in log and "secret" not in log

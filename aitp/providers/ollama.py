@@ -11,7 +11,7 @@ import msgspec
 
 from aitp.config import Settings
 from aitp.errors import ProviderError
-from aitp.transport.http1 import Http1Client, HttpTransportError
+from aitp.transport.http1 import Http1Client, HttpTransportError, proxy_for
 from aitp.providers.base import ChatAnswer, Provider, RawEmbedding
 from aitp.transport.tls import client_context, requests_session
 
@@ -81,14 +81,16 @@ class OllamaProvider(Provider):
         self._supported = {_base_name(model) for model in settings.processing.supported_models}
         self._supported_names = settings.processing.supported_models
         self._dimensions = settings.models.dimensions
-        # Every call but a pull goes through the lean client (aitp/transport/http1.py); like the task API,
-        # Ollama is reached directly, never through an HTTP_PROXY.
+        # Every call but a pull goes through the lean client (aitp/transport/http1.py); like every HTTP
+        # client, it goes through HTTP_PROXY / HTTPS_PROXY unless NO_PROXY names Ollama's host.
         self._tls = client_context(settings) if self._base.startswith("https:") else None
+        proxy = proxy_for(self._base)
         self._embed_client = Http1Client(self._base, timeout=self._timeout, max_idle=8, ssl_context=self._tls,
-                                         max_body_bytes=settings.ollama.max_answer_bytes)
+                                         max_body_bytes=settings.ollama.max_answer_bytes, proxy=proxy)
         self._pull_lock = threading.Lock()     # one pull at a time, however many batches found a model gone
         self._chat_client = Http1Client(self._base, timeout=settings.ollama.chat_timeout, max_idle=8,
-                                        ssl_context=self._tls, max_body_bytes=settings.ollama.max_answer_bytes)
+                                        ssl_context=self._tls, max_body_bytes=settings.ollama.max_answer_bytes,
+                                        proxy=proxy)
         self._chat_models = sorted(set(settings.models.chat.values())) if settings.processing.mode in (
             "ollama", "hybrid") else []
     def refusal(self, model: str) -> str | None:

@@ -16,6 +16,7 @@ from aitp.config import Settings
 from aitp.errors import ConfigError, ProviderError
 from aitp.providers.base import ChatAnswer, Provider, RawEmbedding
 from aitp.transport.capped import CappedTransport, capped_inner_transport
+from aitp.transport.http1 import proxy_for
 from aitp.transport.tls import client_context
 from aitp.transport.retry_after import retry_after_seconds
 from aitp.tokens import estimate_tokens
@@ -72,7 +73,8 @@ class OpenAIProvider(Provider):
         self._key_source = key_source
         # The SDK's own client, on a transport that caps an answer's size and total time.
         http_client = openai.DefaultHttpxClient(transport=CappedTransport(
-            config.max_answer_bytes, config.timeout, inner=capped_inner_transport(client_context(settings))))
+            config.max_answer_bytes, config.timeout,
+            inner=capped_inner_transport(client_context(settings), proxy_for(self._base))))
         self._client = openai.OpenAI(api_key=config.api_key, base_url=self._base, timeout=config.timeout,
                                      max_retries=0, http_client=http_client)
         self._timeout = config.timeout

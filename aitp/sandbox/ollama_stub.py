@@ -55,6 +55,7 @@ class OllamaStub:
         self.gate.set()
         self.waiting_at_gate = 0
         self.chat_requests: list[dict] = []   # each /api/chat request as it came
+        self.requests_via_proxy = 0           # requests that came with a Via header
         self.busy_seconds = 0.0
         self._server = QuietServer((host, port), _handler(self))
 
@@ -154,6 +155,8 @@ def _handler(stub: OllamaStub) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             request = msgspec.json.decode(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            if self.headers.get("Via"):              # came through a forward proxy
+                stub.requests_via_proxy += 1
             if self.path == "/api/embed":
                 inputs = request.get("input")
                 inputs = [inputs] if isinstance(inputs, str) else inputs

@@ -314,6 +314,8 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
         def _count(self, name: str) -> None:
             with sandbox.store.lock:
                 sandbox.store.requests[name] += 1
+                if self.headers.get("Via"):          # came through a forward proxy
+                    sandbox.store.requests[f"{name} via proxy"] += 1
 
         def _injected_failure(self) -> bool:
             outage = sandbox.outage

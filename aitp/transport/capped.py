@@ -19,9 +19,10 @@ except ImportError:       # pragma: no cover - depends on the installed SDK
 _DEADLINE_BYTES_PER_SECOND = 64 * 1024
 
 
-def capped_inner_transport(ssl_context) -> httpx.BaseTransport:
-    """The SDK's own kind of transport, with aitp's TLS policy (aitp/transport/tls.py)."""
-    return httpx.HTTPTransport(verify=ssl_context)
+def capped_inner_transport(ssl_context, proxy: str | None = None) -> httpx.BaseTransport:
+    """The SDK's own kind of transport, with aitp's TLS policy (aitp/transport/tls.py) and the proxy
+    the environment names (a transport of one's own does not read it, as a client would)."""
+    return httpx.HTTPTransport(verify=ssl_context, proxy=proxy)
 
 
 class CappedTransport(httpx.BaseTransport):

@@ -12,7 +12,9 @@ connection turns out to have been closed by the server before it answered.
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import select
 import socket
 import ssl
@@ -20,7 +22,8 @@ import threading
 import time
 import zlib
 from typing import Callable, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+from urllib.request import proxy_bypass_environment
 
 from aitp.timers import running_mean
 
@@ -87,9 +90,12 @@ class Http1Client:
 
     def __init__(self, base_url: str, *, timeout: float, max_idle: int = 16,
                  ssl_context: ssl.SSLContext | None = None, pipelining: bool = True,
-                 trusted_idle_seconds: float = TRUSTED_IDLE_SECONDS, max_body_bytes: int | None = None) -> None:
+                 trusted_idle_seconds: float = TRUSTED_IDLE_SECONDS, max_body_bytes: int | None = None,
+                 proxy: str | None = None) -> None:
         """`timeout`: the deadline of each request (see _DEADLINE_BYTES_PER_SECOND); `max_body_bytes`:
-        the largest body read whole (a streamed one, to a body sink, is the sink's to bound)."""
+        the largest body read whole (a streamed one, to a body sink, is the sink's to bound);
+        `proxy`: a forward proxy's URL (proxy_for() reads it from the environment, as every HTTP
+        client does): https goes through a CONNECT tunnel, http as absolute-form requests."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -103,6 +109,9 @@ class Http1Client:
         self._max_body_bytes = max_body_bytes
         self._trusted_idle_seconds = trusted_idle_seconds
         self._ssl_context = (ssl_context or ssl.create_default_context()) if self._tls else None
+        self._proxy = _parse_proxy(proxy) if proxy else None
+        # Through a proxy, plain http requests name the whole URL (absolute form); https tunnels.
+        self._target_prefix = f"http://{self._host_header}" if self._proxy and not self._tls else ""
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         # Off for good once a server (or a proxy before it) answered part of a group and then went
@@ -203,7 +212,9 @@ class Http1Client:
             connection.close()
 
     def _head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host_header}"]
+        lines = [f"{method} {self._target_prefix}{target} HTTP/1.1", f"Host: {self._host_header}"]
+        if self._target_prefix and self._proxy.authorization:
+            lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if any("\r" in line or "\n" in line for line in lines):
             raise ValueError("a line break inside a request line or header would split the request")
@@ -240,15 +251,37 @@ class Http1Client:
                 return
         connection.close()
 
-    def _connect(self) -> _Connection:
+    def _tunnel(self, sock: socket.socket) -> None:
+        """CONNECT to the origin through the proxy; the TLS handshake then runs inside the tunnel, so
+        the proxy sees neither the requests nor the token."""
+        lines = [f"CONNECT {self._host}:{self._port} HTTP/1.1", f"Host: {self._host}:{self._port}"]
+        if self._proxy.authorization:
+            lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
+        connection = _Connection(sock, self._timeout, _MAX_HEADER_BYTES)
         try:
-            sock = socket.create_connection((self._host, self._port), timeout=self._timeout)
+            connection.start_deadline()
+            connection.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            status, _, _ = connection.read_tunnel_answer()
+        except HttpTransportError:
+            sock.close()
+            raise
+        if status != 200:
+            sock.close()
+            raise HttpTransportError("ProxyError", f"the proxy refused the tunnel to {self._host}:{self._port}: "
+                                                   f"{status}")
+
+    def _connect(self) -> _Connection:
+        host, port = (self._proxy.host, self._proxy.port) if self._proxy else (self._host, self._port)
+        try:
+            sock = socket.create_connection((host, port), timeout=self._timeout)
         except TimeoutError:
-            raise HttpTransportError("Timeout", f"connecting to {self._host}:{self._port}") from None
+            raise HttpTransportError("Timeout", f"connecting to {host}:{port}") from None
         except OSError as exc:
-            raise HttpTransportError("ConnectionError", f"connecting to {self._host}:{self._port}: "
+            raise HttpTransportError("ConnectionError", f"connecting to {host}:{port}: "
                                                         f"{exc.strerror or type(exc).__name__}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._proxy and self._tls:
+            self._tunnel(sock)
         if self._ssl_context is not None:
             try:
                 sock = self._ssl_context.wrap_socket(sock, server_hostname=self._host)
@@ -256,6 +289,39 @@ class Http1Client:
                 sock.close()
                 raise HttpTransportError("TLSError", str(exc)[:200]) from None
         return _Connection(sock, self._timeout, self._max_body_bytes)
+
+
+class _Proxy(NamedTuple):
+    host: str
+    port: int
+    authorization: str | None       # Basic credentials from the proxy URL's userinfo
+
+
+def _parse_proxy(url: str) -> _Proxy:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"an http:// forward proxy, not {url!r}")
+    authorization = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = "Basic " + base64.b64encode(credentials).decode()
+    return _Proxy(parts.hostname, parts.port or 80, authorization)
+
+
+def proxy_for(base_url: str, environ=None) -> str | None:
+    """The forward proxy the environment names for `base_url` (HTTPS_PROXY or HTTP_PROXY, upper or
+    lower case), or None where NO_PROXY excludes its host, as curl and requests read them."""
+    environ = os.environ if environ is None else environ
+    parts = urlsplit(base_url)
+    proxies = {name.lower(): value for name, value in environ.items()
+               if name.lower() in ("http_proxy", "https_proxy", "no_proxy") and value}
+    proxy = proxies.get(f"{parts.scheme}_proxy")
+    if not proxy:
+        return None
+    no_proxy = proxies.get("no_proxy", "")
+    if no_proxy and proxy_bypass_environment(parts.hostname or "", {"no": no_proxy}):
+        return None
+    return proxy
 
 
 # Output of one decompression step: a small compressed piece of a hostile answer can expand a
@@ -463,6 +529,13 @@ class _Connection:
         if decoder is not None and sink is None:
             body = _decompressed(body, decoder, self._max_body_bytes)
         return Response(status, headers, body), keep_alive
+
+    def read_tunnel_answer(self) -> tuple[int, str, dict[str, str]]:
+        """A proxy's answer to CONNECT: its head only (a 200 has no body; nothing may follow it)."""
+        answer = self._read_head()
+        if self._buffer:
+            raise HttpTransportError("ProxyError", "the proxy sent bytes after its answer to CONNECT")
+        return answer
 
     def _read_head(self) -> tuple[int, str, dict[str, str]]:
         searched = 0

@@ -11,7 +11,7 @@ import msgspec
 
 from aitp.contract import is_object_id
 from aitp.errors import ContractError, TaskApiError
-from aitp.transport.http1 import BodySink, Http1Client, HttpTransportError, Response
+from aitp.transport.http1 import BodySink, Http1Client, HttpTransportError, Response, proxy_for
 from aitp.transport.retry_after import retry_after_seconds
 from aitp.timers import running_mean
 
@@ -98,7 +98,7 @@ class TaskApiClient:
         # Every task takes two requests, so the client's CPU per request matters (aitp/transport/http1.py).
         # No retries here and no redirects followed: the stages decide what a failure means.
         self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size, pipelining=pipelining,
-                                 max_body_bytes=max_answer_bytes, ssl_context=ssl_context)
+                                 max_body_bytes=max_answer_bytes, ssl_context=ssl_context, proxy=proxy_for(base_url))
         # JSON 404s instead of a redirect to /404 for unknown ids.
         self._headers = {"Content-Type": "application/json", "X-Api-Request": "true"}
         # Wall seconds one PATCH takes in a group sent together (a running mean; None before the
