@@ -329,10 +329,13 @@ def small_send_buffer(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", with_small_send_buffer)
 
 
-def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_read(scripted, small_send_buffer):
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_read(scripted, small_send_buffer,
+                                                                                     certificate, tls):
     # This server writes each answer before it reads the next request (blocking, as Python's
     # http.server does), and neither the answers nor the group fit the sockets' buffers: sending
-    # the whole group before reading would leave both sides waiting until the timeout.
+    # the whole group before reading would leave both sides waiting until the timeout. Over TLS
+    # too, where a socket with a timeout would write all or nothing.
     answer = ok(b"a" * 512 * 1024)
 
     def script(peer: Peer, number: int) -> None:
@@ -340,8 +343,14 @@ def test_a_group_larger_than_the_socket_buffers_is_sent_while_its_answers_are_re
         while peer.read_request() is not None:
             peer.send(answer)
 
-    server = scripted(script)
-    client = Http1Client(server.url, timeout=5)
+    key, cert = certificate
+    server_context = None
+    if tls:
+        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_context.load_cert_chain(cert, key)
+    server = scripted(script, ssl_context=server_context)
+    client = Http1Client(server.url, timeout=5, ssl_context=ssl.create_default_context(cafile=str(cert)) if tls
+                         else None)
     answers = client.pipeline("PATCH", [(f"/t/{i}", {}, b"x" * 90_000) for i in range(10)])   # one group
     assert [(a.status, len(a.body)) for a in answers] == [(200, 512 * 1024)] * 10
     assert server.connections == 1 and len(server.requests) == 10
@@ -450,3 +459,26 @@ def test_a_compressed_answer_that_would_inflate_past_the_cap_is_refused(scripted
 def test_the_proxy_comes_from_the_environment_as_every_http_client_reads_it(environ, url, expected):
     from aitp.transport.http1 import proxy_for
     assert proxy_for(url, environ) == expected
+
+
+def test_a_101_answer_never_returns_its_connection_to_the_pool(scripted):
+    server = scripted(keep_answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"))
+    client = Http1Client(server.url, timeout=5)
+    assert client.request("GET", "/", {}).status == 101
+    assert client.request("GET", "/", {}).status == 101
+    assert server.connections == 2                    # the first connection was not reused
+
+
+def test_a_folded_header_line_is_refused(scripted):
+    server = scripted(keep_answering(b"HTTP/1.1 200 OK\r\nX-Thing: a\r\n b\r\nContent-Length: 2\r\n\r\n{}"))
+    with pytest.raises(HttpTransportError) as error:
+        Http1Client(server.url, timeout=5).request("GET", "/", {})
+    assert error.value.kind == "ProtocolError" and "folded" in str(error.value)
+
+
+def test_transfer_encoding_with_content_length_reads_the_chunks_and_closes_the_connection(scripted):
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    server = scripted(keep_answering(answer))
+    client = Http1Client(server.url, timeout=5)
+    assert [client.request("GET", "/", {}).body for _ in range(2)] == [b"hello", b"hello"]
+    assert server.connections == 2

@@ -155,21 +155,30 @@ def test_the_server_listens_on_loopback_by_default_and_bounds_its_connections():
     from aitp.config import Settings
     from aitp.observability.monitoring import MonitoringServer
     assert Settings().monitoring.host == "127.0.0.1"
-    server = MonitoringServer(0, health=lambda: (200, {"ok": True}), ready=lambda: (True, "up"),
-                              metrics=lambda: b"", max_connections=2, read_timeout=0.5)
-    server.start()
+
+    def server_with(**limits):
+        server = MonitoringServer(0, health=lambda: (200, {"ok": True}), ready=lambda: (True, "up"),
+                                  metrics=lambda: b"", **limits)
+        server.start()
+        return server
+
+    quick = server_with(read_timeout=0.5)
     try:
-        assert server.host == "127.0.0.1"
-        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
-        for sock in idle:          # connections that send nothing are dropped after the read timeout
-            assert sock.recv(1) == b""
-        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
-        wait_until(lambda: _refused_at_once(server.port), message="a third connection closed at once")
-        for sock in idle + held:
-            sock.close()
-        wait_until(lambda: _answers(server.port), message="probes answered again")
+        assert quick.host == "127.0.0.1"
+        idle = socket.create_connection(("127.0.0.1", quick.port), timeout=10)
+        assert idle.recv(1) == b""          # a connection that sends nothing is dropped after the read timeout
+        idle.close()
     finally:
-        server.stop()
+        quick.stop()
+    bounded = server_with(max_connections=2, read_timeout=60)
+    try:
+        held = [socket.create_connection(("127.0.0.1", bounded.port), timeout=10) for _ in range(2)]
+        wait_until(lambda: _refused_at_once(bounded.port), message="a third connection closed at once")
+        for sock in held:
+            sock.close()
+        wait_until(lambda: _answers(bounded.port), message="probes answered again")
+    finally:
+        bounded.stop()
 
 
 def _refused_at_once(port: int) -> bool:

@@ -43,6 +43,7 @@ _RECEIVE_BYTES = 256 * 1024
 # n bytes and shrink them for every read, and above glibc's mmap threshold (128 kB) that is three
 # extra system calls (mmap, mremap, munmap) per read, about a third of a pipelined PATCH's CPU.
 _FILL_BYTES = 64 * 1024
+_TLS_RECORD_BYTES = 16 * 1024     # the most one TLS record carries: what a non-blocking send offers at once
 # Pipelined requests go out in groups of at most this size: it bounds the copy that joins them.
 # (Each group used to fit the socket buffers, 64 kB, so that sending it could not wait on a
 # server waiting for its answers to be read; _Connection.send now reads while it sends. A
@@ -436,6 +437,8 @@ class _Connection:
         than the sockets' buffers: writing it all before reading could then wait forever on both
         sides. The usual case is one send, as with sendall: the buffers take the whole group."""
         self._received_any = False
+        if isinstance(self._sock, ssl.SSLSocket):
+            return self._send_tls(memoryview(data))
         view, sent = memoryview(data), 0
         try:
             sent = self._sock.send(view)
@@ -451,6 +454,44 @@ class _Connection:
             if self._buffer:      # answers came before the error: they are read, the rest retried
                 return
             raise _ClosedBeforeAnswer("ConnectionError", f"sending the request: {type(exc).__name__}") from None
+
+    def _send_tls(self, view: memoryview) -> None:
+        """`send` over TLS. An SSLSocket with a timeout writes all or times out, so the socket is
+        made non-blocking while a group goes out, a TLS record's worth at a time; what the server
+        answers meanwhile is read. After a WANT_WRITE the same bytes are offered again, as
+        OpenSSL requires."""
+        sock, timeout, sent = self._sock, self._sock.gettimeout(), 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sock.setblocking(False)
+        try:
+            while sent < len(view):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise HttpTransportError("Timeout", "sending the request")
+                readable, writable = _ready(sock, left, writing=True)
+                if readable:
+                    try:
+                        count = sock.recv_into(self._scratch)
+                    except ssl.SSLWantReadError:
+                        count = -1                      # a record not yet whole: read later
+                    if count == 0:
+                        return                          # closed: what was answered is read as usual
+                    if count > 0:
+                        self._buffer += self._scratch[:count]
+                if writable:
+                    try:
+                        sent += sock.send(view[sent:sent + _TLS_RECORD_BYTES])
+                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                        pass
+        except OSError as exc:
+            if self._buffer:
+                return
+            raise _ClosedBeforeAnswer("ConnectionError", f"sending the request: {type(exc).__name__}") from None
+        finally:
+            try:
+                sock.settimeout(timeout)
+            except OSError:
+                pass
 
     def _wait_writable_reading(self) -> tuple[bool, bool]:
         """Wait until the socket takes more or has something to read, and read that. Returns
@@ -504,13 +545,20 @@ class _Connection:
         connection_header = headers.get("connection", "").lower()
         keep_alive = ("close" not in connection_header if version == "HTTP/1.1"
                       else "keep-alive" in connection_header)
+        if status == 101:
+            # Switching protocols, which nothing here asked for: what follows is not HTTP/1.1, so the
+            # connection can never go back to the pool.
+            return Response(status, headers, b""), False
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if chunked and "content-length" in headers:
+            keep_alive = False     # both framings: the chunks are read, and the connection is not trusted again
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return Response(status, headers, b""), keep_alive
         sink = body_sink(status, headers) if body_sink is not None else None
         decoder = _decoder_for(headers.get("content-encoding", ""))
         if decoder is not None and sink is not None:
             sink = _decompressing(sink, decoder)
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        if chunked:
             body = self._read_chunked(sink)
         elif "content-length" in headers:
             try:
@@ -553,6 +601,10 @@ class _Connection:
             raise HttpTransportError("ProtocolError", f"not an HTTP/1.x status line: {status_line[:40]!r}")
         headers: dict[str, str] = {}
         for line in header_lines:
+            if line[:1] in (" ", "\t"):
+                # An obsolete folded line (RFC 9112 5.2): refused, as a value split across lines is a
+                # way to smuggle one header past a proxy that reads it differently.
+                raise HttpTransportError("ProtocolError", "a folded header line")
             name, colon, value = line.partition(":")
             if colon:
                 key = name.strip().lower()
