@@ -187,10 +187,7 @@ class OllamaProvider(Provider):
         # Ollama cuts a long input to the model's context by itself (its default, said explicitly): a
         # long article is embedded from its beginning, as the original service did, not failed.
         body = _encoder.encode({"model": model, "input": texts, "truncate": True})
-        try:
-            response = self._embed_client.request("POST", "/api/embed", _JSON, body)
-        except HttpTransportError as exc:
-            raise ProviderError(f"Ollama at {self._base} unreachable: {exc.kind}", provider=self.name) from None
+        response = self._post(self._embed_client, "/api/embed", body)
         if response.status != 200:
             detail = response.body[:400].decode("utf-8", "replace")[:200]
             # One NaN fails a whole batch with 500, one over-long input with 400: split and retry.
@@ -205,10 +202,7 @@ class OllamaProvider(Provider):
         `model` is the local model (the operator's [models.chat] mapping chose it)."""
         body = _encoder.encode({"model": model, "stream": False, "format": schema, "options": {"temperature": 0},
                                 "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]})
-        try:
-            response = self._chat_client.request("POST", "/api/chat", _JSON, body)
-        except HttpTransportError as exc:
-            raise ProviderError(f"Ollama at {self._base} unreachable: {exc.kind}", provider=self.name) from None
+        response = self._post(self._chat_client, "/api/chat", body)
         if response.status != 200:
             detail = response.body[:400].decode("utf-8", "replace")[:200]
             raise ProviderError(f"Ollama /api/chat answered {response.status}: {detail}", provider=self.name,
@@ -219,6 +213,12 @@ class OllamaProvider(Provider):
         except msgspec.DecodeError as exc:
             raise ProviderError(f"Ollama /api/chat answer unreadable: {exc}", provider=self.name) from None
         return ChatAnswer(content=answer.message.content, tokens=answer.prompt_eval_count + answer.eval_count)
+
+    def _post(self, client: Http1Client, path: str, body: bytes):
+        try:
+            return client.request("POST", path, _JSON, body)
+        except HttpTransportError as exc:
+            raise ProviderError(f"Ollama at {self._base} unreachable: {exc.kind}", provider=self.name) from None
 
     def close(self) -> None:
         self._embed_client.close()

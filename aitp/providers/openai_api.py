@@ -117,16 +117,8 @@ class OpenAIProvider(Provider):
         dimension = self._configured_dimensions.get(model)
         if dimension is not None and self.takes_dimensions(model):
             options["dimensions"] = dimension
-        try:
-            response = self._client.embeddings.with_raw_response.create(
-                model=model, input=texts, encoding_format="base64", **options)
-        except openai.APITimeoutError:
-            raise ProviderError(f"OpenAI at {self._base} did not answer within {self._timeout} s",
-                                provider=self.name) from None
-        except openai.APIConnectionError as exc:
-            raise ProviderError(f"OpenAI at {self._base} unreachable: {_describe(exc)}", provider=self.name) from None
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc, model) from None
+        response = self._call(self._client.embeddings.with_raw_response.create, model=model, input=texts,
+                              encoding_format="base64", **options)
         content = response.content
         try:
             tokens = _usage_decoder.decode(content).usage.prompt_tokens
@@ -137,19 +129,12 @@ class OpenAIProvider(Provider):
     def chat(self, model: str, system: str, user: str, schema_name: str, schema: dict) -> ChatAnswer:
         """Chat completions with structured outputs (a strict JSON schema). Reasoning models (o1,
         o3, o4, gpt-5) accept only temperature 1; the others answer at a low one."""
-        try:
-            response = self._client.chat.completions.with_raw_response.create(
-                model=model, temperature=1 if is_reasoning_model(model) else 0.2,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-                response_format={"type": "json_schema",
-                                 "json_schema": {"name": schema_name, "strict": True, "schema": schema}})
-        except openai.APITimeoutError:
-            raise ProviderError(f"OpenAI at {self._base} did not answer within {self._timeout} s",
-                                provider=self.name) from None
-        except openai.APIConnectionError as exc:
-            raise ProviderError(f"OpenAI at {self._base} unreachable: {_describe(exc)}", provider=self.name) from None
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc, model) from None
+        response = self._call(
+            self._client.chat.completions.with_raw_response.create,
+            model=model, temperature=1 if is_reasoning_model(model) else 0.2,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": schema_name, "strict": True, "schema": schema}})
         try:
             answer = _chat_decoder.decode(response.content)
             choice = answer.choices[0].message
@@ -159,6 +144,19 @@ class OpenAIProvider(Provider):
             raise ProviderError(f"the model refused: {choice.refusal[:200]}", provider=self.name, retryable=False,
                                 counts_as_outage=False)
         return ChatAnswer(content=choice.content or "", tokens=answer.usage.total_tokens)
+
+    def _call(self, create, **request):
+        """One SDK call, its failures turned into ProviderError (no hidden retries: max_retries=0)."""
+        model = request["model"]
+        try:
+            return create(**request)
+        except openai.APITimeoutError:
+            raise ProviderError(f"OpenAI at {self._base} did not answer within {self._timeout} s",
+                                provider=self.name) from None
+        except openai.APIConnectionError as exc:
+            raise ProviderError(f"OpenAI at {self._base} unreachable: {_describe(exc)}", provider=self.name) from None
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, model) from None
 
     def _status_error(self, exc: openai.APIStatusError, model: str) -> ProviderError:
         status = exc.status_code
