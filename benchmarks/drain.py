@@ -4,6 +4,7 @@
     python3 benchmarks/drain.py --tasks 2000 --sweep --plot benchmarks/throughput.svg
     python3 benchmarks/drain.py --memory 100000 # RSS with a big backlog (runs for --memory-seconds)
     python3 benchmarks/drain.py --set AITP_WORKERS__PROCESS_WORKERS=0   # aitp run with a setting changed
+    python3 benchmarks/drain.py --tasks 2000 --rtt 100   # the task API 100 ms away, against loopback
 
 Peers (in this process): the sandbox task API and the Ollama stub with a GPU-like latency model
 (a fixed cost per call plus a cost per input, one batch at a time). `aitp run` and the minimal
@@ -14,10 +15,12 @@ memory from /proc (the service and its children summed, sampled every 0.1 s).
 from __future__ import annotations
 
 import argparse
+import queue
 import statistics
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -97,14 +100,67 @@ def _tree_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+class DelayRelay:
+    """A TCP relay on loopback that holds every byte half a round trip in each direction: the task
+    API as seen from a GPU box in another region (latency only; bandwidth is loopback's)."""
+
+    def __init__(self, upstream_port: int, rtt_seconds: float) -> None:
+        self.upstream_port, self.delay = upstream_port, rtt_seconds / 2
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            for source, target in ((client, upstream), (upstream, client)):
+                self._pipe(source, target)
+
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        held: queue.Queue = queue.Queue()
+
+        def read() -> None:
+            try:
+                while data := source.recv(65536):
+                    held.put((time.monotonic() + self.delay, data))
+            except OSError:
+                pass
+            held.put(None)
+
+        def write() -> None:
+            try:
+                while (item := held.get()) is not None:
+                    due, data = item
+                    if (wait := due - time.monotonic()) > 0:
+                        time.sleep(wait)
+                    target.sendall(data)
+                target.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=write, daemon=True).start()
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
 class Peers:
-    def __init__(self, tasks: int, call_cost: float, input_cost: float) -> None:
+    def __init__(self, tasks: int, call_cost: float, input_cost: float, rtt_ms: float = 0.0) -> None:
         self.sandbox = SandboxServer(generated_tasks(tasks))
         self.ollama = OllamaStub(models={"nomic-embed-text": 768}, call_cost=call_cost, input_cost=input_cost)
         self.sandbox.start()
         self.ollama.start()
+        self.relay = DelayRelay(int(self.sandbox.url.rsplit(":", 1)[1]), rtt_ms / 1000) if rtt_ms else None
+        self.api_url = self.relay.url if self.relay else self.sandbox.url
 
     def stop(self) -> None:
+        if self.relay:
+            self.relay.stop()
         self.sandbox.stop()
         self.ollama.stop()
 
@@ -149,13 +205,14 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
 
 
 def service_env(peers: Peers, data_dir: str, **extra: str) -> dict[str, str]:
-    return {"API_BASE_URL": peers.sandbox.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": peers.ollama.url,
+    return {"API_BASE_URL": peers.api_url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": peers.ollama.url,
             "SUPPORTED_MODELS": "nomic-embed-text", "AITP_DATA_DIR": data_dir, "METRICS_PORT": "0",
             "LOG_LEVEL": "WARNING", "POLLING_INTERVAL_SECONDS": "2", **extra}
 
 
-def run_service(tasks: int, call_cost: float, input_cost: float, label: str = "aitp run", **extra: str) -> Run:
-    peers = Peers(tasks, call_cost, input_cost)
+def run_service(tasks: int, call_cost: float, input_cost: float, label: str = "aitp run", rtt_ms: float = 0.0,
+                **extra: str) -> Run:
+    peers = Peers(tasks, call_cost, input_cost, rtt_ms)
     try:
         with tempfile.TemporaryDirectory() as data_dir:
             return measure(label, [sys.executable, "-m", "actors", "run"], peers, tasks,
@@ -259,6 +316,8 @@ def main() -> None:
     parser.add_argument("--memory", type=int, nargs="*", help="peak RSS with these backlogs (e.g. 10000 100000)")
     parser.add_argument("--memory-seconds", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=1, help="run the comparison this many times, print medians")
+    parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                        help="also drain with the task API this many ms away (round trip) and compare with loopback")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="ENV=VALUE",
                         help="an environment setting for aitp run (not in the sweep); may be repeated")
     args = parser.parse_args()
@@ -272,6 +331,15 @@ def main() -> None:
         for backlog in args.memory:
             print(f"peak RSS with {backlog:,} pending: {memory(backlog, args.memory_seconds, **settings):.0f} MB",
                   flush=True)
+        return
+    if args.rtt:
+        near = run_service(args.tasks, args.call_cost, args.input_cost, "aitp run, loopback", **settings)
+        print(near.line(), flush=True)
+        far = run_service(args.tasks, args.call_cost, args.input_cost, f"aitp run, {args.rtt:g} ms away",
+                          rtt_ms=args.rtt, **settings)
+        print(far.line(), flush=True)
+        print(f"WAN: with the task API {args.rtt:g} ms away, aitp drains at {far.rate / near.rate:.0%} of its "
+              f"loopback rate", flush=True)
         return
     if args.sweep:
         by_batch = [(size, run_service(args.tasks, args.call_cost, args.input_cost, f"batch {size}",

@@ -37,3 +37,10 @@ def test_a_setting_that_aitp_run_refuses_fails_the_benchmark():
                               "--set", "AITP_WORKERS__PROCESS_WORKERS=-1"], cwd=ROOT, capture_output=True,
                              text=True, timeout=150)
     assert refused.returncode != 0 and "exited with" in refused.stderr
+
+
+def test_the_wan_case_compares_a_far_task_api_with_loopback():
+    out = run("--tasks", "60", "--rtt", "20")
+    for label in ("aitp run, loopback", "aitp run, 20 ms away"):
+        assert any(line.startswith(label) and "tasks/s" in line for line in out.splitlines()), label
+    assert re.search(r"WAN: with the task API 20 ms away, aitp drains at \d+% of its loopback rate", out)
