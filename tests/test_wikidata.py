@@ -85,3 +85,11 @@ def test_its_own_breaker_opens_and_spares_wikidata_the_calls(stub, tmp_path):
     with pytest.raises(ProviderError, match="breaker is open"):
         client.search("c", "en", 5)
     assert len(stub.calls()) == calls and breaker.state == "open"
+
+
+def test_a_service_that_never_looks_anything_up_creates_no_cache_file(tmp_path):
+    cache = TtlCache(tmp_path / "cache.sqlite3", 3600.0)
+    client = WikidataClient(api_url="http://127.0.0.1:9/w/api.php", sparql_url="", pageviews_url="",
+                            user_agent=USER_AGENT, timeout=5, cache=cache)
+    client.close()
+    assert not (tmp_path / "cache.sqlite3").exists()

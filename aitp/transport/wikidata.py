@@ -59,12 +59,15 @@ class WikidataClient:
                  max_wait_seconds: float = 30.0, concurrency: int = 2,
                  sleep: Callable[[float], None] = time.sleep, ssl_context: ssl.SSLContext | None = None) -> None:
         # requests, not http1: these few calls are not hot. The TLS policy is aitp/transport/tls.py's.
-        self._session = requests_session(ssl_context)
-        self._session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
+        # Made on the first look-up: a service that never runs an LLM task never imports requests
+        # (about 70 ms and some MB at start-up).
+        self._session = None
+        self._ssl_context, self._user_agent = ssl_context, user_agent
         self._api, self._sparql, self._pageviews = api_url, sparql_url, pageviews_url.rstrip("/")
         self._timeout, self._cache, self._breaker = timeout, cache, breaker
         self._attempts, self._max_wait, self._sleep = max_attempts, max_wait_seconds, sleep
         self._slots = threading.BoundedSemaphore(concurrency)
+        self._lock = threading.Lock()
         self.calls = 0
 
     # --- what the task types ask ---
@@ -138,11 +141,19 @@ class WikidataClient:
         return out
 
     def close(self) -> None:
-        self._session.close()
+        if self._session is not None:
+            self._session.close()
         if self._cache is not None:
             self._cache.close()
 
     # --- the etiquette ---
+    def _http(self):
+        with self._lock:
+            if self._session is None:
+                self._session = requests_session(self._ssl_context)
+                self._session.headers.update({"User-Agent": self._user_agent, "Accept": "application/json"})
+            return self._session
+
     def _cached(self, key: str) -> bytes | None:
         return self._cache.get(key) if self._cache is not None else None
 
@@ -164,7 +175,7 @@ class WikidataClient:
                 try:
                     with self._slots:
                         self.calls += 1
-                        response = self._session.get(url, params=params, timeout=self._timeout)
+                        response = self._http().get(url, params=params, timeout=self._timeout)
                 except requests.RequestException as exc:
                     why = f"unreachable: {type(exc).__name__}"
                 else:
