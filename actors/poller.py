@@ -13,6 +13,7 @@ from aitp.contract import PendingList, PendingSplitter, Task, Unusable, read_ent
 from aitp.errors import ContractError, TaskApiError
 from aitp.tasks import ChatJob, TaskRejected
 from actors.messages import Poll, Rejection, TakenTask, TasksRejected, TasksSettled, TasksTaken, TokenArrived
+from actors.flow_window import FlowWindow
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.poller")
@@ -46,7 +47,9 @@ class Poller(Stage):
 
     def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
         super().__init__(ctx, orphans)
-        self.capacity = self.settings.processing.max_in_flight
+        processing = self.settings.processing
+        # Tasks in flight at most: grows with the API's distance (actors/flow_window.py).
+        self.window = FlowWindow(processing.min_in_flight, processing.max_in_flight, time.monotonic())
         # Orphans are the ids a previous instance (or the last run, via the journal) had in flight.
         self.in_flight: set[str] = set(self.inherited)
         self.settled_at: dict[str, int] = {}      # id -> number of the last poll begun before it settled
@@ -64,6 +67,10 @@ class Poller(Stage):
 
     def setup(self) -> None:
         self._schedule(0)
+
+    @property
+    def capacity(self) -> int:
+        return self.window.size
 
     @property
     def credit(self) -> int:
@@ -86,15 +93,30 @@ class Poller(Stage):
             self._schedule(0)
 
     def _settle(self, task_ids: list[str]) -> None:
+        before = len(self.in_flight)
         for task_id in task_ids:
             if task_id in self.in_flight:
                 self.in_flight.discard(task_id)
                 # A poll already under way may still list it as pending: ignore it there.
                 self.settled_at[task_id] = self.polls_begun
-        # Take the next share when half the capacity is free: a poll costs the whole list.
-        if self.waiting_for_credit and self.credit >= max(1, self.capacity // 2):
+        self.window.settled(before - len(self.in_flight))
+        self._resize()
+        if self.waiting_for_credit and self.credit >= self._refill_at():
             self.waiting_for_credit = False
             self._schedule(0)
+
+    def _refill_at(self) -> int:
+        """How much credit a take waits for: half the window when it needs a poll (which costs
+        the whole list), an eighth while the last list can still be taken from (which costs nothing)."""
+        share = 8 if self._fresh_held_list() is not None else 2
+        return max(1, self.capacity // share)
+
+    def _resize(self) -> None:
+        old = self.window.resize(time.monotonic(), self.ctx.task_api.round_trip_seconds)
+        if old is not None:
+            log.info("window resized", extra={"fields": {
+                "window": self.window.size, "was": old, "settle_rate": round(self.window.settle_rate, 1),
+                "round_trip_ms": round((self.ctx.task_api.round_trip_seconds or 0.0) * 1000, 1)}})
 
     def _poll(self) -> None:
         if self.stopped:
@@ -148,12 +170,14 @@ class Poller(Stage):
             # nothing at all (then polling at once could only spin).
             more_left = more_left or (held.pending.truncated and bool(taken or rejected))
         if taken:
+            if not self.taken_total - len(taken):      # the first take: the settle rate counts from here
+                self.window.start(time.monotonic())
             self.tell("rate_limiter", TasksTaken(taken))
         if rejected:
             self.tell("reporter", TasksRejected(rejected))
         if more_left:
             self.waiting_for_credit = True   # a full take: poll again as soon as credit returns
-            if self.credit >= max(1, self.capacity // 2):
+            if self.credit >= self._refill_at():
                 self.waiting_for_credit = False
                 self._schedule(0)
         else:
@@ -244,7 +268,8 @@ class Poller(Stage):
         self.held = None
 
     def status(self) -> dict:
-        return {"in_flight": len(self.in_flight), "credit": self.credit, "polls": self.polls_begun,
+        return {"in_flight": len(self.in_flight), "window": self.window.size, "credit": self.credit,
+                "polls": self.polls_begun,
                 "taken": self.taken_total, "left_alone": dict(self.left_alone)}
 
     def orphans(self) -> list:

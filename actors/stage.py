@@ -20,12 +20,13 @@ from aitp.storage.journal import Journal
 from aitp.observability.metrics import Metrics
 from aitp.storage.rate_limits import AdmitAll, RateLimitBackend
 from aitp.routing import ChatRouter, Router
-from aitp.transport.task_api import PatchOutcome, PatchResult, TaskApiClient
+from aitp.transport.task_api import PatchResult, TaskApiClient
 from aitp.transport.wikidata import WikidataClient
 from aitp.tasks import TaskHandler
 from aitp.timers import Scheduler, backoff_delay
 from aitp.vectors.pool import VectorPool
 from actors.messages import StageFailed
+from actors.patch_sender import PatchSender
 
 log = logging.getLogger("aitp.actors")
 
@@ -153,6 +154,7 @@ class Stage(pykka.ThreadingActor):
         self.inherited = orphans or []
         self.pool: ThreadPoolExecutor | None = None   # for stages that make blocking calls
         self.pool_size = 0
+        self.sender: PatchSender | None = None        # for stages that PATCH (patch_in_chunks)
         self.handing_over = False
         self.handling: Any = None     # the told message being handled: a failure hands it on
 
@@ -173,29 +175,27 @@ class Stage(pykka.ThreadingActor):
         """PATCH `items` on the pool in chunks (chunk_sizes), each pipelined on one connection (or,
         where the API cannot take that, sent one by one, a chunk per thread), with one hand-off and
         one answer message per chunk, which cost more than a request on a fast API (benchmarks/README.md).
-        A chunk stops at its first request without an answer (TaskApiClient.patch_in_order) and
-        tells this stage `answer([(item, result), ...])`."""
+        Chunks that wait for a thread go out together (actors/patch_sender.py). A group stops at
+        its first request without an answer (TaskApiClient.patch_in_order); each chunk's answer
+        is told to this stage as `answer([(item, result), ...])`."""
         assert self.pool is not None
-        directory, api, name = self.ctx.directory, self.ctx.task_api, self.name
-        start = 0
-        for size in chunk_sizes(len(items), self.pool_size, api.pipelining, api.patch_seconds):
-            chunk, start = items[start:start + size], start + size
-
-            def send(chunk: list = chunk) -> None:
-                try:
-                    results = api.patch_in_order([patch_of(item) for item in chunk])
-                except Exception as exc:  # noqa: BLE001 - a chunk without an answer would be stranded
-                    log.exception("PATCHing a chunk failed in the client; its items will be retried",
-                                  extra={"fields": {"stage": name, "items": len(chunk)}})
-                    results = [PatchResult(PatchOutcome.RETRY, detail=f"client error: {exc!r}"[:200])] * len(chunk)
-                directory.tell(name, answer(list(zip(chunk, results))))
-
-            self.pool.submit(send)
+        if self.sender is None:
+            directory, name = self.ctx.directory, self.name
+            self.sender = PatchSender(self.pool, self.pool_size, self.ctx.task_api,
+                                      lambda message: directory.tell(name, message), name)
+        sizes = chunk_sizes(len(items), self.pool_size, self.ctx.task_api.pipelining, self.ctx.task_api.patch_seconds)
+        chunks, start = [], 0
+        for size in sizes:
+            chunks.append(items[start:start + size])
+            start += size
+        self.sender.send(chunks, patch_of, answer)
 
     def on_stop(self) -> None:
         # A graceful stop waits for the calls already made (a claim landing after its release
         # would strand the task) and cancels the queued ones; the journal keeps their work. A stage
         # handing over to a successor lets the queued calls run too: their answers go to it.
+        if self.sender and not self.handing_over:
+            self.sender.drop_queued()
         if self.pool:
             self.pool.shutdown(wait=True, cancel_futures=not self.handing_over)
 

@@ -57,7 +57,8 @@ class ProcessingSettings(_Section):
     mode: Literal["openai", "ollama", "hybrid", "mock"] = "openai"
     supported_models: list[str] = msgspec.field(default_factory=lambda: ["nomic-embed-text"])
     concurrency_limit: Positive = 2
-    max_in_flight: Positive = 256
+    min_in_flight: Positive = 256
+    max_in_flight: Positive = 2048
     max_text_chars: Positive = 1_000_000
     max_retries: NonNegative = 3
     retry_backoff_factor: NonNegativeSeconds = 1.0

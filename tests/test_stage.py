@@ -1,7 +1,14 @@
-"""How the stages split their PATCHes into chunks, one chunk per connection and thread."""
+"""How the stages split their PATCHes into chunks, one chunk per connection and thread, and how
+chunks that wait for a thread are sent together."""
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from aitp.transport.task_api import PatchOutcome, PatchResult
+from actors.patch_sender import MAX_GROUP, PatchSender
 from actors.stage import chunk_sizes
 
 
@@ -28,3 +35,105 @@ def test_without_pipelining_a_slow_api_gets_every_thread():
 def test_chunks_cover_every_item_once_and_never_outnumber_the_threads(items, pace):
     sizes = chunk_sizes(items, 8, True, pace)
     assert sum(sizes) == items and 1 <= len(sizes) <= 8 and min(sizes) > 0
+
+
+class _GatedApi:
+    """A task API whose PATCH groups wait at a gate: what the sender does while they are on the wire."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.groups: list[list[str]] = []
+        self.gate = threading.Event()
+        self.in_call = threading.Semaphore(0)
+        self.fail_first = fail_first
+
+    def patch_in_order(self, patches):
+        self.groups.append([task_id for task_id, _, _ in patches])
+        self.in_call.release()
+        assert self.gate.wait(10)
+        if self.fail_first and len(self.groups) == 1:
+            raise RuntimeError("client bug")
+        return [PatchResult(PatchOutcome.DONE, 200)] * len(patches)
+
+
+def _sender(api, threads: int):
+    pool = ThreadPoolExecutor(threads)
+    answers: queue.SimpleQueue = queue.SimpleQueue()
+    return PatchSender(pool, threads, api, answers.put, "test"), pool, answers
+
+
+def _patch(task_id):
+    return task_id, b"{}", True
+
+
+@pytest.mark.timeout(20)
+def test_chunks_that_wait_for_a_thread_go_out_as_one_group_and_are_answered_chunk_by_chunk():
+    api = _GatedApi()
+    sender, pool, answers = _sender(api, threads=1)
+    sender.send([["a1", "a2"]], _patch, lambda pairs: ("first", pairs))
+    assert api.in_call.acquire(timeout=10)          # the only thread is on the wire with a1, a2
+    sender.send([["b1"]], _patch, lambda pairs: ("second", pairs))
+    sender.send([["c1", "c2"]], _patch, lambda pairs: ("third", pairs))
+    api.gate.set()
+    got = [answers.get(timeout=10) for _ in range(3)]
+    pool.shutdown(wait=True)
+    assert api.groups == [["a1", "a2"], ["b1", "c1", "c2"]]     # b and c waited, then went together
+    assert [label for label, _ in got] == ["first", "second", "third"]
+    assert [[item for item, _ in pairs] for _, pairs in got] == [["a1", "a2"], ["b1"], ["c1", "c2"]]
+    assert all(result.outcome is PatchOutcome.DONE for _, pairs in got for _, result in pairs)
+
+
+@pytest.mark.timeout(20)
+def test_a_group_never_exceeds_the_largest_size():
+    api = _GatedApi()
+    sender, pool, answers = _sender(api, threads=1)
+    sender.send([["first"]], _patch, lambda pairs: pairs)
+    assert api.in_call.acquire(timeout=10)
+    waiting = [[f"t{n}-{i}" for i in range(100)] for n in range(4)]    # 400 items queued
+    sender.send(waiting, _patch, lambda pairs: pairs)
+    api.gate.set()
+    for _ in range(5):
+        answers.get(timeout=10)
+    pool.shutdown(wait=True)
+    assert [len(group) for group in api.groups] == [1, 200, 200]
+    assert max(len(group) for group in api.groups) <= MAX_GROUP
+
+
+@pytest.mark.timeout(20)
+def test_queued_chunks_spread_over_every_thread_that_is_free():
+    api = _GatedApi()
+    sender, pool, answers = _sender(api, threads=4)
+    sender.send([[f"{n}-{i}" for i in range(16)] for n in range(4)], _patch, lambda pairs: pairs)
+    for _ in range(4):                              # four groups on the wire at once, one per thread
+        assert api.in_call.acquire(timeout=10)
+    api.gate.set()
+    for _ in range(4):
+        answers.get(timeout=10)
+    pool.shutdown(wait=True)
+    assert sorted(len(group) for group in api.groups) == [16, 16, 16, 16]
+
+
+@pytest.mark.timeout(20)
+def test_a_client_error_answers_every_item_of_the_group_with_a_retry():
+    api = _GatedApi(fail_first=True)
+    sender, pool, answers = _sender(api, threads=1)
+    api.gate.set()
+    sender.send([["a1", "a2"]], _patch, lambda pairs: pairs)
+    pairs = answers.get(timeout=10)
+    pool.shutdown(wait=True)
+    assert [item for item, _ in pairs] == ["a1", "a2"]
+    assert all(result.outcome is PatchOutcome.RETRY and "client bug" in result.detail for _, result in pairs)
+
+
+@pytest.mark.timeout(20)
+def test_a_stop_drops_what_waits_and_answers_what_is_on_the_wire():
+    api = _GatedApi()
+    sender, pool, answers = _sender(api, threads=1)
+    sender.send([["sent"]], _patch, lambda pairs: pairs)
+    assert api.in_call.acquire(timeout=10)
+    sender.send([["queued"]], _patch, lambda pairs: pairs)
+    sender.drop_queued()
+    api.gate.set()
+    pool.shutdown(wait=True)
+    assert api.groups == [["sent"]]
+    assert [item for item, _ in answers.get(timeout=10)] == ["sent"]
+    assert answers.empty()

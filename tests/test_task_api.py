@@ -194,3 +194,18 @@ def test_the_pace_of_patches_is_measured_for_sizing_chunks(scripted):
     assert [r.outcome for r in results] == [PatchOutcome.DONE] * 3
     assert client.patch_seconds >= 0.03
     assert chunk_sizes(256, 8, client.pipelining, client.patch_seconds) == [32] * 8
+
+
+def test_the_round_trip_is_the_shortest_recent_group(scripted):
+    # The Poller sizes its window by it (actors/flow_window.py): a group of n PATCHes takes at
+    # least one round trip, so the shortest recent group is the closest to one.
+    server = scripted(_answers_each_request_after(0.03))
+    per_request = []      # the observer is told each group's time divided by its size
+    client = TaskApiClient(server.url, timeout=5, observer=lambda endpoint, method, status, seconds:
+                           per_request.append(seconds))
+    assert client.round_trip_seconds is None
+    client.patch_in_order([(object_id(9), IN_PROGRESS, False)])
+    client.patch_in_order([(object_id(i), IN_PROGRESS, False) for i in range(3)])
+    single, three = per_request[0], per_request[1] * 3
+    assert three >= 0.09 and single >= 0.03            # answered 30 ms apart
+    assert client.round_trip_seconds == pytest.approx(min(single, three))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import ssl
 import time
+from collections import deque
 from typing import Callable, Protocol
 
 import msgspec
@@ -61,6 +62,8 @@ NO_ANSWER = "no answer: the request before it in its group failed"
 _PATCH_SECONDS_WEIGHT = 0.25
 
 _ACCEPT_GZIP = {"Accept-Encoding": "gzip"}
+# How many recent PATCH groups the round-trip estimate looks back over (the smallest of their times).
+_ROUND_TRIP_SAMPLES = 32
 RequestObserver = Callable[[str, str, str, float], None]  # endpoint, method, status, seconds
 
 
@@ -104,6 +107,9 @@ class TaskApiClient:
         # Wall seconds one PATCH takes in a group sent together (a running mean; None before the
         # first): how the stages size the chunks they send on one connection (actors/stage.py).
         self.patch_seconds: float | None = None
+        # The shortest wall time of the last few PATCH groups: the round trip to the API plus one
+        # request's work, which is what the Poller sizes its window by (actors/poller.py).
+        self._group_seconds: deque[float] = deque(maxlen=_ROUND_TRIP_SAMPLES)
 
     def _send(self, method: str, path: str, endpoint: str, body: bytes | None = None,
               body_sink: BodySink | None = None, extra_headers: dict[str, str] | None = None) -> Response:
@@ -145,6 +151,12 @@ class TaskApiClient:
         return response.body
 
     @property
+    def round_trip_seconds(self) -> float | None:
+        """About one round trip to the API (None before the first PATCH group was answered)."""
+        samples = list(self._group_seconds)     # appended to by other threads
+        return min(samples) if samples else None
+
+    @property
     def pipelining(self) -> bool:
         """Whether PATCHes go pipelined (configured, and not turned off by a server that dropped them)."""
         return self._http.pipelining
@@ -167,7 +179,9 @@ class TaskApiClient:
             started = time.perf_counter()
             answers = self._http.pipeline("PATCH", [(f"{self._base}/{patches[i][0]}", headers, patches[i][1])
                                                     for i in todo])
-            seconds = (time.perf_counter() - started) / max(1, len(todo))
+            elapsed = time.perf_counter() - started
+            self._group_seconds.append(elapsed)
+            seconds = elapsed / max(1, len(todo))
             self.patch_seconds = running_mean(self.patch_seconds, seconds, _PATCH_SECONDS_WEIGHT)
             refused = []
             failed = False
