@@ -1,5 +1,8 @@
-"""CPU per answer: aitp's HTTP/1.1 response reader (aitp/transport/http1.py) against httptools
-(llhttp, the parser of Node and uvicorn), on the answers a task actually gets.
+"""CPU per answer: aitp's HTTP/1.1 response reader (aitp/transport/http1.py) against bare httptools
+(llhttp, the parser of Node and uvicorn), on the answers a task actually gets. Since issue 20 aitp's
+reader is httptools with aitp's callbacks, so the difference is what those cost; run it from an
+older checkout (before "http1: answers parsed by httptools") to compare with the hand-written
+reader, as benchmarks/README.md records.
 
 Run from the repository root: python3 benchmarks/parsers.py [--answers 20000]
 

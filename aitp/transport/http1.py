@@ -1,13 +1,16 @@
-"""A small HTTP/1.1 client for the task API: kept-alive connections, no redirects, no retries.
+"""A small HTTP/1.1 client for the task API: kept-alive connections, pipelining, no redirects, no retries.
 
 Why not urllib3 or requests: every task costs two PATCHes, and on loopback a request costs about
-300 µs of client CPU with urllib3 (700 µs with requests) against about 100 µs here
-(benchmarks/README.md). The task API needs little of HTTP: a few headers, small JSON bodies and
-one large GET. What this still does properly: TLS with certificate checks, chunked and
-read-to-close bodies, 1xx answers, `Connection: close`, a total deadline per request (not per
-read: a server dripping a byte a second cannot hold a request), an optional cap on a body read
-whole (checked before anything is allocated for it), and one quiet reconnect when a kept-alive
-connection turns out to have been closed by the server before it answered.
+300 µs of client CPU with urllib3 (700 µs with requests) against about 100 µs here, and neither
+pipelines, which keeps a far API busy (benchmarks/README.md). Answers are parsed by httptools
+(llhttp, the parser of Node and uvicorn), which took less CPU per answer than the hand-written
+reader it replaced (benchmarks/parsers.py); this module keeps the connections, the pipelining and
+the policy: TLS with certificate checks, proxies, 1xx answers skipped, folded header lines refused,
+`Transfer-Encoding` with `Content-Length` read by its chunks and the connection closed after it, a
+101 never pooled, a total deadline per request (not per read: a server dripping a byte a second
+cannot hold a request), an optional cap on a body read whole (checked before anything is
+allocated for it), gzip and deflate inflated in bounded pieces, and one quiet reconnect when a
+kept-alive connection turns out to have been closed by the server before it answered.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ import ssl
 import threading
 import time
 import zlib
+from collections import deque
 from typing import Callable, NamedTuple
 from urllib.parse import unquote, urlsplit
 from urllib.request import proxy_bypass_environment
+
+import httptools
 
 from aitp.timers import running_mean
 
@@ -38,7 +44,6 @@ _DEADLINE_BYTES_PER_SECOND = 64 * 1024
 # closed it (one syscall less per request); servers keep idle connections for seconds (Node: 5 s),
 # and a close in that window is still caught: it fails before any answer and is retried once.
 TRUSTED_IDLE_SECONDS = 1.0
-_RECEIVE_BYTES = 256 * 1024
 # Each connection reads answers through one reused buffer of this size: `recv(n)` would allocate
 # n bytes and shrink them for every read, and above glibc's mmap threshold (128 kB) that is three
 # extra system calls (mmap, mremap, munmap) per read, about a third of a pipelined PATCH's CPU.
@@ -401,8 +406,25 @@ def next_group(messages: list[bytes], start: int) -> int:
     return end
 
 
+class _Partial:
+    """The answer httptools is parsing now."""
+
+    __slots__ = ("status", "version", "headers", "head_done", "head_left", "until_close", "both_framings",
+                 "sink", "decoder", "received", "body")
+
+    def __init__(self) -> None:
+        self.status, self.version, self.headers = 0, "", {}
+        self.head_done = self.until_close = self.both_framings = False
+        self.head_left = _MAX_HEADER_BYTES
+        self.sink: Callable[[memoryview | bytes], None] | None = None
+        self.decoder = None
+        self.received = 0
+        self.body = bytearray()
+
+
 class _Connection:
-    """One socket and the bytes read past the end of the last answer."""
+    """One socket, its parser (httptools: llhttp, as in Node and uvicorn) and the answers parsed
+    ahead of being asked for (pipelined ones arrive together)."""
 
     def __init__(self, sock: socket.socket, timeout: float | None = None, max_body_bytes: int | None = None) -> None:
         self._sock = sock
@@ -413,10 +435,19 @@ class _Connection:
         self._scratch = memoryview(bytearray(_FILL_BYTES))
         self._received_any = False
         self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        # Transfer-Encoding with Content-Length: llhttp would refuse the answer; it is read by its
+        # chunks instead, and the connection closed after it (answer.both_framings).
+        self._parser.set_dangerous_leniencies(lenient_chunked_length=True)
+        self._answers: deque[tuple[Response, bool]] = deque()   # parsed, not yet asked for
+        self._partial: _Partial | None = None
+        self._sink_factory: BodySink | None = None
+        self._tunnel_answer = False
+        self._callback_error: BaseException | None = None
 
     def looks_open(self) -> bool:
         """An idle connection with something to read has been closed (or broken) by the server."""
-        if self._buffer:
+        if self._buffer or self._answers or self._partial is not None:
             return False
         try:
             readable, _ = _ready(self._sock, 0, writing=False)
@@ -534,164 +565,173 @@ class _Connection:
 
     def expect_answer(self) -> None:
         """The next bytes read begin a new answer (a pipelined one may already be buffered)."""
-        self._received_any = bool(self._buffer)
+        self._received_any = bool(self._buffer or self._answers or self._partial is not None)
 
     def read_response(self, method: str, body_sink: BodySink | None = None) -> tuple[Response, bool]:
-        while True:
-            status, version, headers = self._read_head()
-            if 100 <= status < 200 and status != 101:
-                continue                      # informational: the real answer follows
-            break
-        connection_header = headers.get("connection", "").lower()
-        keep_alive = ("close" not in connection_header if version == "HTTP/1.1"
-                      else "keep-alive" in connection_header)
-        if status == 101:
-            # Switching protocols, which nothing here asked for: what follows is not HTTP/1.1, so the
-            # connection can never go back to the pool.
-            return Response(status, headers, b""), False
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        if chunked and "content-length" in headers:
-            keep_alive = False     # both framings: the chunks are read, and the connection is not trusted again
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            return Response(status, headers, b""), keep_alive
-        sink = body_sink(status, headers) if body_sink is not None else None
-        decoder = _decoder_for(headers.get("content-encoding", ""))
-        if decoder is not None and sink is not None:
-            sink = _decompressing(sink, decoder)
-        if chunked:
-            body = self._read_chunked(sink)
-        elif "content-length" in headers:
-            try:
-                length = int(headers["content-length"])
-            except ValueError:
-                raise HttpTransportError("ProtocolError", "bad Content-Length") from None
-            if length < 0:
-                raise HttpTransportError("ProtocolError", "negative Content-Length")
-            if sink is None:
-                self._check_size(length)          # before anything is allocated for it
-                body = self._read_exactly(length)
-            else:
-                body = self._stream_exactly(length, sink)
-        else:
-            body, keep_alive = self._read_to_close(sink), False
-        if decoder is not None and sink is None:
-            body = _decompressed(body, decoder, self._max_body_bytes)
-        return Response(status, headers, body), keep_alive
+        """The next answer on this connection and whether the connection may be used again. With
+        `body_sink`, the body of a 200 (or whatever the sink factory accepts) goes to the sink as
+        it arrives instead of into the Response."""
+        if method == "HEAD":
+            raise ValueError("HEAD is not supported: its answer's length describes a body never sent")
+        self._sink_factory = body_sink
+        try:
+            while not self._answers:
+                self._feed_buffered() or self._fill_and_feed()
+        finally:
+            self._sink_factory = None
+        response, keep_alive = self._answers.popleft()
+        if body_sink is not None and response.body and (sink := body_sink(response.status, response.headers)):
+            sink(response.body)        # parsed before it was asked for (pipelined): handed over whole
+            response = Response(response.status, response.headers, b"")
+        return response, keep_alive
 
     def read_tunnel_answer(self) -> tuple[int, str, dict[str, str]]:
         """A proxy's answer to CONNECT: its head only (a 200 has no body; nothing may follow it)."""
-        answer = self._read_head()
-        if self._buffer:
+        self._tunnel_answer = True
+        while self._partial is None or not self._partial.head_done:
+            self._feed_buffered() or self._fill_and_feed()
+        answer = self._partial
+        if answer.received or self._buffer or self._answers and answer.status == 200:
             raise HttpTransportError("ProxyError", "the proxy sent bytes after its answer to CONNECT")
+        return answer.status, answer.version, answer.headers
+
+    # --- httptools (llhttp) parses; these are its callbacks and what feeds it ---
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self._answers and self._answers[-1][0].status == 101:
+                # Switching protocols, which nothing here asked for (llhttp stops there): what
+                # follows is not HTTP/1.1, so the connection can never go back to the pool.
+                self._answers.append((self._answers.pop()[0], False))
+                return
+            self._raise_parse_error(exc)
+
+    def _raise_parse_error(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            error, self._callback_error = self._callback_error, None
+            if error is not None:
+                raise error from None
+            raise HttpTransportError("ProtocolError", "the answer could not be read") from None
+        reason = str(exc)
+        if "whitespace after header value" in reason:
+            # An obsolete folded line (RFC 9112 5.2): refused, as a value split across lines is a way
+            # to smuggle one header past a proxy that reads it differently.
+            reason = "a folded header line"
+        raise HttpTransportError("ProtocolError", f"a malformed answer: {reason}"[:200]) from None
+
+    def _feed_buffered(self) -> bool:
+        """Feed what was read while a request was being sent; False when there was nothing."""
+        if not self._buffer:
+            return False
+        data, self._buffer = bytes(self._buffer), bytearray()
+        self._feed(data)
+        return True
+
+    def _fill_and_feed(self) -> None:
+        try:
+            count = self._receive()
+        except HttpTransportError as exc:
+            answer = self._partial
+            if exc.kind == "Closed" and answer is not None and answer.head_done and answer.until_close:
+                self._complete(answer, keep_alive=False)      # a body that ends where the connection does
+                return
+            raise
+        self._feed(self._scratch[:count])
+
+    def _fail_in_callback(self, error: BaseException) -> None:
+        """httptools wraps whatever a callback raises; _feed raises the original instead."""
+        self._callback_error = error
+        raise error
+
+    def on_message_begin(self) -> None:
+        self._partial = _Partial()
+
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        answer = self._count_head(len(name) + len(value))
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers = answer.headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        answer = self._partial
+        answer.head_done = True
+        answer.status = self._parser.get_status_code()
+        answer.version = f"HTTP/{self._parser.get_http_version()}"
+        headers = answer.headers
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        # Both framings: the chunks are read, and the connection is not trusted again.
+        answer.both_framings = chunked and "content-length" in headers
+        answer.until_close = not chunked and "content-length" not in headers and answer.status not in (204, 304) \
+            and not 100 <= answer.status < 200
+        if self._tunnel_answer or 100 <= answer.status < 200:
+            return
+        if self._sink_factory is not None and not self._answers:     # the answer asked for, not one after it
+            try:
+                answer.sink = self._sink_factory(answer.status, headers)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by _feed as it was
+                self._fail_in_callback(exc)
+        try:
+            answer.decoder = _decoder_for(headers.get("content-encoding", ""))
+        except HttpTransportError as exc:
+            self._fail_in_callback(exc)
+        if answer.decoder is not None and answer.sink is not None:
+            answer.sink = _decompressing(answer.sink, answer.decoder)
+        if answer.sink is None and "content-length" in headers:
+            try:
+                self._check_size(int(headers["content-length"]))   # before anything is read for it
+            except ValueError:
+                pass          # llhttp has refused it already
+            except HttpTransportError as exc:
+                self._fail_in_callback(exc)
+
+    def on_body(self, body: bytes) -> None:
+        answer = self._partial
+        answer.received += len(body)
+        if answer.sink is not None:
+            try:
+                answer.sink(body)
+            except BaseException as exc:  # the sink's own error reaches the caller as it was raised
+                self._fail_in_callback(exc)
+            return
+        try:
+            self._check_size(answer.received)
+        except HttpTransportError as exc:
+            self._fail_in_callback(exc)
+        answer.body += body
+
+    def on_message_complete(self) -> None:
+        answer = self._partial
+        if self._tunnel_answer:
+            return
+        if 100 <= answer.status < 200 and answer.status != 101:
+            self._partial = None          # informational: the real answer follows
+            return
+        try:
+            self._complete(answer, self._parser.should_keep_alive() and not answer.both_framings)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by _feed as it was
+            self._fail_in_callback(exc)
+
+    def _complete(self, answer: _Partial, keep_alive: bool) -> None:
+        body: bytes | bytearray = answer.body
+        if answer.decoder is not None and answer.sink is None:
+            body = _decompressed(body, answer.decoder, self._max_body_bytes)
+        self._answers.append((Response(answer.status, answer.headers, body), keep_alive))
+        self._partial = None
+
+    def _count_head(self, size: int) -> _Partial:
+        answer = self._partial
+        answer.head_left -= size
+        if answer.head_left < 0:
+            self._fail_in_callback(HttpTransportError("ProtocolError", "answer headers too long"))
         return answer
 
-    def _read_head(self) -> tuple[int, str, dict[str, str]]:
-        searched = 0
-        while (end := self._buffer.find(b"\r\n\r\n", searched)) < 0:
-            if len(self._buffer) > _MAX_HEADER_BYTES:
-                raise HttpTransportError("ProtocolError", "answer headers too long")
-            searched = max(0, len(self._buffer) - 3)
-            self._fill()
-        head = bytes(self._buffer[:end]).decode("latin-1")
-        del self._buffer[:end + 4]
-        status_line, *header_lines = head.split("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise HttpTransportError("ProtocolError", f"not an HTTP/1.x status line: {status_line[:40]!r}")
-        headers: dict[str, str] = {}
-        for line in header_lines:
-            if line[:1] in (" ", "\t"):
-                # An obsolete folded line (RFC 9112 5.2): refused, as a value split across lines is a
-                # way to smuggle one header past a proxy that reads it differently.
-                raise HttpTransportError("ProtocolError", "a folded header line")
-            name, colon, value = line.partition(":")
-            if colon:
-                key = name.strip().lower()
-                headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-        return int(code), version, headers
-
-    def _read_exactly(self, length: int) -> bytes | bytearray:
-        if len(self._buffer) < length:
-            body = bytearray(length)
-            have = len(self._buffer)
-            body[:have] = self._buffer
-            self._buffer.clear()
-            view = memoryview(body)
-            while have < length:
-                count = self._receive_into(view[have:])
-                have += count
-            return body       # not copied to bytes: 100,000 pending tasks are a 38 MB body
-        body = bytes(self._buffer[:length])
-        del self._buffer[:length]
-        return body
-
-    def _stream_exactly(self, length: int, sink: Callable[[memoryview | bytes], None]) -> bytes:
-        """Hand `length` body bytes to `sink` as they arrive, holding at most one read of them."""
-        if self._buffer:
-            have = min(length, len(self._buffer))
-            sink(bytes(self._buffer[:have]))
-            del self._buffer[:have]
-            length -= have
-        if length:
-            scratch = memoryview(bytearray(min(length, _RECEIVE_BYTES)))
-            while length:
-                # Never read past this body: what follows belongs to the next answer.
-                count = self._receive_into(scratch[:min(length, len(scratch))])
-                sink(scratch[:count])
-                length -= count
-        return b""
-
-    def _read_line(self) -> bytes:
-        while (end := self._buffer.find(b"\r\n")) < 0:
-            if len(self._buffer) > _MAX_HEADER_BYTES:
-                raise HttpTransportError("ProtocolError", "chunk line too long")
-            self._fill()
-        line = bytes(self._buffer[:end])
-        del self._buffer[:end + 2]
-        return line
-
-    def _read_chunked(self, sink: Callable[[memoryview | bytes], None] | None = None) -> bytes:
-        parts, total = [], 0
-        while True:
-            size_text = self._read_line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise HttpTransportError("ProtocolError", f"bad chunk size {size_text[:20]!r}") from None
-            if size == 0:
-                while self._read_line():      # trailers, up to the empty line
-                    pass
-                return b"".join(parts)
-            if sink is None:
-                total += size
-                self._check_size(total)
-                parts.append(self._read_exactly(size))
-            else:
-                parts.append(self._stream_exactly(size, sink))
-            if self._read_exactly(2) != b"\r\n":
-                raise HttpTransportError("ProtocolError", "chunk not followed by CRLF")
-
-    def _read_to_close(self, sink: Callable[[memoryview | bytes], None] | None = None) -> bytes:
-        while True:
-            if sink is not None and self._buffer:
-                sink(bytes(self._buffer))
-                self._buffer.clear()
-            elif sink is None:
-                self._check_size(len(self._buffer))
-            try:
-                self._fill()
-            except HttpTransportError as exc:
-                if exc.kind != "Closed":
-                    raise
-                body = bytes(self._buffer)
-                self._buffer.clear()
-                if sink is not None and body:
-                    sink(body)
-                    body = b""
-                return body
-
-    def _fill(self) -> None:
+    def _receive(self) -> int:
+        """Read what has come into the scratch buffer (waiting at most until the deadline)."""
         self._arm()
         try:
             count = self._sock.recv_into(self._scratch)
@@ -705,17 +745,5 @@ class _Connection:
                 raise _ClosedBeforeAnswer("ConnectionError", "closed before answering")
             raise HttpTransportError("Closed", "closed in the middle of the answer")
         self._received(count)
-        self._buffer += self._scratch[:count]
-
-    def _receive_into(self, view: memoryview) -> int:
-        self._arm()
-        try:
-            count = self._sock.recv_into(view)
-        except TimeoutError:
-            raise HttpTransportError("Timeout", "waiting for the answer") from None
-        except OSError as exc:
-            raise HttpTransportError("ConnectionError", f"reading the answer: {type(exc).__name__}") from None
-        if not count:
-            raise HttpTransportError("Closed", "closed in the middle of the answer")
-        self._received(count)
         return count
+
