@@ -155,6 +155,17 @@ class TasksSettled(msgspec.Struct, frozen=True):
     """To Poller: these tasks left the pipeline (reported, released or gone); their credit is free."""
 
     task_ids: list[str]
+    released: bool = False       # pending again on the API (another service may take them at once)
+
+
+class KeepLeases(msgspec.Struct, frozen=True):
+    """Poller to itself, every third of a lease: renew the leases held in Redis, take over run-out ones."""
+
+
+class ResultsAdopted(msgspec.Struct, frozen=True):
+    """Poller to Reporter: paid results of tasks taken over from a service that died, sent as they are."""
+
+    entries: list
 
 
 # --- supervision ---

@@ -13,25 +13,29 @@ import pykka
 from aitp.transport.auth import TokenClient
 from aitp import __version__
 from aitp.config import Settings
-from aitp.contract import RELEASE_BODY, state_body, task_type_of
-from aitp.errors import ConfigError, ProviderError
+from aitp.contract import RELEASE_BODY
+from aitp.errors import ConfigError, CoordinationError, ProviderError
 from aitp.observability.metrics import Metrics
 from aitp.observability.monitoring import MonitoringServer
 from aitp.storage.journal import Journal, OutboxEntry
 from aitp.storage.files import private_directory
 from aitp.breakers import ProviderBreaker
+from aitp.coordination.breakers import shared_breaker_storage
+from aitp.coordination.leases import connect, key_prefix, lease_book_for
+from aitp.coordination.rate_limits import shared_rate_limits_for
 from aitp.providers import Provider, providers_for
 from aitp.storage.rate_limits import rate_limits_for
 from aitp.routing import ChatRouter, Router
 from aitp.transport.task_api import NoCredentials, PatchOutcome, TaskApiClient
 from aitp.transport.tls import client_context
 from aitp.transport.wikidata import wikidata_client_for
-from aitp.tasks import HANDLERS, TaskRejected
+from aitp.tasks import HANDLERS
 from aitp.timers import Scheduler
 from aitp.vectors.pool import VectorPool
 from actors.authenticator import ActorCredentials, Authenticator, TokenCell
 from actors.dispatcher import Dispatcher
 from actors.llm_workers import LlmWorkers
+from actors.resume import resume
 from actors.messages import BatchEmbedded, TasksSettled
 from actors.poller import Poller
 from actors.provider_workers import ProviderWorkers
@@ -83,8 +87,17 @@ class Pipeline:
         if not self._prepare(providers):
             return False
         resilience = settings.resilience
+        # With REDIS_URL, several services share leases, paid results, rate limits and breakers.
+        redis_client = connect(settings.coordination.redis_url) if settings.coordination.redis_url else None
+        prefix = key_prefix(settings.coordination.key_prefix, settings.api.base_url)
+
+        def storage(name: str, endpoint: str):
+            return shared_breaker_storage(redis_client, prefix, name, endpoint) if redis_client else None
+
         breakers = {name: ProviderBreaker(name, resilience.circuit_breaker_threshold,
-                                          resilience.circuit_breaker_reset_seconds) for name in providers}
+                                          resilience.circuit_breaker_reset_seconds,
+                                          storage=storage(name, provider.endpoint))
+                    for name, provider in providers.items()}
         router = Router(settings.processing.mode, providers, breakers)
         private_directory(settings.data_dir)     # 0700: task texts and vectors live there
         wikidata = wikidata_client_for(settings, ProviderBreaker("wikidata", resilience.circuit_breaker_threshold,
@@ -108,12 +121,13 @@ class Pipeline:
                                  ssl_context=tls)
         vector_pool = VectorPool(workers.process_workers, workers.process_answer_timeout)
         vector_pool.warm_up()
+        rate_limits = (redis_client and shared_rate_limits_for(settings, redis_client)) or rate_limits_for(settings)
         self.ctx = ctx = PipelineContext(
             settings=settings, directory=directory, scheduler=Scheduler(), journal=journal, task_api=task_api,
-            router=router, vector_pool=vector_pool, rate_limits=rate_limits_for(settings), metrics=self.metrics,
+            router=router, vector_pool=vector_pool, rate_limits=rate_limits, metrics=self.metrics,
             chat_router=ChatRouter(providers, breakers, settings.models.chat), wikidata=wikidata,
             handlers={name: handler(settings) for name, handler in HANDLERS.items()},
-            before_message=self.before_message)
+            before_message=self.before_message, leases=lease_book_for(settings, redis_client))
         extra: dict[str, dict] = {"authenticator": {"client": token_client, "cell": cell}}
         policies = settings.supervision
 
@@ -180,27 +194,40 @@ class Pipeline:
         assert self.ctx is not None
         journal, handlers = self.ctx.journal, self.ctx.handlers
         resumed, answered = [], []
-        for claim in journal.claims():
-            if not self.settings.api.claim_tasks:
-                journal.drop_claims([claim.task_id])
-                continue
-            try:
-                handler = handlers.get(task_type_of(claim.task_json))
-                if handler is None:
-                    answered.append(OutboxEntry(claim.task_id, RELEASE_BODY, "pending"))
-                    continue
-                resumed.append(handler.parse(claim.task_id, claim.task_json))
-            except Exception as exc:  # noqa: BLE001 - a claim that no longer parses, whatever the reason
-                reason = str(exc) if isinstance(exc, TaskRejected) else f"unreadable claim: {exc!r}"
-                log.warning("a claimed task cannot be resumed; reporting it failed",
-                            extra={"fields": {"task_id": claim.task_id, "reason": reason[:200]}})
-                answered.append(OutboxEntry(claim.task_id, state_body("failed", reason[:500]), "failed"))
+        claims = journal.claims()
+        if not self.settings.api.claim_tasks:
+            journal.drop_claims([claim.task_id for claim in claims])
+            claims = []
+        claims = self._still_ours(claims)
+        for claim in claims:
+            outcome = resume(handlers, claim.task_id, claim.task_json)
+            (answered if isinstance(outcome, OutboxEntry) else resumed).append(outcome)
         journal.add_results(answered)     # and retires their claims, in one transaction
         in_flight = [entry.task_id for entry in journal.outbox()] + [job.task_id for job in resumed]
         if resumed or in_flight:
             log.info("resuming the last run", extra={"fields": {"claims": len(resumed),
                                                                  "outbox": len(in_flight) - len(resumed)}})
         return {"dispatcher": resumed, "poller": in_flight}
+
+    def _still_ours(self, claims: list) -> list:
+        """With several services on one API, the claims of the last run whose leases another service
+        took over meanwhile (this one was down longer than a lease) are that service's now: dropped
+        here. When Redis does not answer, they are resumed: they were this service's last."""
+        leases = self.ctx.leases if self.ctx else None
+        if leases is None or not claims:
+            return claims
+        try:
+            ours = leases.acquire([(claim.task_id, bytes(claim.task_json)) for claim in claims])
+        except CoordinationError as exc:
+            log.warning("Redis does not answer at start: resuming the last run's claims without leases",
+                        extra={"fields": {"error": str(exc), "claims": len(claims)}})
+            return claims
+        theirs = [claim.task_id for claim in claims if claim.task_id not in ours]
+        if theirs:
+            log.info("claims of the last run taken over by another service meanwhile: left to it",
+                     extra={"fields": {"claims": len(theirs)}})
+            self.ctx.journal.drop_claims(theirs)
+        return [claim for claim in claims if claim.task_id in ours]
 
     def _warn_mock(self) -> None:
         """Said at start and every few minutes while it lasts: the mock's vectors are not embeddings."""
@@ -278,6 +305,8 @@ class Pipeline:
     def ready(self) -> tuple[bool, str]:
         if self.phase != "running":
             return False, self.phase
+        if self.ctx is not None and self.ctx.leases is not None and not self.ctx.leases.available:
+            return False, "Redis does not answer: no new task is taken (held ones are finished)"
         if self.settings.uses_oauth2 and (self.ctx is None or self.ctx.task_api.credentials.current() is None):
             return False, "no token yet"
         return True, "running"
@@ -303,6 +332,7 @@ class Pipeline:
             "rate_limits": status.get("rate_limits", {}),
             "in_flight": status["stages"].get("poller", {}).get("in_flight", 0),
             "outbox": status.get("outbox", 0),
+            "coordination": self.ctx.leases.status() if self.ctx is not None and self.ctx.leases else None,
             "process_worker_restarts": status.get("process_worker_restarts", 0),
         }
         if failing:
@@ -330,7 +360,7 @@ class Pipeline:
             if stage:
                 released += stage.release_queued().get(timeout=5)
         if released:
-            ctx.directory.tell("poller", TasksSettled([job.task_id for job in released]))
+            ctx.directory.tell("poller", TasksSettled([job.task_id for job in released], released=True))
         while time.monotonic() < deadline and not self.fatal_reason:
             try:
                 if self.in_flight() == 0:

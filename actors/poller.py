@@ -10,9 +10,12 @@ from dataclasses import dataclass
 import msgspec
 
 from aitp.contract import PendingList, PendingSplitter, Task, Unusable, read_entry
-from aitp.errors import ContractError, TaskApiError
+from aitp.errors import ContractError, CoordinationError, TaskApiError
+from aitp.storage.journal import Claim, OutboxEntry
 from aitp.tasks import ChatJob, TaskRejected
-from actors.messages import Poll, Rejection, TakenTask, TasksRejected, TasksSettled, TasksTaken, TokenArrived
+from actors.messages import (KeepLeases, Poll, Rejection, ResultsAdopted, TakenTask, TasksClaimed, TasksRejected,
+                             TasksSettled, TasksTaken, TokenArrived)
+from actors.resume import resume
 from actors.flow_window import FlowWindow
 from actors.stage import PipelineContext, Stage
 
@@ -64,9 +67,16 @@ class Poller(Stage):
         self._seen_left_alone: set[str] = set()
         self.taken_total = 0
         self.held: _HeldList | None = None       # the last pending list, while more is taken from it
+        self.leased_elsewhere = 0                # tasks another service held a lease for (Redis)
+        self.adopted_total = 0                   # tasks taken over from services whose leases ran out
 
     def setup(self) -> None:
         self._schedule(0)
+        if self.ctx.leases is not None:
+            self.later(self._lease_tick_seconds(), KeepLeases())
+
+    def _lease_tick_seconds(self) -> float:
+        return self.settings.coordination.lease_seconds / 3
 
     @property
     def capacity(self) -> int:
@@ -87,6 +97,10 @@ class Poller(Stage):
             self._poll()
         elif isinstance(message, TasksSettled):
             self._settle(message.task_ids)
+            if self.ctx.leases is not None:
+                self.ctx.leases.finish(message.task_ids, final=not message.released)
+        elif isinstance(message, KeepLeases):
+            self._keep_leases()
         elif isinstance(message, TokenArrived) and self.waiting_for_token:
             self.waiting_for_token = False
             log.info("polling resumed: a token is held")
@@ -130,16 +144,26 @@ class Poller(Stage):
                 log.info("polling paused: no token")
             self.waiting_for_token = True
             return
+        if self.ctx.leases is not None and not self.ctx.leases.available:
+            # Without Redis a task taken could be another service's too: none is taken until it
+            # answers again (the lease keeper finds out every third of a lease).
+            self.held = None
+            self._schedule(self._lease_tick_seconds())
+            return
         outage = self.ctx.router.seconds_until_available()
         if outage > 0:
             # Every provider's breaker is open: tasks taken now could only wait and use up retries.
             log.info("polling paused: no provider available", extra={"fields": {"resume_in_s": round(outage, 2)}})
             self._schedule(outage)
             return
-        room = self.ctx.rate_limits.remaining()
+        try:
+            room = self.ctx.rate_limits.remaining()
+            until = self.ctx.rate_limits.not_before() if room == 0 else None
+        except CoordinationError:      # shared limits, and Redis does not answer: wait for it
+            self._schedule(self._lease_tick_seconds())
+            return
         if room == 0:
             # A full tier: sleep until it frees a unit rather than poll for tasks it cannot admit.
-            until = self.ctx.rate_limits.not_before()
             delay = max(0.05, until - time.time()) if until else self.settings.polling.interval_seconds
             log.info("rate limit reached: polling paused", extra={"fields": {"resume_in_s": round(delay, 2)}})
             self._schedule(delay)
@@ -163,6 +187,8 @@ class Poller(Stage):
             self.failures_in_a_row = 0
             held = self.held = _HeldList(pending, poll_number, time.monotonic())
         taken, rejected, more_left = self._take(held, budget)
+        if taken and self.ctx.leases is not None:
+            taken = self._leased(taken)
         self.settled_at = {k: v for k, v in self.settled_at.items() if v >= held.poll_number}
         if held.cursor >= len(held.pending):
             self.held = None
@@ -182,6 +208,63 @@ class Poller(Stage):
                 self._schedule(0)
         else:
             self._schedule(self.settings.polling.interval_seconds)
+
+    def _leased(self, taken: list[TakenTask]) -> list[TakenTask]:
+        """The tasks this service got leases for; the others are another service's (or were settled
+        by one lately) and are left to it. When Redis does not answer, none is taken."""
+        try:
+            got = self.ctx.leases.acquire([(task.job.task_id, bytes(task.raw)) for task in taken])
+        except CoordinationError:
+            got = set()
+            self.held = None            # polled again once Redis answers
+        theirs = [task.job.task_id for task in taken if task.job.task_id not in got]
+        for task_id in theirs:
+            self.in_flight.discard(task_id)
+            self.settled_at[task_id] = self.polls_begun     # not taken again from this list
+        self.taken_total -= len(theirs)
+        self.leased_elsewhere += len(theirs)
+        return [task for task in taken if task.job.task_id in got]
+
+    def _keep_leases(self) -> None:
+        """Every third of a lease: renew the leases held, send the finishes Redis missed, and take over
+        the leases of services that died, resuming their tasks (or sending their paid results)."""
+        leases = self.ctx.leases
+        self.later(self._lease_tick_seconds(), KeepLeases())
+        try:
+            lost = leases.renew()
+            adopted = leases.take_over() if not self.stopped else []
+        except CoordinationError:
+            return
+        if lost:
+            log.warning("leases taken over by another service while this one stalled; its results may "
+                        "be reported twice", extra={"fields": {"tasks": len(lost)}})
+        if adopted:
+            self._adopt(adopted)
+        if self.waiting_for_credit and not self.poll_scheduled:
+            self._schedule(0)
+
+    def _adopt(self, adopted: list) -> None:
+        jobs, entries = [], []
+        for task in adopted:
+            self.in_flight.add(task.task_id)
+            if task.result is not None:
+                entries.append(OutboxEntry(task.task_id, task.result, task.state or "succeeded"))
+                continue
+            outcome = resume(self.ctx.handlers, task.task_id, task.task_json)
+            if isinstance(outcome, OutboxEntry):
+                entries.append(outcome)
+            else:
+                jobs.append(outcome)
+        log.warning("tasks taken over from a service whose leases ran out", extra={"fields": {
+            "tasks": len(adopted), "with_paid_results": sum(task.result is not None for task in adopted),
+            "from": sorted({task.previous_owner for task in adopted})[:5]}})
+        self.adopted_total += len(adopted)
+        if jobs:
+            json_of = {task.task_id: task.task_json for task in adopted}
+            self.ctx.journal.record_claims([Claim(job.task_id, json_of[job.task_id], 0) for job in jobs])
+            self.tell("dispatcher", TasksClaimed(jobs))
+        if entries:
+            self.tell("reporter", ResultsAdopted(entries))
 
     def _screen(self, raw: msgspec.Raw) -> Task | None:
         """Which entries of an arriving list are worth keeping: a usable id, a type some handler
@@ -270,7 +353,8 @@ class Poller(Stage):
     def status(self) -> dict:
         return {"in_flight": len(self.in_flight), "window": self.window.size, "credit": self.credit,
                 "polls": self.polls_begun,
-                "taken": self.taken_total, "left_alone": dict(self.left_alone)}
+                "taken": self.taken_total, "left_alone": dict(self.left_alone),
+                "leased_elsewhere": self.leased_elsewhere, "adopted": self.adopted_total}
 
     def orphans(self) -> list:
         return sorted(self.in_flight)

@@ -11,6 +11,7 @@ from collections import Counter
 import msgspec
 
 from aitp.contract import CLAIM_BODY
+from aitp.errors import CoordinationError
 from aitp.storage.journal import Claim
 from aitp.storage.rate_limits import RateLimitBackend
 from aitp.transport.task_api import PatchOutcome
@@ -49,12 +50,20 @@ class RateLimiter(Stage):
             self._send_claims([message.task], message.attempt)
 
     def _admit(self, tasks: list[TakenTask]) -> None:
-        with self.ctx.metrics.rate_limit_check.time():
-            admission = self.backend.reserve(len(tasks))
+        try:
+            with self.ctx.metrics.rate_limit_check.time():
+                admission = self.backend.reserve(len(tasks))
+        except CoordinationError as exc:
+            # The limits live in Redis and it does not answer: nothing is admitted, nothing is lost
+            # (the tasks stay pending and are polled again).
+            log.warning("rate limits unreadable: tasks handed back", extra={"fields": {
+                "error": str(exc), "tasks": len(tasks)}})
+            self.tell("poller", TasksSettled([task.job.task_id for task in tasks], released=True))
+            return
         admitted, refused = tasks[:admission.granted], tasks[admission.granted:]
         if refused:   # released untouched: they stay pending on the server and are polled again later
             log.info("rate limit reached", extra={"fields": {"admitted": len(admitted), "refused": len(refused)}})
-            self.tell("poller", TasksSettled([task.job.task_id for task in refused]))
+            self.tell("poller", TasksSettled([task.job.task_id for task in refused], released=True))
         if not admitted:
             return
         self.ctx.journal.record_claims([Claim(task.job.task_id, task.raw, admission.reservation)
@@ -112,7 +121,13 @@ class RateLimiter(Stage):
     def orphans(self) -> list:
         return list(self.gate.parked.values())
 
+    def _usage(self) -> list[dict]:
+        try:
+            return [msgspec.structs.asdict(tier) for tier in self.backend.usage()]
+        except CoordinationError:
+            return []
+
     def status(self) -> dict:
         return {"claims_sent": self.claims_sent, "claiming": self.claiming, "parked": len(self.gate.parked),
-                "limits": [msgspec.structs.asdict(tier) for tier in self.backend.usage()],
+                "limits": self._usage(),
                 "exceeded": dict(getattr(self.backend, "exceeded", {}))}

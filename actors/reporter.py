@@ -19,11 +19,12 @@ import logging
 from collections import Counter
 
 from aitp.contract import RELEASE_BODY, state_body
+from aitp.errors import CoordinationError
 from aitp.storage.journal import OutboxEntry
 from aitp.vectors.jobs import TaskVector
 from aitp.transport.task_api import PatchOutcome, PatchResult
-from actors.messages import (BatchEmbedded, PatchesAnswered, ReportResults, TasksRejected, TasksReleased,
-                             TasksSettled)
+from actors.messages import (BatchEmbedded, PatchesAnswered, ReportResults, ResultsAdopted, TasksRejected,
+                             TasksReleased, TasksSettled)
 from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
@@ -67,11 +68,15 @@ class Reporter(Stage):
 
     def receive(self, message) -> None:
         if isinstance(message, BatchEmbedded):
+            if message.paid and self.ctx.leases is not None:
+                self._share_paid(message.results)
             self.batch_of.update((r.task_id, message.batch_id) for r in message.results)
             self._store([result_entry(r) if r.body is not None
                          else self._failure(r.task_id, r.error or "no vector", message.batch_id)
                          for r in message.results],
                         journaled=message.paid or self.settings.storage.journal_unpaid_results)
+        elif isinstance(message, ResultsAdopted):
+            self._store(message.entries)      # journaled: paid for by the service that died
         elif isinstance(message, TasksRejected):
             self.batch_of.update((r.task_id, r.batch_id) for r in message.rejections if r.batch_id)
             self._store([self._failure(r.task_id, r.reason, r.batch_id) for r in message.rejections])
@@ -85,6 +90,18 @@ class Reporter(Stage):
                 self.gate.probing(task_id)
             self._send([self.entries[task_id] for task_id in message.task_ids if task_id in self.entries],
                        message.attempt)
+
+    def _share_paid(self, results: list[TaskVector]) -> None:
+        """Paid results go to Redis before they are reported: should this service die for good, the
+        one taking its tasks over sends them instead of paying again (aitp/coordination/leases.py)."""
+        leases = self.ctx.leases
+        try:
+            for result in results:
+                entry = result_entry(result)
+                leases.keep_result(entry.task_id, entry.body, entry.state)
+        except CoordinationError as exc:
+            log.warning("paid results not shared: Redis does not answer; the journal keeps them",
+                        extra={"fields": {"error": str(exc), "results": len(results)}})
 
     def _failure(self, task_id: str, reason: str, batch_id: str) -> OutboxEntry:
         # The server keeps no error text, so the reason is logged here as well as sent.
@@ -112,16 +129,21 @@ class Reporter(Stage):
 
     def _answered(self, message: PatchesAnswered) -> None:
         settled: list[str] = []
+        released: list[str] = []
         waiting: list[str] = []
         bare: list[OutboxEntry] = []
         for task_id, result in message.answers:
+            entry = self.entries.get(task_id)
             if self._answered_one(task_id, result, message.attempt, waiting, bare):
-                settled.append(task_id)
+                (released if entry is not None and entry.state == "pending" else settled).append(task_id)
         if bare:
             self._send(bare, 1)
+        if settled or released:
+            self.ctx.journal.acknowledge(settled + released)   # outbox rows, or claims of unjournaled ones
         if settled:
-            self.ctx.journal.acknowledge(settled)     # its outbox row, or the claim of an unjournaled one
             self.tell("poller", TasksSettled(settled))
+        if released:
+            self.tell("poller", TasksSettled(released, released=True))
         if waiting:
             log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
             self._send([self.entries[task_id] for task_id in waiting if task_id in self.entries], 1)

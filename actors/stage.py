@@ -16,6 +16,7 @@ from typing import Any, Callable
 import pykka
 
 from aitp.config import Settings
+from aitp.coordination.leases import LeaseBook
 from aitp.storage.journal import Journal
 from aitp.observability.metrics import Metrics
 from aitp.storage.rate_limits import AdmitAll, RateLimitBackend
@@ -131,6 +132,7 @@ class PipelineContext:
     rng: random.Random = field(default_factory=random.Random)
     chat_router: ChatRouter | None = None      # the LLM task types' chat models
     wikidata: WikidataClient | None = None
+    leases: LeaseBook | None = None            # several services on one API (aitp/coordination/leases.py)
     # Called with (stage, message) before a stage handles a told message: the seam through which
     # tests inject faults at a chosen moment, and where a tracer could watch the flow.
     before_message: Callable[[Stage, Any], None] | None = None

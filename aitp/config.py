@@ -186,6 +186,13 @@ class SupervisionSettings(_Section):
     llm_workers: ChildPolicy = ChildPolicy()
 
 
+class CoordinationSettings(_Section):
+    redis_url: str = ""
+    lease_seconds: Seconds = 30.0
+    settled_seconds: Seconds = 120.0
+    key_prefix: str = ""
+
+
 class ShutdownSettings(_Section):
     deadline_seconds: Seconds = 20.0
 
@@ -207,6 +214,7 @@ class Settings(_Section):
     monitoring: MonitoringSettings = MonitoringSettings()
     storage: StorageSettings = StorageSettings()
     supervision: SupervisionSettings = SupervisionSettings()
+    coordination: CoordinationSettings = CoordinationSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
 
     # --- derived values, so that no stage re-derives them its own way ---
@@ -288,6 +296,7 @@ ENV_NAMES: dict[str, str] = {
     "LOG_LEVEL": "monitoring.log_level",
     "LOG_FORMAT": "monitoring.log_format",
     "AITP_DATA_DIR": "storage.data_dir",
+    "REDIS_URL": "coordination.redis_url",
 }
 KEY_TO_ENV = {key: env for env, key in ENV_NAMES.items()}
 SECRET_KEYS = frozenset({"auth.client_secret", "openai.api_key"})
@@ -481,6 +490,10 @@ def _expectation(declared: Any, exc: msgspec.ValidationError) -> str:
 
 
 def _check_cross_field(settings: Settings, sources: dict[str, str]) -> None:
+    redis_url = settings.coordination.redis_url
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("coordination.redis_url", _without_password(redis_url),
+                          "a redis://, rediss:// or unix:// URL", sources["coordination.redis_url"])
     for key in URL_KEYS:
         section, name = key.split(".")
         url = getattr(getattr(settings, section), name)
@@ -536,21 +549,27 @@ def redacted_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
         value = flat[key]
         if key in SECRET_KEYS and value:
             value = REDACTED if value != PLACEHOLDER_OPENAI_KEY else value
-        elif key in URL_KEYS and isinstance(value, str) and urlsplit(value).password:
+        elif key in URL_KEYS + REDIS_URL_KEYS and isinstance(value, str) and urlsplit(value).password:
             value = value.replace(f":{urlsplit(value).password}@", f":{REDACTED}@", 1)
         rows.append((key, value, loaded.sources.get(key, "default")))
     return rows
 
 
+REDIS_URL_KEYS = ("coordination.redis_url",)
 URL_KEYS = ("api.base_url", "ollama.base_url", "openai.base_url", "auth.token_url", "wikidata.api_url",
             "wikidata.sparql_url", "wikidata.pageviews_url")
+
+
+def _without_password(url: str) -> str:
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", f":{REDACTED}@", 1) if password else url
 
 
 def secret_values(settings: Settings) -> list[str]:
     """The secret strings in force, so the log redactor can blank them wherever they appear: the
     client secret, the API key, and any password in a configured URL's userinfo."""
     values = [settings.auth.client_secret, settings.openai.api_key]
-    for key in URL_KEYS:
+    for key in URL_KEYS + REDIS_URL_KEYS:
         section, name = key.split(".")
         values.append(urlsplit(getattr(getattr(settings, section), name)).password or "")
     return [value for value in values if value and value != PLACEHOLDER_OPENAI_KEY]

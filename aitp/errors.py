@@ -82,3 +82,7 @@ class DimensionMismatch(VectorContractError):
 
     def __reduce__(self):
         return (DimensionMismatch, (self.got, self.pinned))
+
+
+class CoordinationError(AitpError):
+    """Redis, which several services share for leases, results, limits and breakers, did not answer."""

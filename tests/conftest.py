@@ -20,6 +20,7 @@ from aitp.sandbox.ollama_stub import OllamaStub
 from aitp.sandbox.openai_stub import OpenAIStub
 from aitp.vectors.checks import checked_unit_vectors
 from oauth2_peer import OAuth2Peer
+from redis_peer import RedisPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +101,21 @@ class ServiceProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
         self._log.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server for the test (skipped where Debian's package is not installed)."""
+    started = []
+
+    def start(persistent: bool = True) -> RedisPeer:
+        peer = RedisPeer(tmp_path / f"redis-{len(started)}", persistent).start()
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.stop()
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The Debian packages some tests use as real peers: docker-compose reads our compose files the way an
 # operator's Compose 1.29 does; nginx-light is a TLS reverse proxy with gzip; tinyproxy a forward
-# proxy. Installed when missing and when running as root, as CI does; elsewhere it says what is
-# missing, and the tests that need it are skipped.
+# proxy; redis-server coordinates several services (tests/redis_peer.py). Installed when missing and
+# when running as root, as CI does; elsewhere it says what is missing, and the tests that need it
+# are skipped.
 set -euo pipefail
-wanted=(docker-compose nginx-light tinyproxy)
+wanted=(docker-compose nginx-light tinyproxy redis-server)
 missing=()
 for package in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

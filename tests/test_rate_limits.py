@@ -1,4 +1,5 @@
-"""Rate limits with an injectable clock: every tier, both strategies, restarts, and two processes."""
+"""Rate limits with an injectable clock: every tier, both strategies, restarts, and two processes,
+each against both backends: the SQLite file of one host and the Redis several services share."""
 
 import multiprocessing
 import subprocess
@@ -10,6 +11,8 @@ import pytest
 
 from actors.pipeline import Pipeline
 from aitp.config import load_config
+from aitp.coordination.leases import connect
+from aitp.coordination.rate_limits import RedisTieredLimits
 from aitp.storage.rate_limits import AdmitAll, TieredLimits, next_window, rate_limits_for, window_start
 from aitp.sandbox.seed import generated_tasks
 from conftest import settings_for, wait_until
@@ -27,14 +30,22 @@ class Clock:
         return self.now
 
 
-def limits(tmp_path, clock, strategy="rolling", name="limits.sqlite3", **per):
-    return TieredLimits(tmp_path / name, per, strategy, clock=clock)
+@pytest.fixture(params=["sqlite", "redis"])
+def limits(request, tmp_path):
+    """`limits(clock, strategy="rolling", name=..., **per)`: the backend under test; the same `name`
+    reaches the same counts (a restart, or another process)."""
+    if request.param == "sqlite":
+        return lambda clock, strategy="rolling", name="limits", **per: TieredLimits(
+            tmp_path / f"{name}.sqlite3", per, strategy, clock=clock)
+    redis = request.getfixturevalue("redis_server")()
+    return lambda clock, strategy="rolling", name="limits", **per: RedisTieredLimits(
+        redis.client(), f"{name}:", per, strategy, clock=clock)
 
 
 @pytest.mark.parametrize("period", ["minute", "hour", "day", "week", "month"])
-def test_rolling_window_of_each_tier(tmp_path, period):
+def test_rolling_window_of_each_tier(limits, period):
     clock = Clock()
-    limiter = limits(tmp_path, clock, **{period: 5})
+    limiter = limits(clock, **{period: 5})
     assert limiter.reserve(3).granted == 3
     clock.now += LENGTH[period] / 2
     second = limiter.reserve(4)
@@ -54,12 +65,12 @@ def test_rolling_window_of_each_tier(tmp_path, period):
     ("week", datetime(2026, 11, 23), datetime(2026, 11, 30)),          # ISO weeks start on Monday
     ("month", datetime(2026, 11, 1), datetime(2026, 12, 1)),
 ])
-def test_fixed_windows_are_calendar_aligned_in_utc(tmp_path, period, start, following):
+def test_fixed_windows_are_calendar_aligned_in_utc(limits, period, start, following):
     start, following = start.replace(tzinfo=UTC).timestamp(), following.replace(tzinfo=UTC).timestamp()
     assert window_start(period, "fixed", NOW) == start
     assert next_window(period, NOW) == following
     clock = Clock(following - 1)
-    limiter = limits(tmp_path, clock, "fixed", **{period: 2})
+    limiter = limits(clock, "fixed", **{period: 2})
     assert limiter.reserve(3).granted == 2
     assert limiter.not_before() == following
     clock.now = following                      # a new window: the count starts again
@@ -71,9 +82,9 @@ def test_december_rolls_over_into_january():
     assert next_window("month", december) == datetime(2027, 1, 1, tzinfo=UTC).timestamp()
 
 
-def test_every_tier_must_have_room(tmp_path):
+def test_every_tier_must_have_room(limits):
     clock = Clock()
-    limiter = limits(tmp_path, clock, minute=10, hour=12, day=100)
+    limiter = limits(clock, minute=10, hour=12, day=100)
     assert limiter.reserve(8).granted == 8
     clock.now += 61
     assert limiter.reserve(8).granted == 4                 # the minute is free again, the hour is not
@@ -82,9 +93,9 @@ def test_every_tier_must_have_room(tmp_path):
     assert limiter.not_before() == NOW + 3600              # when the first 8 leave the hour
 
 
-def test_refunds_come_off_their_own_reservation(tmp_path):
+def test_refunds_come_off_their_own_reservation(limits):
     clock = Clock()
-    limiter = limits(tmp_path, clock, minute=5)
+    limiter = limits(clock, minute=5)
     old = limiter.reserve(5)
     clock.now += 59
     limiter.refund(old.reservation, 2)                     # two of them never reached a provider
@@ -98,36 +109,43 @@ def test_refunds_come_off_their_own_reservation(tmp_path):
     assert limiter.remaining() == 5
 
 
-def test_a_restart_in_the_middle_of_a_window_keeps_the_count(tmp_path):
+def test_a_restart_in_the_middle_of_a_window_keeps_the_count(limits):
     clock = Clock()
-    first = limits(tmp_path, clock, minute=10)
+    first = limits(clock, minute=10)
     assert first.reserve(7).granted == 7
     first.close()
     clock.now += 30
-    again = limits(tmp_path, clock, minute=10)
+    again = limits(clock, minute=10)
     assert again.reserve(7).granted == 3
     clock.now += 31
     assert again.remaining() == 7
 
 
-def _reserve_one_at_a_time(path: str, attempts: int, now: float, results) -> None:
-    limiter = TieredLimits(path, {"minute": 150, "day": 1000}, "fixed", clock=lambda: now)
+def _backend(where: str, per: dict, now: float):
+    if where.startswith("unix://"):
+        return RedisTieredLimits(connect(where), "shared:", per, "fixed", clock=lambda: now)
+    return TieredLimits(where, per, "fixed", clock=lambda: now)
+
+
+def _reserve_one_at_a_time(where: str, attempts: int, now: float, results) -> None:
+    limiter = _backend(where, {"minute": 150, "day": 1000}, now)
     results.put(sum(limiter.reserve(1).granted for _ in range(attempts)))
     limiter.close()
 
 
-def test_two_processes_sharing_the_file_never_exceed_the_limit_together(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_two_processes_sharing_the_limits_never_exceed_them_together(backend, tmp_path, redis_server):
+    where = str(tmp_path / "shared.sqlite3") if backend == "sqlite" else redis_server().url
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    path = str(tmp_path / "shared.sqlite3")
-    workers = [context.Process(target=_reserve_one_at_a_time, args=(path, 120, NOW, results)) for _ in range(2)]
+    workers = [context.Process(target=_reserve_one_at_a_time, args=(where, 120, NOW, results)) for _ in range(2)]
     for worker in workers:
         worker.start()
     granted = [results.get(timeout=60) for _ in workers]
     for worker in workers:
         worker.join(30)
     assert sum(granted) == 150 and all(g > 0 for g in granted)
-    assert TieredLimits(path, {"minute": 150}, "fixed", clock=lambda: NOW).remaining() == 0
+    assert _backend(where, {"minute": 150}, NOW).remaining() == 0
 
 
 def test_settings_choose_the_backend(tmp_path):

@@ -32,6 +32,8 @@ class Provider(abc.ABC):
     paid: bool = True
     max_batch_inputs: int | None = None     # the provider's own limits per call, if it has any
     max_batch_tokens: int | None = None
+    # Where it is called: services calling the same endpoint share its breaker (through Redis).
+    endpoint: str = "local"
 
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Startup work (check or download models). Raises ProviderError when it cannot be ready."""

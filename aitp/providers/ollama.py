@@ -75,6 +75,7 @@ class OllamaProvider(Provider):
 
     def __init__(self, settings: Settings) -> None:
         self._base = settings.ollama.base_url.rstrip("/")
+        self.endpoint = self._base
         self._timeout = settings.ollama.timeout
         self._download_timeout = settings.ollama.model_download_timeout
         self._pull_missing = settings.ollama.pull_missing_models

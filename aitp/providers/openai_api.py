@@ -70,6 +70,7 @@ class OpenAIProvider(Provider):
     def __init__(self, settings: Settings, key_source: str = "default") -> None:
         config = settings.openai
         self._base = config.base_url.rstrip("/") or OPENAI_DEFAULT_URL
+        self.endpoint = self._base
         self._key_source = key_source
         # The SDK's own client, on a transport that caps an answer's size and total time.
         http_client = openai.DefaultHttpxClient(transport=CappedTransport(

@@ -17,7 +17,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import msgspec
 
@@ -111,6 +111,36 @@ def next_window(period: str, now: float) -> float:
     return (start + length).timestamp()
 
 
+def free_at(strategy: str, period: str, limit: int, now: float, used: int,
+            rows_after: Callable[[float], Iterable[tuple[float, int]]]) -> float:
+    """When `period` will have a free unit again, given `used` >= its `limit` now. Rolling: walk the
+    window's reservations (time, units) oldest first until enough have left to free one unit."""
+    if strategy == "fixed":
+        return next_window(period, now)
+    excess = used - limit + 1
+    for at, units in rows_after(window_start(period, "rolling", now)):
+        excess -= units
+        if excess <= 0:
+            return at + ROLLING_SECONDS[period]
+    return now
+
+
+def tier_state(limits: dict[str, int], strategy: str, now: float, used_of: Callable[[str], int],
+               rows_after: Callable[[float], Iterable[tuple[float, int]]]) -> tuple[int, float | None, list[TierUsage]]:
+    """(units free now, when the next unit frees if none is, each tier's usage): the arithmetic
+    every backend shares, over its own way of counting (`used_of`) and listing (`rows_after`)."""
+    free, blocked_until, tiers = None, None, []
+    for period, limit in limits.items():
+        used = used_of(period)
+        remaining = max(0, limit - used)
+        resets_at = free_at(strategy, period, limit, now, used, rows_after) if remaining == 0 else None
+        tiers.append(TierUsage(period, limit, used, remaining, resets_at))
+        free = remaining if free is None else min(free, remaining)
+        if resets_at is not None:
+            blocked_until = resets_at if blocked_until is None else max(blocked_until, resets_at)
+    return (free if free is not None else 1 << 62), blocked_until, tiers
+
+
 class TieredLimits(RateLimitBackend):
     """Every configured tier at once, in one SQLite file shared by the processes of a host."""
 
@@ -137,32 +167,12 @@ class TieredLimits(RateLimitBackend):
         return db.execute(f"SELECT COALESCE(SUM(units), 0) FROM reservations WHERE at {operator} ?",
                           (start,)).fetchone()[0]
 
-    def _free_at(self, db: sqlite3.Connection, period: str, now: float, used: int) -> float:
-        """When `period` will have a free unit again, given `used` >= its limit now."""
-        if self.strategy == "fixed":
-            return next_window(period, now)
-        # Rolling: walk the window's rows oldest first until enough have left to free one unit.
-        excess = used - self.limits[period] + 1
-        start = window_start(period, "rolling", now)
-        for at, units in db.execute("SELECT at, units FROM reservations WHERE at > ? AND units > 0 ORDER BY at",
-                                    (start,)):
-            excess -= units
-            if excess <= 0:
-                return at + ROLLING_SECONDS[period]
-        return now
+    def _rows_after(self, db: sqlite3.Connection, start: float) -> Iterable[tuple[float, int]]:
+        return db.execute("SELECT at, units FROM reservations WHERE at > ? AND units > 0 ORDER BY at", (start,))
 
     def _state(self, db: sqlite3.Connection, now: float) -> tuple[int, float | None, list[TierUsage]]:
-        """(units free now, when the next unit frees if none is, each tier's usage)."""
-        free, blocked_until, tiers = None, None, []
-        for period, limit in self.limits.items():
-            used = self._used(db, period, now)
-            remaining = max(0, limit - used)
-            resets_at = self._free_at(db, period, now, used) if remaining == 0 else None
-            tiers.append(TierUsage(period, limit, used, remaining, resets_at))
-            free = remaining if free is None else min(free, remaining)
-            if resets_at is not None:
-                blocked_until = resets_at if blocked_until is None else max(blocked_until, resets_at)
-        return (free if free is not None else 1 << 62), blocked_until, tiers
+        return tier_state(self.limits, self.strategy, now, lambda period: self._used(db, period, now),
+                          lambda start: self._rows_after(db, start))
 
     def _read(self) -> tuple[int, float | None, list[TierUsage]]:
         with self._lock:

@@ -1,0 +1,1 @@
+"""Several services on one task API, coordinated through Redis (README "Scaling out")."""

@@ -1,0 +1,289 @@
+"""Leases in Redis: which service holds which task, so that several services on one task API never
+embed the same task twice. The API has no lease or compare-and-set of its own: it lists every
+pending task, and a claim (`PATCH in_progress`) is seen by the others only once it has landed.
+
+Keys, under a prefix of the API's own (two APIs can share one Redis):
+- `leases`: a sorted set, task id -> when its lease runs out (ms, Redis's own clock).
+- `lease:<id>`: a hash with the holder (`owner`), the task's JSON (`task`: the API lists only pending
+  tasks, so whoever takes over an in-progress one needs it from here) and, once computed, a paid
+  result (`result`, `state`) that is written here before it is reported.
+- `settled:<id>`: set for `settled_seconds` when a task's final state was reported, so that a service
+  whose pending list is older than that report does not take the task again.
+
+Each step is one Lua script, so it is atomic in Redis: two services can never both acquire a task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import threading
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+from aitp.errors import CoordinationError
+
+log = logging.getLogger("aitp.coordination")
+
+# Redis's clock in ms, so that hosts whose clocks differ agree on when a lease runs out.
+_NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+_ACQUIRE = _NOW + """
+local prefix, owner, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local got = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('EXISTS', prefix .. 'settled:' .. id) == 0 then
+    local key = prefix .. 'lease:' .. id
+    local holder = redis.call('HGET', key, 'owner')
+    if not holder or holder == owner then
+      redis.call('HSET', key, 'owner', owner, 'task', ARGV[i + 1])
+      redis.call('ZADD', prefix .. 'leases', now + lease, id)
+      got[#got + 1] = id
+    end
+  end
+end
+return got
+"""
+
+# Renew the leases this service holds; a lease Redis no longer has (it restarted without its
+# data) is written again, one another service has taken over is reported lost.
+_RENEW = _NOW + """
+local prefix, owner, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local lost = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local key = prefix .. 'lease:' .. id
+  local holder = redis.call('HGET', key, 'owner')
+  if holder == owner or not holder then
+    if not holder then redis.call('HSET', key, 'owner', owner, 'task', ARGV[i + 1]) end
+    redis.call('ZADD', prefix .. 'leases', now + lease, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+"""
+
+# Take over leases that ran out (their holder died, or stalled for a whole lease): the task's
+# JSON and any paid result come along, so the task is resumed and its result not paid for again.
+_TAKE_OVER = _NOW + """
+local prefix, owner, lease, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', prefix .. 'leases', '-inf', now, 'LIMIT', 0, limit)) do
+  local key = prefix .. 'lease:' .. id
+  local fields = redis.call('HMGET', key, 'owner', 'task', 'result', 'state')
+  if fields[2] then
+    redis.call('HSET', key, 'owner', owner)
+    redis.call('ZADD', prefix .. 'leases', now + lease, id)
+    out[#out + 1] = {id, fields[1] or '', fields[2], fields[3] or '', fields[4] or ''}
+  else
+    redis.call('ZREM', prefix .. 'leases', id)
+  end
+end
+return out
+"""
+
+# A task left the pipeline: its lease goes; a final report also marks it settled for a while.
+_FINISH = """
+local prefix, owner, settled, final = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local key = prefix .. 'lease:' .. id
+  local holder = redis.call('HGET', key, 'owner')
+  if not holder or holder == owner then
+    redis.call('DEL', key)
+    redis.call('ZREM', prefix .. 'leases', id)
+  end
+  if final then redis.call('SET', prefix .. 'settled:' .. id, '1', 'PX', settled) end
+end
+return 0
+"""
+
+_KEEP_RESULT = """
+local key = ARGV[1] .. 'lease:' .. ARGV[3]
+if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'result', ARGV[4], 'state', ARGV[5]) end
+return 0
+"""
+
+# At most this many leases are taken over at once: a large takeover arrives over a few renewals.
+TAKE_OVER_LIMIT = 256
+
+
+class Adopted(NamedTuple):
+    """A task taken over from a service whose lease ran out."""
+
+    task_id: str
+    previous_owner: str
+    task_json: bytes
+    result: bytes | None        # the paid result it had computed, if any
+    state: str                  # that result's state ("succeeded" or "failed"), "" without one
+
+
+def key_prefix(configured: str, api_base_url: str) -> str:
+    if configured:
+        return configured
+    return f"aitp:{hashlib.sha1(api_base_url.encode()).hexdigest()[:12]}:"
+
+
+def owner_id(data_dir: Path) -> str:
+    """This service's name in Redis: the host's, and an id kept in the data directory, so that a
+    restarted service (same journal) takes back its own leases rather than waiting for them to run out."""
+    from aitp.storage.files import private_file
+
+    path = data_dir / "owner-id"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if not text:
+        text = uuid.uuid4().hex[:12]
+        private_file(path).write_text(text)
+    return f"{socket.gethostname()[:40]}:{text}"
+
+
+def connect(redis_url: str, timeout: float = 2.0):
+    """A Redis client that fails fast: the pipeline decides what a failure means (no retries here)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                retry=Retry(NoBackoff(), 0), health_check_interval=0)
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+            redis.exceptions.ReadOnlyError, redis.exceptions.ResponseError, OSError)
+
+
+class LeaseBook:
+    """This service's side of the leases: what it holds (with each task's JSON, to write a lease
+    again if Redis lost it), and the finishes Redis has not taken yet (sent again on the next renewal)."""
+
+    def __init__(self, client, prefix: str, owner: str, lease_seconds: float, settled_seconds: float) -> None:
+        self.client, self.prefix, self.owner = client, prefix, owner
+        self.lease_ms = int(lease_seconds * 1000)
+        self.settled_ms = int(settled_seconds * 1000)
+        self._errors = redis_errors()
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._take_over = client.register_script(_TAKE_OVER)
+        self._finish = client.register_script(_FINISH)
+        self._keep_result = client.register_script(_KEEP_RESULT)
+        self._lock = threading.Lock()
+        self.held: dict[str, bytes] = {}                 # task id -> its JSON
+        self._unfinished: dict[str, bool] = {}           # task id -> final, waiting for Redis
+        self.available = True                            # the last call got an answer
+        self.last_error = ""
+
+    def _call(self, script, args: list) -> object:
+        try:
+            answer = script(args=[self.prefix, self.owner, *args])
+        except self._errors as exc:
+            self._failed(exc)
+            raise CoordinationError(f"Redis did not answer: {type(exc).__name__}: {exc}"[:200]) from None
+        if not self.available:
+            log.info("Redis answers again")
+        self.available, self.last_error = True, ""
+        return answer
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.available:
+            log.error("Redis does not answer: no new task is taken until it does",
+                      extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:200]}})
+        self.available, self.last_error = False, f"{type(exc).__name__}"
+
+    def acquire(self, tasks: list[tuple[str, bytes]]) -> set[str]:
+        """Lease each (task id, task JSON) that nobody holds and nobody settled lately; the ids
+        leased. Raises CoordinationError when Redis does not answer (then nothing is leased)."""
+        if not tasks:
+            return set()
+        args: list = [self.lease_ms]
+        for task_id, task_json in tasks:
+            args += [task_id, task_json]
+        got = {item.decode() for item in self._call(self._acquire, args)}
+        with self._lock:
+            for task_id, task_json in tasks:
+                if task_id in got:
+                    self.held[task_id] = task_json
+        return got
+
+    def renew(self) -> list[str]:
+        """Renew every lease held, and send the finishes that waited; the ids another service took
+        over meanwhile (this one stalled past its lease). Raises CoordinationError."""
+        with self._lock:
+            unfinished = dict(self._unfinished)
+            held = list(self.held.items())
+        for final in (True, False):
+            ids = [task_id for task_id, is_final in unfinished.items() if is_final is final]
+            if ids:
+                self._call(self._finish, [self.settled_ms, "1" if final else "0", *ids])
+        with self._lock:
+            for task_id in unfinished:
+                self._unfinished.pop(task_id, None)
+        if not held:
+            self._call(self._renew, [self.lease_ms])      # still a sign of life for /ready
+            return []
+        args: list = [self.lease_ms]
+        for task_id, task_json in held:
+            args += [task_id, task_json]
+        lost = [item.decode() for item in self._call(self._renew, args)]
+        if lost:
+            with self._lock:
+                for task_id in lost:
+                    self.held.pop(task_id, None)
+        return lost
+
+    def take_over(self) -> list[Adopted]:
+        """Leases that ran out, now this service's, with what their holder left. Raises CoordinationError."""
+        adopted = []
+        answer = self._call(self._take_over, [self.lease_ms, TAKE_OVER_LIMIT])
+        for task_id, previous, task_json, result, state in answer:
+            task_id = task_id.decode()
+            with self._lock:
+                mine = task_id in self.held
+                self.held[task_id] = task_json
+            if mine:
+                continue        # this service's own, run out while it stalled: it still has the task
+            adopted.append(Adopted(task_id, previous.decode(), task_json, result or None, state.decode()))
+        return adopted
+
+    def finish(self, task_ids: list[str], final: bool) -> None:
+        """These tasks left the pipeline (reported, or released when not `final`). Never raises: what
+        Redis does not take now is sent with the next renewal."""
+        if not task_ids:
+            return
+        with self._lock:
+            for task_id in task_ids:
+                self.held.pop(task_id, None)
+        try:
+            self._call(self._finish, [self.settled_ms, "1" if final else "0", *task_ids])
+        except CoordinationError:
+            with self._lock:
+                for task_id in task_ids:
+                    self._unfinished[task_id] = final
+
+    def keep_result(self, task_id: str, body: bytes, state: str) -> None:
+        """Write a paid result to the task's lease before it is reported, so that a service taking
+        the task over sends it instead of paying for it again. Raises CoordinationError."""
+        self._call(self._keep_result, [task_id, body, state])
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"available": self.available, "held": len(self.held), "unfinished": len(self._unfinished),
+                    "owner": self.owner, "last_error": self.last_error}
+
+
+def lease_book_for(settings, client) -> LeaseBook | None:
+    """The leases REDIS_URL asks for (`client` connects to it); None without it (one service:
+    nothing changes)."""
+    coordination = settings.coordination
+    if client is None:
+        return None
+    return LeaseBook(client, key_prefix(coordination.key_prefix, settings.api.base_url),
+                     owner_id(settings.data_dir), coordination.lease_seconds, coordination.settled_seconds)

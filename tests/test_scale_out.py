@@ -1,0 +1,130 @@
+"""Several `aitp run` on one task API, coordinated through a real redis-server (README "Scaling
+out"): no task embedded twice, a service killed with -9 has its tasks finished by another, and
+Redis going away or restarting costs time, never a task."""
+
+import json
+import signal
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from aitp.sandbox.seed import generated_tasks
+from conftest import monitoring_port, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _env(server, stub, redis, tmp_path, name, **extra):
+    return {"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": stub.url,
+            "REDIS_URL": redis.url, "AITP_DATA_DIR": str(tmp_path / name), **extra}
+
+
+def _embedded(stubs) -> int:
+    return sum(len(stub.embedded) for stub in stubs)
+
+
+def _reports_per_task(server, tasks) -> Counter:
+    """How many times each task was reported succeeded."""
+    return Counter(sum(state == "succeeded" for state in server.history(task["_id"])) for task in tasks)
+
+
+def _services(count, sandbox, ollama, service, redis, tmp_path, tasks, **extra):
+    server = sandbox(tasks)
+    stubs = [ollama(models={"nomic-embed-text": 768}, call_cost=0.005, input_cost=0.001) for _ in range(count)]
+    processes = [service(_env(server, stub, redis, tmp_path, f"service-{n}", **extra))
+                 for n, stub in enumerate(stubs)]
+    return server, stubs, processes
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_services_sharing_a_redis_drain_one_api_embedding_each_task_once(count, sandbox, ollama, service,
+                                                                           redis_server, tmp_path):
+    tasks = generated_tasks(2000)
+    redis = redis_server()
+    server, stubs, processes = _services(count, sandbox, ollama, service, redis, tmp_path, tasks)
+    wait_until(lambda: server.counts() == {"succeeded": 2000}, timeout=180, message="every task to succeed")
+    assert _reports_per_task(server, tasks) == Counter({1: 2000})      # each reported once
+    assert _embedded(stubs) <= 2000 + 30, _embedded(stubs)              # the issue's bound
+    assert all(stub.embedded for stub in stubs)                         # every service did its share
+    for process in processes:
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_a_service_killed_with_9_has_its_claimed_tasks_finished_by_the_other(sandbox, ollama, service,
+                                                                              redis_server, tmp_path):
+    tasks = generated_tasks(2000)
+    redis = redis_server()
+    server, stubs, (doomed, survivor) = _services(2, sandbox, ollama, service, redis, tmp_path, tasks,
+                                                  AITP_COORDINATION__LEASE_SECONDS="3")
+    wait_until(lambda: len(stubs[0].embedded) > 50, timeout=60, message="the doomed service to be at work")
+    stubs[0].gate.clear()                      # its GPU stalls: what it claimed stays claimed at the kill
+    wait_until(lambda: stubs[0].waiting_at_gate, message="a call held in flight")
+    doomed.signal(signal.SIGKILL)
+    doomed.wait(timeout=10)
+    stubs[0].gate.set()
+    wait_until(lambda: server.counts() == {"succeeded": 2000}, timeout=180, message="every task to succeed")
+    logs = [json.loads(line) for line in survivor.logs().splitlines() if line.startswith("{")]
+    adopted = sum(line.get("tasks", 0) for line in logs if line["event"] == "tasks taken over from a service "
+                                                                         "whose leases ran out")
+    assert adopted > 0                        # the dead service's claims: only the leases could finish these
+    assert _reports_per_task(server, tasks)[0] == 0
+
+
+def test_redis_restarted_mid_run_costs_time_not_tasks(sandbox, ollama, service, redis_server, tmp_path):
+    tasks = generated_tasks(2000)
+    redis = redis_server()
+    server, stubs, processes = _services(2, sandbox, ollama, service, redis, tmp_path, tasks)
+    wait_until(lambda: server.counts().get("succeeded", 0) > 300, timeout=60, message="work under way")
+    redis.stop()
+    port = wait_until(lambda: monitoring_port(processes[0]), message="the monitoring port")
+    wait_until(lambda: _ready_reason(port).startswith("Redis does not answer"), timeout=60,
+               message="/ready to say Redis is down")
+    redis.start()
+    wait_until(lambda: server.counts() == {"succeeded": 2000}, timeout=180, message="every task to succeed")
+    assert _reports_per_task(server, tasks) == Counter({1: 2000})
+    assert _embedded(stubs) <= 2000 + 30, _embedded(stubs)
+
+
+def _ready_reason(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as answer:
+            return json.loads(answer.read())["reason"]
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())["reason"]
+
+
+def test_rate_limits_hold_exactly_across_services(sandbox, service, redis_server, tmp_path):
+    tasks = generated_tasks(20)
+    server = sandbox(tasks)
+    redis = redis_server()
+    env = {"API_BASE_URL": server.url, "RATE_LIMIT_PER_MINUTE": "7", "REDIS_URL": redis.url}
+    first = service({**env, "AITP_DATA_DIR": str(tmp_path / "first")})
+    second = service({**env, "AITP_DATA_DIR": str(tmp_path / "second")})
+    for process in (first, second):
+        wait_until(lambda process=process: "rate limit reached: polling paused" in process.logs(),
+                   message="each service to find the shared limit reached")
+    wait_until(lambda: server.counts() == {"succeeded": 7, "pending": 13}, message="seven tasks, no more")
+    assert server.counts() == {"succeeded": 7, "pending": 13}       # one limit for both, not seven each
+
+
+def test_a_breaker_opened_by_one_service_spares_the_others(redis_server):
+    from aitp.breakers import ProviderBreaker
+    from aitp.coordination.breakers import shared_breaker_storage
+
+    redis = redis_server()
+
+    def breaker():
+        storage = shared_breaker_storage(redis.client(), "test:", "openai", "https://api.openai.com/v1")
+        return ProviderBreaker("openai", threshold=3, reset_seconds=60, storage=storage)
+
+    one, other = breaker(), breaker()
+    for _ in range(3):
+        one.end(one.begin(), failed=True)
+    assert one.state == "open"
+    assert other.state == "open" and other.begin() is None         # learnt from the first: no call made
+    elsewhere = ProviderBreaker("openai", 3, 60, storage=shared_breaker_storage(
+        redis.client(), "test:", "openai", "http://gpu-2:11434"))
+    assert elsewhere.state == "closed"                              # another endpoint keeps its own
