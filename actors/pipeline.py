@@ -402,16 +402,28 @@ class Pipeline:
         rate-limit unit back."""
         assert self.ctx is not None
         journal, api = self.ctx.journal, self.ctx.task_api
-        for claim in journal.claims():
-            if self.settings.api.claim_tasks:
-                result = api.patch(claim.task_id, RELEASE_BODY)
-                if result.outcome not in (PatchOutcome.DONE, PatchOutcome.GONE):
+        claims = journal.claims()
+        if not claims:
+            return
+        released = [claim.task_id for claim in claims]
+        if self.settings.api.claim_tasks:
+            # Pipelined: with the window grown for a far API, a release a round trip each would
+            # outlast the shutdown deadline.
+            results = api.patch_in_order([(task_id, RELEASE_BODY, False) for task_id in released])
+            released = []
+            for claim, result in zip(claims, results):
+                if result.outcome in (PatchOutcome.DONE, PatchOutcome.GONE):
+                    released.append(claim.task_id)
+                else:
                     log.warning("claim kept for the next start", extra={"fields": {
                         "task_id": claim.task_id, "status": result.status, "detail": result.detail}})
-                    continue
-            if not claim.sent:
+        released_set = set(released)
+        for claim in claims:
+            if claim.task_id in released_set and not claim.sent:
                 self.ctx.rate_limits.refund(claim.reservation, 1)
-            journal.drop_claims([claim.task_id])
+        journal.drop_claims(released)
+        if self.ctx.leases is not None:
+            self.ctx.leases.finish(released, final=False)     # pending again: any service may take them
 
 
 def _known_models(settings: Settings) -> set[str]:

@@ -128,3 +128,28 @@ def test_a_breaker_opened_by_one_service_spares_the_others(redis_server):
     elsewhere = ProviderBreaker("openai", 3, 60, storage=shared_breaker_storage(
         redis.client(), "test:", "openai", "http://gpu-2:11434"))
     assert elsewhere.state == "closed"                              # another endpoint keeps its own
+
+
+def test_a_service_stopped_with_sigterm_gives_its_leases_back_with_its_claims(sandbox, ollama, service,
+                                                                              redis_server, tmp_path):
+    tasks = generated_tasks(300)
+    server = sandbox(tasks)
+    stub = ollama(models={"nomic-embed-text": 768}, call_cost=0.02, input_cost=0.002)
+    redis = redis_server()
+    process = service(_env(server, stub, redis, tmp_path, "only", AITP_SHUTDOWN__DEADLINE_SECONDS="1",
+                           OLLAMA_TIMEOUT="2"))
+    wait_until(lambda: server.counts().get("succeeded", 0) >= 20, timeout=60, message="work under way")
+    stub.gate.clear()                      # a call held: its tasks are still claimed at the stop
+    wait_until(lambda: stub.waiting_at_gate, message="a call held in flight")
+    process.signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    stub.gate.set()
+    counts = server.counts()
+    assert counts.get("pending", 0) > 0 and not counts.get("in_progress")
+    client = redis.client()
+    leases = [key for key in client.scan_iter(match="aitp:*:leases")]
+    assert all(client.zcard(key) == 0 for key in leases)           # none left to run out
+    pending = {task["_id"] for task in tasks if server.state_of(task["_id"]) == "pending"}
+    settled_pending = [key for key in client.scan_iter(match="aitp:*:settled:*")
+                       if key.decode().rsplit(":", 1)[1] in pending]
+    assert settled_pending == []                                   # another service may take them at once
