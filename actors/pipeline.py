@@ -25,7 +25,7 @@ from aitp.coordination.leases import connect, key_prefix, lease_book_for
 from aitp.coordination.rate_limits import shared_rate_limits_for
 from aitp.providers import Provider, providers_for
 from aitp.storage.rate_limits import rate_limits_for
-from aitp.routing import ChatRouter, Router
+from aitp.routing import ChatRouter, Router, is_local
 from aitp.transport.task_api import NoCredentials, PatchOutcome, TaskApiClient
 from aitp.transport.tls import client_context
 from aitp.transport.wikidata import wikidata_client_for
@@ -162,8 +162,11 @@ class Pipeline:
     def _prepare(self, providers: dict[str, Provider]) -> bool:
         """Provider startup (Ollama: list and pull models; OpenAI: check the key), retried with backoff
         until it works. In hybrid mode Ollama may be down at startup: the OpenAI endpoint serves meanwhile."""
+        hosts = [name for name in providers if is_local(name)]
         for name, provider in providers.items():
-            optional = self.settings.processing.mode == "hybrid" and name == "ollama"
+            # In hybrid mode the OpenAI endpoint serves while Ollama is down; with several Ollama
+            # hosts, the others do (a host that is not ready pulls its models at its first batch).
+            optional = is_local(name) and (self.settings.processing.mode == "hybrid" or len(hosts) > 1)
             attempt = 0
             while True:
                 if self.stop_requested.is_set():
@@ -175,8 +178,8 @@ class Pipeline:
                     if not exc.retryable:
                         raise
                     if optional:
-                        log.error("Ollama not ready; its batches go to the OpenAI endpoint until it is",
-                                  extra={"fields": {"error": str(exc)}})
+                        log.error("Ollama not ready; its batches go to the other providers until it is",
+                                  extra={"fields": {"provider": name, "error": str(exc)}})
                         break
                     attempt += 1
                     delay = min(30.0, self.settings.processing.retry_backoff_factor * 2 ** attempt)

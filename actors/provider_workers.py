@@ -18,6 +18,8 @@ from concurrent.futures import Future
 
 import msgspec
 
+from aitp.routing import is_local
+
 from aitp.breakers import Permit
 from aitp.vectors.dimensions import DimensionPins
 from aitp.errors import DimensionMismatch, ProviderError, RowContractError, VectorContractError
@@ -28,6 +30,21 @@ from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.provider_workers")
+
+
+def _least_busy_host(batch: EmbedBatch, busy: Counter) -> EmbedBatch:
+    """With several Ollama hosts, a batch whose turn is an Ollama host goes to the least busy of the
+    hosts left on its route (the one it leaves takes its place, so a failure still tries it)."""
+    route, step = batch.route, batch.step
+    if not route or step >= len(route) or not is_local(route[step]):
+        return batch
+    hosts = [index for index in range(step, len(route)) if is_local(route[index])]
+    best = min(hosts, key=lambda index: (busy[route[index]], index))
+    if best == step:
+        return batch
+    swapped = list(route)
+    swapped[step], swapped[best] = swapped[best], swapped[step]
+    return msgspec.structs.replace(batch, route=swapped)
 
 
 class ProviderWorkers(Stage):
@@ -79,7 +96,7 @@ class ProviderWorkers(Stage):
         busy = Counter(self.active.values())
         waiting: deque[EmbedBatch] = deque()
         while self.queue:
-            batch = self.queue.popleft()
+            batch = _least_busy_host(self.queue.popleft(), busy)
             provider = batch.provider
             assert provider is not None
             if busy[provider] >= self.limit:

@@ -226,6 +226,12 @@ class Settings(_Section):
         return mode == "mock" or (mode in ("openai", "hybrid") and self.openai.api_key == PLACEHOLDER_OPENAI_KEY)
 
     @property
+    def ollama_base_urls(self) -> list[str]:
+        """OLLAMA_BASE_URL, which may name several hosts (comma- or space-separated): each is a
+        provider of its own, with its own breaker; batches go to the least busy (README "Scaling out")."""
+        return [url for url in re.split(r"[\s,]+", self.ollama.base_url) if url]
+
+    @property
     def uses_oauth2(self) -> bool:
         """A client id is configured: every task API call needs a bearer token."""
         return bool(self.auth.client_id)
@@ -494,6 +500,10 @@ def _check_cross_field(settings: Settings, sources: dict[str, str]) -> None:
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("coordination.redis_url", _without_password(redis_url),
                           "a redis://, rediss:// or unix:// URL", sources["coordination.redis_url"])
+    for url in settings.ollama_base_urls[1:]:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("ollama.base_url", settings.ollama.base_url, "http:// or https:// URLs, separated by "
+                              "commas", sources["ollama.base_url"])
     for key in URL_KEYS:
         section, name = key.split(".")
         url = getattr(getattr(settings, section), name)

@@ -16,19 +16,23 @@ from aitp.errors import ProviderError
 from aitp.providers import Provider
 
 
+def is_local(name: str) -> bool:
+    """An Ollama host: "ollama", or "ollama@2" and on when OLLAMA_BASE_URL names several."""
+    return name == "ollama" or name.startswith("ollama@")
+
+
 class Router:
     def __init__(self, mode: str, providers: dict[str, Provider], breakers: dict[str, ProviderBreaker]) -> None:
         self.mode = mode
         self.providers = providers
         self.breakers = breakers
-        self._local = providers.get("ollama")
-        self._remote = next((p for name, p in providers.items() if name != "ollama"), None)
+        self._locals = [provider for name, provider in providers.items() if is_local(name)]
+        self._remote = next((p for name, p in providers.items() if not is_local(name)), None)
 
     def candidates(self, model: str) -> list[str]:
-        """Every provider that may embed `model`, in order of preference, whatever their breakers say."""
-        order = []
-        if self._local is not None and (self.mode == "ollama" or self._local.refusal(model) is None):
-            order.append(self._local.name)
+        """Every provider that may embed `model`, in order of preference, whatever their breakers say:
+        the Ollama hosts (ProviderWorkers picks the least busy of them), then the OpenAI endpoint."""
+        order = [local.name for local in self._locals if self.mode == "ollama" or local.refusal(model) is None]
         if self._remote is not None:
             order.append(self._remote.name)
         return order
@@ -86,7 +90,7 @@ class ChatRouter:
         order = []
         if "ollama" in self.providers and model in self.local_models:
             order.append(("ollama", self.local_models[model]))
-        order += [(name, model) for name in self.providers if name != "ollama"]
+        order += [(name, model) for name in self.providers if not is_local(name)]
         return order
 
     def refusal(self, model: str) -> str | None:

@@ -153,3 +153,45 @@ def test_a_service_stopped_with_sigterm_gives_its_leases_back_with_its_claims(sa
     settled_pending = [key for key in client.scan_iter(match="aitp:*:settled:*")
                        if key.decode().rsplit(":", 1)[1] in pending]
     assert settled_pending == []                                   # another service may take them at once
+
+
+# --- several Ollama hosts from one service ---
+def test_one_service_keeps_several_ollama_hosts_busy_and_pulls_models_on_each(sandbox, ollama, service, tmp_path):
+    server = sandbox(generated_tasks(600))
+    hosts = [ollama(models={"nomic-embed-text": 768}, installed=[], call_cost=0.01, input_cost=0.001)
+             for _ in range(2)]
+    process = service({"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama",
+                       "OLLAMA_BASE_URL": ",".join(host.url for host in hosts)})
+    wait_until(lambda: server.counts() == {"succeeded": 600}, timeout=120, message="every task to succeed")
+    assert [host.pulls for host in hosts] == [["nomic-embed-text"], ["nomic-embed-text"]]
+    assert all(len(host.embedded) > 50 for host in hosts), [len(host.embedded) for host in hosts]
+    assert sum(len(host.embedded) for host in hosts) == 600
+    process.signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+
+
+def test_batches_go_to_the_host_that_is_free(sandbox, ollama, service, tmp_path):
+    server = sandbox(generated_tasks(300))
+    stalled, free = (ollama(models={"nomic-embed-text": 768}) for _ in range(2))
+    stalled.gate.clear()                      # this GPU holds every call it gets
+    process = service({"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama", "OLLAMA_TIMEOUT": "120",
+                       "OLLAMA_BASE_URL": f"{stalled.url},{free.url}", "CONCURRENCY_LIMIT": "2"})
+    # The stalled host holds at most its two calls' batches; everything else goes to the free one.
+    wait_until(lambda: server.counts().get("succeeded", 0) >= 300 - 2 * 16, timeout=120,
+               message="the free host to take the rest")
+    assert stalled.waiting_at_gate <= 2 and not stalled.embedded
+    stalled.gate.set()
+    wait_until(lambda: server.counts() == {"succeeded": 300}, timeout=60, message="every task to succeed")
+    process.signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+
+
+def test_a_host_that_is_down_leaves_its_work_to_the_others(sandbox, ollama, service, tmp_path):
+    server = sandbox(generated_tasks(200))
+    up = ollama(models={"nomic-embed-text": 768})
+    process = service({"API_BASE_URL": server.url, "PROCESSING_MODE": "ollama", "OLLAMA_TIMEOUT": "2",
+                       "OLLAMA_BASE_URL": f"http://127.0.0.1:9,{up.url}"})   # port 9: nothing listens
+    wait_until(lambda: server.counts() == {"succeeded": 200}, timeout=120, message="every task to succeed")
+    assert len(up.embedded) == 200
+    process.signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

@@ -87,10 +87,11 @@ class Metrics:
                       tokens: int = 0, task_type: str = "text_embedding") -> None:
         model = model if model in self.known_models else OTHER
         task_type = task_type if task_type in self.known_types else OTHER
-        if provider in self.provider_requests:
-            self.provider_requests[provider].labels(model, status).inc()
+        family = provider.split("@", 1)[0]      # every Ollama host counts under ollama_requests_total
+        if family in self.provider_requests:
+            self.provider_requests[family].labels(model, status).inc()
             if tokens:
-                self.provider_tokens[provider].labels(model, task_type).inc(tokens)
+                self.provider_tokens[family].labels(model, task_type).inc(tokens)
         self.batch_size.labels(provider).observe(inputs)
         self.provider_latency.labels(provider).observe(seconds)
 

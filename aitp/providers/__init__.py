@@ -28,7 +28,8 @@ def providers_for(settings: Settings, key_source: str = "default") -> dict[str, 
         return {"mock": MockProvider(settings)}
     chosen: list[Provider] = []
     if mode in ("ollama", "hybrid"):
-        chosen.append(OllamaProvider(settings))
+        chosen += [OllamaProvider(settings, url, "ollama" if index == 0 else f"ollama@{index + 1}")
+                   for index, url in enumerate(settings.ollama_base_urls)]
     if mode in ("openai", "hybrid"):
         chosen.append(remote_provider(settings, key_source))
     return {provider.name: provider for provider in chosen}

@@ -73,8 +73,9 @@ class OllamaProvider(Provider):
     name = "ollama"
     paid = False
 
-    def __init__(self, settings: Settings) -> None:
-        self._base = settings.ollama.base_url.rstrip("/")
+    def __init__(self, settings: Settings, base_url: str | None = None, name: str = "ollama") -> None:
+        self.name = name          # "ollama", then "ollama@2", "ollama@3" for more hosts in OLLAMA_BASE_URL
+        self._base = (base_url or settings.ollama_base_urls[0]).rstrip("/")
         self.endpoint = self._base
         self._timeout = settings.ollama.timeout
         self._download_timeout = settings.ollama.model_download_timeout
