@@ -146,7 +146,7 @@ def _compose_project(tmp_path, password: str) -> Path:
     """A copy of what docker-compose reads, with a .env made from .env.example."""
     import shutil
     tmp_path.mkdir()
-    for name in ("docker-compose.yml", "docker-compose.gpu.yml", "Dockerfile"):
+    for name in ("docker-compose.yml", "docker-compose.gpu.yml", "docker-compose.scale.yml", "Dockerfile"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     env = (ROOT / ".env.example").read_text().replace("GRAFANA_ADMIN_PASSWORD=", f"GRAFANA_ADMIN_PASSWORD={password}")
@@ -169,3 +169,41 @@ def test_compose_files_load_in_docker_compose_1_29_and_need_a_grafana_password(t
     refused = subprocess.run([compose, "config"], cwd=_compose_project(tmp_path / "without", ""),
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr
+
+
+def test_the_scale_out_file_adds_redis_with_aof_and_a_second_processor_with_its_own_ollama():
+    scale = load("docker-compose.scale.yml")["services"]
+    base = load("docker-compose.yml")["services"]
+    redis = scale["redis"]["command"]
+    assert redis[redis.index("--appendonly") + 1] == "yes" and redis[redis.index("--appendfsync") + 1] == "always"
+    assert "redis-data:/data" in scale["redis"]["volumes"] and "ports" not in scale["redis"]   # unpublished
+    second = scale["processor-2"]
+    assert scale["processor"]["environment"]["REDIS_URL"] == second["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert second["environment"]["OLLAMA_BASE_URL"] == "http://ollama-2:11434" != base["processor"]["environment"][
+        "OLLAMA_BASE_URL"]
+    assert second["volumes"] == ["aitp-data-2:/data"] and second["ports"] == ["127.0.0.1:8002:8001"]
+    for key in ("env_file", "healthcheck", "stop_grace_period", "restart"):
+        assert second[key] == base["processor"][key]
+    assert "ports" not in scale["ollama-2"]
+    mount = scale["prometheus"]["volumes"][0]
+    targets = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())["scrape_configs"][0]["static_configs"][0]
+    assert targets["targets"] == ["processor:8001", "processor-2:8001"]
+
+
+def test_the_scale_out_file_loads_in_docker_compose_1_29(tmp_path):
+    import shutil
+    import subprocess
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (tests/install-peers.sh installs it as root)")
+    project = _compose_project(tmp_path / "scale", "a-real-password")
+    done = subprocess.run([compose, "-f", "docker-compose.yml", "-f", "docker-compose.scale.yml", "config"],
+                          cwd=project, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)["services"]
+    assert rendered["processor"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert set(rendered["processor"]["depends_on"]) == {"ollama", "redis"}
+    sources = [volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+               for volume in rendered["prometheus"]["volumes"]]
+    assert any(source.endswith("prometheus.scale.yml") for source in sources)
+    assert not any(source.endswith("prometheus/prometheus.yml") for source in sources)   # replaced, not added
