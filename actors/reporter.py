@@ -94,11 +94,9 @@ class Reporter(Stage):
     def _share_paid(self, results: list[TaskVector]) -> None:
         """Paid results go to Redis before they are reported: should this service die for good, the
         one taking its tasks over sends them instead of paying again (aitp/coordination/leases.py)."""
-        leases = self.ctx.leases
         try:
-            for result in results:
-                entry = result_entry(result)
-                leases.keep_result(entry.task_id, entry.body, entry.state)
+            self.ctx.leases.keep_results([(entry.task_id, entry.body, entry.state)
+                                          for entry in map(result_entry, results)])
         except CoordinationError as exc:
             log.warning("paid results not shared: Redis does not answer; the journal keeps them",
                         extra={"fields": {"error": str(exc), "results": len(results)}})

@@ -5,6 +5,7 @@
     python3 benchmarks/drain.py --memory 100000 # RSS with a big backlog (runs for --memory-seconds)
     python3 benchmarks/drain.py --set AITP_WORKERS__PROCESS_WORKERS=0   # aitp run with a setting changed
     python3 benchmarks/drain.py --tasks 2000 --rtt 100   # the task API 100 ms away, against loopback
+    python3 benchmarks/drain.py --tasks 6000 --services 2 # two services sharing a Redis, against one
 
 Peers (in this process): the sandbox task API and the Ollama stub with a GPU-like latency model
 (a fixed cost per call plus a cost per input, one batch at a time). `aitp run` and the minimal
@@ -50,6 +51,7 @@ class Run:
     busy: float               # provider busy time / drain window
     bytes_polled: int
     provider_calls: int
+    wire_bytes: tuple[int, int] | None = None   # (to the API, from it) through the relay, when there is one
 
     @property
     def rate(self) -> float:
@@ -62,7 +64,9 @@ class Run:
                 f"{1e6 * self.drain_cpu_seconds / self.tasks:4.0f} while draining)  "
                 f"peak RSS {self.peak_rss_mb:6.0f} MB  "
                 f"polled {self.bytes_polled / self.tasks:8.0f} B/task  "
-                f"batch {self.tasks / max(1, self.provider_calls):5.1f} inputs")
+                f"batch {self.tasks / max(1, self.provider_calls):5.1f} inputs"
+                + (f"  wire {self.wire_bytes[0] / self.tasks:5.0f} B up, {self.wire_bytes[1] / self.tasks:5.0f} B "
+                   f"down per task" if self.wire_bytes else ""))
 
 
 def _with_children(pid: int) -> list[int]:
@@ -109,6 +113,9 @@ class DelayRelay:
 
     def __init__(self, upstream_port: int, rtt_seconds: float) -> None:
         self.upstream_port, self.delay = upstream_port, rtt_seconds / 2
+        # Bytes relayed to the API and from it: what crosses the network per task, headers included.
+        self.sent_up = multiprocessing.Value("q", 0)
+        self.sent_down = multiprocessing.Value("q", 0)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.process = multiprocessing.get_context("fork").Process(target=self._accept, daemon=True)
@@ -122,15 +129,17 @@ class DelayRelay:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            for source, target in ((client, upstream), (upstream, client)):
-                self._pipe(source, target)
+            for source, target, counter in ((client, upstream, self.sent_up), (upstream, client, self.sent_down)):
+                self._pipe(source, target, counter)
 
-    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, target: socket.socket, counter) -> None:
         held: queue.Queue = queue.Queue()
 
         def read() -> None:
             try:
                 while data := source.recv(65536):
+                    with counter.get_lock():
+                        counter.value += len(data)
                     held.put((time.monotonic() + self.delay, data))
             except OSError:
                 pass
@@ -177,6 +186,7 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before, polled_before = peers.ollama.busy_seconds, peers.sandbox.store.bytes_polled
     calls_before = len(peers.ollama.batch_sizes)
+    wire_before = (peers.relay.sent_up.value, peers.relay.sent_down.value) if peers.relay else (0, 0)
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     peak = [0.0]
@@ -207,8 +217,10 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
     system = usage_after.ru_stime - usage_before.ru_stime
     cpu = (usage_after.ru_utime - usage_before.ru_utime) + system
     del busy_before
+    relay = peers.relay
+    wire = (relay.sent_up.value - wire_before[0], relay.sent_down.value - wire_before[1]) if relay else None
     return Run(label, tasks, done - first, cpu, cpu_at_done - cpu_at_first, system, peak[0], busy / (done - first),
-               peers.sandbox.store.bytes_polled - polled_before, len(peers.ollama.batch_sizes) - calls_before)
+               peers.sandbox.store.bytes_polled - polled_before, len(peers.ollama.batch_sizes) - calls_before, wire)
 
 
 def service_env(peers: Peers, data_dir: str, **extra: str) -> dict[str, str]:
@@ -313,6 +325,97 @@ def svg_plot(path: Path, series: dict[str, list[tuple[float, float]]], x_label: 
     path.write_text("\n".join(parts) + "\n")
 
 
+class RedisProcess:
+    """redis-server (Debian's package) on a Unix socket in a temporary directory, with the AOF
+    README "Scaling out" asks for."""
+
+    def __init__(self) -> None:
+        import shutil
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("--services needs redis-server (tests/install-peers.sh installs it as root)")
+        self.directory = tempfile.TemporaryDirectory(prefix="aitp-redis-")
+        self.url = f"unix://{self.directory.name}/sock"
+        self.process = subprocess.Popen(
+            [binary, "--port", "0", "--unixsocket", f"{self.directory.name}/sock", "--dir", self.directory.name,
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not Path(f"{self.directory.name}/sock").exists():
+            if time.monotonic() > deadline:
+                raise SystemExit("redis-server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.directory.cleanup()
+
+
+def run_services(count: int, tasks: int, call_cost: float, input_cost: float, redis_url: str | None,
+                 **extra: str) -> tuple[float, int, list[float]]:
+    """`count` services on one sandbox, each with an Ollama stub of its own; (tasks/s from the first
+    claim to the last result, inputs the stubs embedded, how busy each stub's "GPU" was)."""
+    sandbox = SandboxServer(generated_tasks(tasks))
+    stubs = [OllamaStub(models={"nomic-embed-text": 768}, call_cost=call_cost, input_cost=input_cost)
+             for _ in range(count)]
+    sandbox.start()
+    for stub in stubs:
+        stub.start()
+    processes = []
+    try:
+        with tempfile.TemporaryDirectory() as data:
+            for index, stub in enumerate(stubs):
+                env = {"API_BASE_URL": sandbox.url, "PROCESSING_MODE": "ollama", "OLLAMA_BASE_URL": stub.url,
+                       "SUPPORTED_MODELS": "nomic-embed-text", "AITP_DATA_DIR": f"{data}/{index}",
+                       "METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "POLLING_INTERVAL_SECONDS": "2",
+                       **({"REDIS_URL": redis_url} if redis_url else {}), **extra}
+                processes.append(subprocess.Popen([sys.executable, "-m", "actors", "run"], env={**os.environ, **env},
+                                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            first = None
+            while True:
+                counts = sandbox.counts()
+                now = time.monotonic()
+                if first is None and (counts.get("in_progress") or counts.get("succeeded")):
+                    first, busy_at_first = now, [stub.busy_seconds for stub in stubs]
+                if counts.get("succeeded", 0) >= tasks:
+                    break
+                if any(process.poll() is not None for process in processes):
+                    raise SystemExit(f"a service exited before draining: {counts}")
+                time.sleep(0.02)
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(120)
+            busy = [(stub.busy_seconds - before) / (now - first) for stub, before in zip(stubs, busy_at_first)]
+            return tasks / (now - first), sum(len(stub.embedded) for stub in stubs), busy
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        for stub in stubs:
+            stub.stop()
+        sandbox.stop()
+
+
+def scale_out(count: int, tasks: int, call_cost: float, input_cost: float, repeat: int, **extra: str) -> None:
+    redis = RedisProcess()
+    try:
+        ratios = []
+        for _ in range(repeat):     # alternated, so that a slow spell of the machine hits both
+            for label, services in (("1 service", 1), (f"{count} services", count)):
+                rate, inputs, busy = run_services(services, tasks, call_cost, input_cost, redis.url, **extra)
+                print(f"{label:11} (Redis) {rate:7.0f} tasks/s  {inputs - tasks:+d} inputs over the tasks  "
+                      f"provider busy " + ", ".join(f"{share:.0%}" for share in busy), flush=True)
+                if services == 1:
+                    one = rate
+            ratios.append(rate / one)
+        print(f"scale-out: {count} services drain at {statistics.median(ratios):.2f} times one service's rate ("
+              + ", ".join(f"{ratio:.2f}" for ratio in ratios) + ")", flush=True)
+    finally:
+        redis.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=10_000)
@@ -325,6 +428,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="run the comparison this many times, print medians")
     parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
                         help="also drain with the task API this many ms away (round trip) and compare with loopback")
+    parser.add_argument("--services", type=int, default=0, metavar="N",
+                        help="N services sharing a Redis (each with its own Ollama stub) against one service")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="ENV=VALUE",
                         help="an environment setting for aitp run (not in the sweep); may be repeated")
     args = parser.parse_args()
@@ -338,6 +443,9 @@ def main() -> None:
         for backlog in args.memory:
             print(f"peak RSS with {backlog:,} pending: {memory(backlog, args.memory_seconds, **settings):.0f} MB",
                   flush=True)
+        return
+    if args.services:
+        scale_out(args.services, args.tasks, args.call_cost, args.input_cost, args.repeat, **settings)
         return
     if args.rtt:
         # Both runs go through the relay, the near one with no delay: the relay's own CPU (it copies

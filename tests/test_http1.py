@@ -313,6 +313,10 @@ def test_the_nap_covers_most_of_the_answers_due_and_never_long():
     assert gather_seconds(0.001, 1) == 0                         # one answer: just read it
     assert gather_seconds(0.00001, 6) == 0                       # a fast server: a nap saves nothing
     assert gather_seconds(2.0, 14) == GATHER_MAX_SECONDS
+    # A far server: nothing comes back before the round trip, so the nap covers most of it too.
+    assert gather_seconds(0.0001, 6, latency=0.1) == pytest.approx(0.09 + 0.0004)
+    assert gather_seconds(0.0001, 6, latency=30.0) == pytest.approx(1.0 + 0.0004)   # never past a second
+    assert gather_seconds(0.0001, 1, latency=0.1) == 0                              # one answer: just read it
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def test_a_lease_that_runs_out_is_taken_over_with_the_task_and_its_paid_result(r
     redis = redis_server()
     dead, live = _book(redis, "dead", lease_seconds=0.2), _book(redis, "live")
     dead.acquire([("paid", b'{"_id":"paid"}'), ("unpaid", b'{"_id":"unpaid"}')])
-    dead.keep_result("paid", b'{"state":"succeeded","result":[1]}', "succeeded")
+    dead.keep_results([("paid", b'{"state":"succeeded","result":[1]}', "succeeded")])
     assert live.take_over() == []                                      # not run out yet
     adopted = wait_until(live.take_over, message="the dead service's leases to run out")
     by_id = {task.task_id: task for task in adopted}

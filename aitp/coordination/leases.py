@@ -48,23 +48,36 @@ end
 return got
 """
 
-# Renew the leases this service holds; a lease Redis no longer has (it restarted without its
-# data) is written again, one another service has taken over is reported lost.
+# Renew the leases this service holds: {missing, lost}. Missing ones (Redis restarted without its
+# data) are written again by the caller with their JSON (_RESTORE); ones another service took over
+# are lost.
 _RENEW = _NOW + """
 local prefix, owner, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local lost = {}
-for i = 4, #ARGV, 2 do
+local missing, lost = {}, {}
+for i = 4, #ARGV do
   local id = ARGV[i]
-  local key = prefix .. 'lease:' .. id
-  local holder = redis.call('HGET', key, 'owner')
-  if holder == owner or not holder then
-    if not holder then redis.call('HSET', key, 'owner', owner, 'task', ARGV[i + 1]) end
+  local holder = redis.call('HGET', prefix .. 'lease:' .. id, 'owner')
+  if holder == owner then
     redis.call('ZADD', prefix .. 'leases', now + lease, id)
+  elseif not holder then
+    missing[#missing + 1] = id
   else
     lost[#lost + 1] = id
   end
 end
-return lost
+return {missing, lost}
+"""
+
+_RESTORE = _NOW + """
+local prefix, owner, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for i = 4, #ARGV, 2 do
+  local key = prefix .. 'lease:' .. ARGV[i]
+  if not redis.call('HGET', key, 'owner') then
+    redis.call('HSET', key, 'owner', owner, 'task', ARGV[i + 1])
+    redis.call('ZADD', prefix .. 'leases', now + lease, ARGV[i])
+  end
+end
+return 0
 """
 
 # Take over leases that ran out (their holder died, or stalled for a whole lease): the task's
@@ -102,9 +115,12 @@ end
 return 0
 """
 
-_KEEP_RESULT = """
-local key = ARGV[1] .. 'lease:' .. ARGV[3]
-if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'result', ARGV[4], 'state', ARGV[5]) end
+# (id, body, state) triples: each paid result goes to its task's lease.
+_KEEP_RESULTS = """
+for i = 3, #ARGV, 3 do
+  local key = ARGV[1] .. 'lease:' .. ARGV[i]
+  if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'result', ARGV[i + 1], 'state', ARGV[i + 2]) end
+end
 return 0
 """
 
@@ -172,9 +188,10 @@ class LeaseBook:
         self._errors = redis_errors()
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
+        self._restore = client.register_script(_RESTORE)
         self._take_over = client.register_script(_TAKE_OVER)
         self._finish = client.register_script(_FINISH)
-        self._keep_result = client.register_script(_KEEP_RESULT)
+        self._keep_results = client.register_script(_KEEP_RESULTS)
         self._lock = threading.Lock()
         self.held: dict[str, bytes] = {}                 # task id -> its JSON
         self._unfinished: dict[str, bool] = {}           # task id -> final, waiting for Redis
@@ -226,13 +243,14 @@ class LeaseBook:
         with self._lock:
             for task_id in unfinished:
                 self._unfinished.pop(task_id, None)
-        if not held:
-            self._call(self._renew, [self.lease_ms])      # still a sign of life for /ready
-            return []
-        args: list = [self.lease_ms]
-        for task_id, task_json in held:
-            args += [task_id, task_json]
-        lost = [item.decode() for item in self._call(self._renew, args)]
+        missing, lost = self._call(self._renew, [self.lease_ms, *(task_id for task_id, _ in held)])
+        if missing:     # Redis lost them (restarted without its data): written again, as this service holds them
+            json_of = dict(held)
+            args: list = [self.lease_ms]
+            for task_id in (item.decode() for item in missing):
+                args += [task_id, json_of[task_id]]
+            self._call(self._restore, args)
+        lost = [item.decode() for item in lost]
         if lost:
             with self._lock:
                 for task_id in lost:
@@ -268,10 +286,17 @@ class LeaseBook:
                 for task_id in task_ids:
                     self._unfinished[task_id] = final
 
-    def keep_result(self, task_id: str, body: bytes, state: str) -> None:
-        """Write a paid result to the task's lease before it is reported, so that a service taking
-        the task over sends it instead of paying for it again. Raises CoordinationError."""
-        self._call(self._keep_result, [task_id, body, state])
+    def keep_results(self, results: list[tuple[str, bytes, str]]) -> None:
+        """Write paid results (task id, body, state) to their tasks' leases before they are reported,
+        so that a service taking a task over sends its result instead of paying for it again.
+        Raises CoordinationError."""
+        if not results:
+            return
+        args: list = []
+        for task_id, body, state in results:
+            args += [task_id, body, state]
+        # _call puts the prefix and the owner first; the script reads triples from the third on.
+        self._call(self._keep_results, args)
 
     def status(self) -> dict:
         with self._lock:

@@ -61,10 +61,16 @@ PIPELINE_GROUP_BYTES = 1024 * 1024
 # last time, per answer, for requests of that size, and then reads what has come together. The
 # nap is at most GATHER_MAX_SECONDS: a server that got slower, or stalls, costs little latency,
 # and one that got faster shortens the next nap, as the group's time then is mostly the nap.
+# Far from the server, nothing can come back before a round trip: the nap also covers most of
+# the latency measured before the first answer (which no wait can shorten), so that a far API's
+# answers are read together too, not one wake-up each as they trickle in.
 _GATHER_SHARE = 0.8
 GATHER_MAX_SECONDS = 0.01
 _GATHER_MIN_SECONDS = 0.0002      # shorter naps save no wake-up
 _GATHER_WEIGHT = 0.5              # of the latest group in the running mean per answer
+_LATENCY_SHARE = 0.9              # of the measured time to the first answer
+_LATENCY_NAP_MAX = 1.0
+_LATENCY_DECAY = 0.9              # a first answer already there after the nap: maybe the server is nearer now
 
 
 class HttpTransportError(Exception):
@@ -124,8 +130,10 @@ class Http1Client:
         # silent: `pipeline` then sends one request at a time.
         self.pipelining = pipelining
         # Seconds per answer of the last pipelined groups, by the size class of their requests (a
-        # claim's answer comes sooner than a result's): how long `pipeline` naps before reading.
+        # claim's answer comes sooner than a result's), and seconds to their first answer: how long
+        # `pipeline` naps before reading.
         self._answer_seconds: dict[int, float] = {}
+        self._latency_seconds: dict[int, float] = {}
 
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
                 *, body_sink: BodySink | None = None) -> Response:
@@ -174,14 +182,18 @@ class Http1Client:
                 connection.start_deadline()
                 connection.send(payload)
                 sent_at = time.monotonic()
-                if nap := gather_seconds(self._answer_seconds.get(size_class), count):
+                latency = self._latency_seconds.get(size_class, 0.0)
+                if nap := gather_seconds(self._answer_seconds.get(size_class), count, latency):
                     time.sleep(nap)
+                first_at = None
                 while len(results) < group and keep_alive:
                     connection.start_deadline()     # each answer of the group has its own
                     connection.expect_answer()
                     response, keep_alive = connection.read_response(method)
                     results.append(response)
                     answered += 1
+                    if first_at is None:
+                        first_at = time.monotonic()
             except _ClosedBeforeAnswer as exc:
                 # Closed before the next answer: the rest are sent again on a fresh connection
                 # (harmless for idempotent requests, even if the server did carry some out),
@@ -202,9 +214,16 @@ class Http1Client:
             except BaseException:
                 connection.close()
                 raise
-            if answered == count:
+            if answered == count and first_at is not None:
+                done_at = time.monotonic()
+                waited = first_at - sent_at
+                # Only a first answer that came after the nap tells how far the server is.
+                latency = running_mean(latency or None, waited, _GATHER_WEIGHT) if waited > nap + 0.001 \
+                    else latency * _LATENCY_DECAY
+                self._latency_seconds[size_class] = latency
                 self._answer_seconds[size_class] = running_mean(
-                    self._answer_seconds.get(size_class), (time.monotonic() - sent_at) / count, _GATHER_WEIGHT)
+                    self._answer_seconds.get(size_class), max(0.0, done_at - sent_at - latency) / count,
+                    _GATHER_WEIGHT)
             if keep_alive:
                 self._give_back(connection)
             else:
@@ -374,12 +393,14 @@ def _decompressed(body: bytes | bytearray, decoder, cap: int | None) -> bytes:
     return b"".join(parts)
 
 
-def gather_seconds(seconds_per_answer: float | None, count: int) -> float:
+def gather_seconds(seconds_per_answer: float | None, count: int, latency: float = 0.0) -> float:
     """How long to nap before reading the answers to `count` pipelined requests, when such answers
-    took `seconds_per_answer` each last time (None: no idea yet, so no nap)."""
+    took `seconds_per_answer` each last time (None: no idea yet, so no nap), after `latency`
+    seconds before the first."""
     if seconds_per_answer is None or count < 2:
         return 0.0
-    nap = min(GATHER_MAX_SECONDS, _GATHER_SHARE * seconds_per_answer * (count - 1))
+    nap = min(_LATENCY_NAP_MAX, _LATENCY_SHARE * latency) + \
+        min(GATHER_MAX_SECONDS, _GATHER_SHARE * seconds_per_answer * (count - 1))
     return nap if nap >= _GATHER_MIN_SECONDS else 0.0
 
 
