@@ -195,3 +195,35 @@ def test_a_host_that_is_down_leaves_its_work_to_the_others(sandbox, ollama, serv
     assert len(up.embedded) == 200
     process.signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_a_dead_services_paid_results_are_sent_by_another_never_paid_for_again(sandbox, openai_stub, service,
+                                                                                redis_server, tmp_path):
+    from aitp.sandbox.openai_stub import STUB_KEY
+
+    stub = openai_stub(models={"text-embedding-ada-002": 8})
+    tasks = generated_tasks(6, models=("text-embedding-ada-002",))
+    server = sandbox(tasks)
+    redis = redis_server()
+    env = {"API_BASE_URL": server.url, "OPENAI_API_KEY": STUB_KEY, "OPENAI_BASE_URL": stub.url,
+           "AITP_MODELS__DIMENSIONS": '{"text-embedding-ada-002": 8}', "RETRY_BACKOFF_FACTOR": "0.05",
+           "REDIS_URL": redis.url, "AITP_COORDINATION__LEASE_SECONDS": "2"}
+    stub.gate.clear()                           # the embeddings calls wait until the API is down
+    doomed = service({**env, "AITP_DATA_DIR": str(tmp_path / "doomed")})
+    wait_until(lambda: stub.in_flight, timeout=30, message="an embeddings call")
+    server.start_outage("503")                  # its results cannot be reported...
+    stub.gate.set()
+    client = redis.client()
+    wait_until(lambda: sum(client.hexists(key, "result") for key in client.scan_iter(match="aitp:*:lease:*")) == 6,
+               timeout=30, message="the paid results in Redis")          # ...but they are in Redis
+    doomed.signal(signal.SIGKILL)               # and its journal dies with its host
+    doomed.wait(10)
+    server.end_outage()
+    calls = len(stub.requests)
+    survivor = service({**env, "AITP_DATA_DIR": str(tmp_path / "survivor")})
+    wait_until(lambda: server.counts() == {"succeeded": 6}, timeout=60, message="the paid results sent")
+    assert len(stub.requests) == calls                                     # nothing paid for twice
+    logs = [json.loads(line) for line in survivor.logs().splitlines() if line.startswith("{")]
+    assert sum(line.get("with_paid_results", 0) for line in logs) == 6
+    survivor.signal(signal.SIGTERM)
+    assert survivor.wait(60) == 0
