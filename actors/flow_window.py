@@ -14,6 +14,10 @@ from __future__ import annotations
 ROUND_TRIPS_IN_FLIGHT = 4
 # How often the settle rate is sampled.
 RATE_SAMPLE_SECONDS = 0.5
+# Slow start, as TCP's and BBR's: while each sample beats the best so far by this much, the window
+# is what holds the rate down, so it doubles (when the network part of it matters at all); two
+# samples without such growth end the start.
+STARTUP_GROWTH = 1.25
 
 
 class FlowWindow:
@@ -23,6 +27,8 @@ class FlowWindow:
         self.size = self.minimum
         self.settle_rate = 0.0        # tasks settled per second: up at once, down by halves
         self._settled, self._since = 0, now
+        self.starting = True          # slow start: doubling while the rate keeps growing
+        self._best, self._flat = 0.0, 0
 
     def start(self, now: float) -> None:
         """Count the rate from now (the first take), not from start-up."""
@@ -42,6 +48,15 @@ class FlowWindow:
         sample = self._settled / elapsed
         self.settle_rate = max(sample, (self.settle_rate + sample) / 2)
         self._settled, self._since = 0, now
-        wanted = self.minimum + int(self.settle_rate * ROUND_TRIPS_IN_FLIGHT * (round_trip or 0.0))
+        network = int(self.settle_rate * ROUND_TRIPS_IN_FLIGHT * (round_trip or 0.0))
+        wanted = self.minimum + network
+        if self.starting and sample > 0:
+            if sample > self._best * STARTUP_GROWTH:
+                self._best, self._flat = sample, 0
+                if 4 * network >= self.minimum:     # far enough from the API for the network to matter
+                    wanted = max(wanted, 2 * self.size)
+            else:
+                self._flat += 1
+                self.starting = self._flat < 2
         old, self.size = self.size, max(self.minimum, min(self.maximum, wanted))
         return old if abs(self.size - old) * 4 >= old else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from aitp.errors import ProviderError
@@ -26,6 +28,16 @@ class Rejection(msgspec.Struct, frozen=True):
 # --- the flow of a task ---
 class Poll(msgspec.Struct, frozen=True):
     """Poller to itself: fetch the pending list now."""
+
+
+class ListFetched(msgspec.Struct, frozen=True):
+    """Poller's fetching thread to the Poller: a pending list (or why there is none)."""
+
+    poll_number: int
+    pending: Any = None          # aitp.contract.PendingList
+    error: Any = None            # TaskApiError or ContractError
+    fetched_at: float = 0.0
+    seconds: float = 0.0
 
 
 class TasksTaken(msgspec.Struct, frozen=True):

@@ -13,8 +13,8 @@ from aitp.contract import PendingList, PendingSplitter, Task, Unusable, read_ent
 from aitp.errors import ContractError, CoordinationError, TaskApiError
 from aitp.storage.journal import Claim, OutboxEntry
 from aitp.tasks import ChatJob, TaskRejected
-from actors.messages import (KeepLeases, Poll, Rejection, ResultsAdopted, TakenTask, TasksClaimed, TasksRejected,
-                             TasksSettled, TasksTaken, TokenArrived)
+from actors.messages import (KeepLeases, ListFetched, Poll, Rejection, ResultsAdopted, TakenTask, TasksClaimed,
+                             TasksRejected, TasksSettled, TasksTaken, TokenArrived)
 from actors.resume import resume
 from actors.flow_window import FlowWindow
 from actors.stage import PipelineContext, Stage
@@ -31,6 +31,8 @@ _SEEN_LIMIT = 100_000
 # list "truncated": once it is used up, the next poll comes at once.
 KEEP_PER_CREDIT = 8
 _KEEP_BYTES = 16 * 1024 * 1024
+# A fetch of the pending list this slow is overlapped with takes from the list before it.
+_PREFETCH_WORTH_SECONDS = 0.05
 
 
 @dataclass
@@ -43,6 +45,7 @@ class _HeldList:
     poll_number: int
     fetched_at: float
     cursor: int = 0
+    taken_from: bool = False     # a list just fetched is taken from once, however old it got meanwhile
 
 
 class Poller(Stage):
@@ -67,10 +70,14 @@ class Poller(Stage):
         self._seen_left_alone: set[str] = set()
         self.taken_total = 0
         self.held: _HeldList | None = None       # the last pending list, while more is taken from it
+        self.next_list: _HeldList | None = None  # fetched while `held` was still being taken from
+        self.fetching = False                    # a fetch of the pending list is under way
+        self.fetch_seconds = 0.0                 # how long the last one took
         self.leased_elsewhere = 0                # tasks another service held a lease for (Redis)
         self.adopted_total = 0                   # tasks taken over from services whose leases ran out
 
     def setup(self) -> None:
+        self.start_pool(1)         # the thread fetching pending lists
         self._schedule(0)
         if self.ctx.leases is not None:
             self.later(self._lease_tick_seconds(), KeepLeases())
@@ -101,6 +108,8 @@ class Poller(Stage):
                 self.ctx.leases.finish(message.task_ids, final=not message.released)
         elif isinstance(message, KeepLeases):
             self._keep_leases()
+        elif isinstance(message, ListFetched):
+            self._fetched(message)
         elif isinstance(message, TokenArrived) and self.waiting_for_token:
             self.waiting_for_token = False
             log.info("polling resumed: a token is held")
@@ -171,22 +180,10 @@ class Poller(Stage):
         budget = self.credit if room is None else min(self.credit, room)
         held = self._fresh_held_list()
         if held is None:
-            self.polls_begun += 1
-            poll_number = self.polls_begun
-            splitter = PendingSplitter(self._screen, max_entries=KEEP_PER_CREDIT * self.capacity,
-                                       max_bytes=_KEEP_BYTES)
-            try:
-                self.ctx.task_api.fetch_pending(splitter.feed)
-                pending = splitter.finish()
-            except (TaskApiError, ContractError) as exc:
-                self.failures_in_a_row += 1
-                delay = self.ctx.backoff(self.failures_in_a_row, getattr(exc, "retry_after", None))
-                log.warning("poll failed", extra={"fields": {"error": str(exc), "retry_in_s": round(delay, 2)}})
-                self._schedule(delay)
-                return
-            self.failures_in_a_row = 0
-            held = self.held = _HeldList(pending, poll_number, time.monotonic())
+            self._fetch()          # its ListFetched brings the Poller back here with a list
+            return
         taken, rejected, more_left = self._take(held, budget)
+        held.taken_from = True
         if taken and self.ctx.leases is not None:
             taken = self._leased(taken)
         self.settled_at = {k: v for k, v in self.settled_at.items() if v >= held.poll_number}
@@ -201,6 +198,7 @@ class Poller(Stage):
             self.tell("rate_limiter", TasksTaken(taken))
         if rejected:
             self.tell("reporter", TasksRejected(rejected))
+        self._prefetch(held)
         if more_left:
             self.waiting_for_credit = True   # a full take: poll again as soon as credit returns
             if self.credit >= self._refill_at():
@@ -266,6 +264,68 @@ class Poller(Stage):
         if entries:
             self.tell("reporter", ResultsAdopted(entries))
 
+    # --- fetching the pending list, in the Poller's own thread so that takes go on meanwhile ---
+    def _fetch(self) -> None:
+        """Fetch the pending list in the background (one fetch at a time); ListFetched brings it."""
+        if self.fetching or self.stopped:
+            return
+        self.fetching = True
+        self.polls_begun += 1
+        poll_number, api, directory, name = self.polls_begun, self.ctx.task_api, self.ctx.directory, self.name
+        splitter = PendingSplitter(self._screen, max_entries=KEEP_PER_CREDIT * self.capacity,
+                                   max_bytes=_KEEP_BYTES)
+
+        def fetch() -> None:
+            started = time.monotonic()
+            try:
+                api.fetch_pending(splitter.feed)
+                answer = ListFetched(poll_number, pending=splitter.finish(), fetched_at=time.monotonic(),
+                                     seconds=time.monotonic() - started)
+            except (TaskApiError, ContractError) as exc:
+                answer = ListFetched(poll_number, error=exc)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave `fetching` set forever
+                log.exception("fetching the pending list failed")
+                answer = ListFetched(poll_number, error=TaskApiError(f"fetching the pending list failed: {exc!r}"))
+            directory.tell(name, answer)
+
+        assert self.pool is not None
+        self.pool.submit(fetch)
+
+    def _fetched(self, message: ListFetched) -> None:
+        self.fetching = False
+        if self.stopped:
+            return
+        if message.error is not None:
+            self.failures_in_a_row += 1
+            delay = self.ctx.backoff(self.failures_in_a_row, getattr(message.error, "retry_after", None))
+            log.warning("poll failed", extra={"fields": {"error": str(message.error), "retry_in_s": round(delay, 2)}})
+            if self.held is None:
+                self._schedule(delay)
+            return
+        self.failures_in_a_row = 0
+        self.fetch_seconds = message.seconds
+        fetched = _HeldList(message.pending, message.poll_number, message.fetched_at)
+        if self.held is None:
+            self.held = fetched
+            self._schedule(0)
+        else:
+            self.next_list = fetched      # taken from once the current list is used up or too old
+
+    def _prefetch(self, held: _HeldList) -> None:
+        """Fetch the next list while this one is still being taken from, when a fetch is slow enough
+        to leave the provider waiting (at 100 ms from the API, some 0.15 s without a take): shortly
+        before a list that could not hold every pending task runs out, or before it is too old.
+        Each fetch costs the whole list, so a near API, whose fetches are quick, never prefetches."""
+        if self.fetching or self.next_list is not None or self.held is not held \
+                or self.fetch_seconds < _PREFETCH_WORTH_SECONDS:
+            return
+        left = len(held.pending) - held.cursor
+        age = time.monotonic() - held.fetched_at
+        lead = 3 * self.fetch_seconds
+        if (held.pending.truncated and left <= max(self.capacity, self.window.settle_rate * lead)) \
+                or age >= self.settings.polling.list_reuse_seconds - lead:
+            self._fetch()
+
     def _screen(self, raw: msgspec.Raw) -> Task | None:
         """Which entries of an arriving list are worth keeping: a usable id, a type some handler
         takes, not in flight now. The others are noted (once each) and dropped, so they never
@@ -285,10 +345,16 @@ class Poller(Stage):
         return entry
 
     def _fresh_held_list(self) -> _HeldList | None:
-        """The last list, while it is young enough to take more from instead of polling again."""
+        """The last list, while it is young enough to take more from instead of polling again (or
+        the next one, fetched meanwhile, once the last is used up or too old)."""
+        reuse = self.settings.polling.list_reuse_seconds
         held = self.held
-        if held is not None and time.monotonic() - held.fetched_at >= self.settings.polling.list_reuse_seconds:
+        if held is not None and held.taken_from and (time.monotonic() - held.fetched_at >= reuse
+                                                     or held.cursor >= len(held.pending)):
             held = self.held = None
+        if held is None and self.next_list is not None:
+            held = self.held = self.next_list
+            self.next_list = None
         return held
 
     def _take(self, held: _HeldList, budget: int) -> tuple[list[TakenTask], list[Rejection], bool]:
@@ -348,7 +414,7 @@ class Poller(Stage):
     # --- asked by the supervisor ---
     def stop_polling(self) -> None:
         self.stopped = True
-        self.held = None
+        self.held = self.next_list = None
 
     def status(self) -> dict:
         return {"in_flight": len(self.in_flight), "window": self.window.size, "credit": self.credit,

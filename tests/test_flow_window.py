@@ -57,3 +57,25 @@ def test_no_resize_before_a_sample_is_due_and_a_small_move_is_not_worth_a_line()
     assert window.resize(RATE_SAMPLE_SECONDS, 0.1) == 256                     # moved a lot: the old size
     window.settled(1000)
     assert window.resize(2 * RATE_SAMPLE_SECONDS, 0.1) is None               # the same again: no line
+
+
+def test_far_from_the_api_the_window_doubles_while_the_rate_keeps_growing():
+    window = FlowWindow(256, 4096, now=0.0)
+    now, sizes = 0.0, []
+    for rate in (500, 900, 1500):                 # each sample well above the last: still held down
+        window.settled(int(rate * RATE_SAMPLE_SECONDS))
+        now += RATE_SAMPLE_SECONDS
+        window.resize(now, 0.1)
+        sizes.append(window.size)
+    assert sizes == [512, 1024, 2048]             # doubled each time (more than rate x 4 round trips)
+    for _ in range(2):                            # the rate stops growing: the start is over
+        window.settled(int(1500 * RATE_SAMPLE_SECONDS))
+        now += RATE_SAMPLE_SECONDS
+        window.resize(now, 0.1)
+    assert not window.starting and window.size == 256 + 600
+
+
+def test_near_the_api_a_growing_rate_does_not_double_the_window():
+    window = FlowWindow(256, 4096, now=0.0)
+    _settle_for(window, 1000, 0.0, 1, round_trip=0.002)
+    assert window.size == 256 + 8
