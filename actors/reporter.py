@@ -95,6 +95,8 @@ class Reporter(Stage):
         """Paid results go to Redis before they are reported: should this service die for good, the
         one taking its tasks over sends them instead of paying again (aitp/coordination/leases.py)."""
         try:
+            if not self.ctx.leases.available:    # not waiting on it for every batch while it is away
+                raise CoordinationError("Redis does not answer")
             self.ctx.leases.keep_results([(entry.task_id, entry.body, entry.state)
                                           for entry in map(result_entry, results)])
         except CoordinationError as exc:

@@ -279,6 +279,10 @@ class LeaseBook:
         with self._lock:
             for task_id in task_ids:
                 self.held.pop(task_id, None)
+            if not self.available:      # no call (each would wait for Redis): the next renewal sends them
+                for task_id in task_ids:
+                    self._unfinished[task_id] = final
+                return
         try:
             self._call(self._finish, [self.settled_ms, "1" if final else "0", *task_ids])
         except CoordinationError:
