@@ -7,8 +7,8 @@
     python3 benchmarks/drain.py --tasks 2000 --rtt 100   # the task API 100 ms away, against loopback
     python3 benchmarks/drain.py --tasks 6000 --services 2 # two services sharing a Redis, against one
 
-Peers (in this process): the sandbox task API and the Ollama stub with a GPU-like latency model
-(a fixed cost per call plus a cost per input, one batch at a time). `aitp run` and the minimal
+Peers: the sandbox task API (in this process) and the Ollama stub with a GPU-like latency model
+(a fixed cost per call plus a cost per input, one batch at a time) in a process of its own. `aitp run` and the minimal
 loop run as subprocesses; their CPU time (with their process workers) comes from getrusage, their
 memory from /proc (the service and its children summed, sampled every 0.1 s).
 """
@@ -164,12 +164,55 @@ class DelayRelay:
         self.process.join(5)
 
 
+class StubProcess:
+    """The Ollama stub in a process of its own, as a GPU box is: in the sandbox's process the two
+    shared one GIL, and the task API's work slowed the stub's (and the other way round). Its
+    figures come back through shared memory: busy seconds, calls, inputs embedded."""
+
+    def __init__(self, call_cost: float, input_cost: float) -> None:
+        context = multiprocessing.get_context("fork")
+        self._busy = context.Value("d", 0.0)
+        self._calls = context.Value("q", 0)
+        self._inputs = context.Value("q", 0)
+        self._stop = context.Event()
+        reader, writer = context.Pipe(duplex=False)
+        self.process = context.Process(target=self._serve, args=(call_cost, input_cost, writer), daemon=True)
+        self.process.start()
+        self.url = reader.recv()
+
+    def _serve(self, call_cost: float, input_cost: float, writer) -> None:
+        stub = OllamaStub(models={"nomic-embed-text": 768}, call_cost=call_cost, input_cost=input_cost)
+        stub.start()
+        writer.send(stub.url)
+        while not self._stop.wait(0.02):
+            self._busy.value, self._calls.value = stub.busy_seconds, len(stub.batch_sizes)
+            self._inputs.value = sum(stub.batch_sizes)
+        stub.stop()
+
+    @property
+    def busy_seconds(self) -> float:
+        return self._busy.value
+
+    @property
+    def calls(self) -> int:
+        return self._calls.value
+
+    @property
+    def inputs(self) -> int:
+        return self._inputs.value
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+
+
 class Peers:
     def __init__(self, tasks: int, call_cost: float, input_cost: float, rtt_ms: float | None = None) -> None:
         self.sandbox = SandboxServer(generated_tasks(tasks))
-        self.ollama = OllamaStub(models={"nomic-embed-text": 768}, call_cost=call_cost, input_cost=input_cost)
+        self.ollama = StubProcess(call_cost, input_cost)   # forked before this process has threads
         self.sandbox.start()
-        self.ollama.start()
         self.relay = DelayRelay(int(self.sandbox.url.rsplit(":", 1)[1]), rtt_ms / 1000) \
             if rtt_ms is not None else None
         self.api_url = self.relay.url if self.relay else self.sandbox.url
@@ -185,7 +228,7 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
             stop_with_signal: bool) -> Run:
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before, polled_before = peers.ollama.busy_seconds, peers.sandbox.store.bytes_polled
-    calls_before = len(peers.ollama.batch_sizes)
+    calls_before = peers.ollama.calls
     wire_before = (peers.relay.sent_up.value, peers.relay.sent_down.value) if peers.relay else (0, 0)
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -220,7 +263,7 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
     relay = peers.relay
     wire = (relay.sent_up.value - wire_before[0], relay.sent_down.value - wire_before[1]) if relay else None
     return Run(label, tasks, done - first, cpu, cpu_at_done - cpu_at_first, system, peak[0], busy / (done - first),
-               peers.sandbox.store.bytes_polled - polled_before, len(peers.ollama.batch_sizes) - calls_before, wire)
+               peers.sandbox.store.bytes_polled - polled_before, peers.ollama.calls - calls_before, wire)
 
 
 def service_env(peers: Peers, data_dir: str, **extra: str) -> dict[str, str]:
@@ -357,11 +400,8 @@ def run_services(count: int, tasks: int, call_cost: float, input_cost: float, re
     """`count` services on one sandbox, each with an Ollama stub of its own; (tasks/s from the first
     claim to the last result, inputs the stubs embedded, how busy each stub's "GPU" was)."""
     sandbox = SandboxServer(generated_tasks(tasks))
-    stubs = [OllamaStub(models={"nomic-embed-text": 768}, call_cost=call_cost, input_cost=input_cost)
-             for _ in range(count)]
+    stubs = [StubProcess(call_cost, input_cost) for _ in range(count)]   # forked before any thread starts
     sandbox.start()
-    for stub in stubs:
-        stub.start()
     processes = []
     try:
         with tempfile.TemporaryDirectory() as data:
@@ -388,7 +428,8 @@ def run_services(count: int, tasks: int, call_cost: float, input_cost: float, re
             for process in processes:
                 process.wait(120)
             busy = [(stub.busy_seconds - before) / (now - first) for stub, before in zip(stubs, busy_at_first)]
-            return tasks / (now - first), sum(len(stub.embedded) for stub in stubs), busy
+            time.sleep(0.05)       # the stubs' figures are copied every 20 ms
+            return tasks / (now - first), sum(stub.inputs for stub in stubs), busy
     finally:
         for process in processes:
             if process.poll() is None:
