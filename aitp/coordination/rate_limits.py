@@ -16,7 +16,8 @@ from typing import Callable, Iterable
 
 from aitp.coordination.leases import redis_errors
 from aitp.errors import CoordinationError
-from aitp.storage.rate_limits import PERIODS, Admission, RateLimitBackend, TierUsage, tier_state, window_start
+from aitp.storage.rate_limits import (Admission, RateLimitBackend, Tiered, TierUsage, configured_limits, tier_state,
+                                      window_start)
 
 log = logging.getLogger("aitp.rate_limits")
 
@@ -83,23 +84,18 @@ return used
 """
 
 
-class RedisTieredLimits(RateLimitBackend):
+class RedisTieredLimits(Tiered):
     """Every configured tier at once, in Redis, shared by every service that uses it."""
 
     def __init__(self, client, prefix: str, limits: dict[str, int], strategy: str,
                  clock: Callable[[], float] = time.time) -> None:
-        unknown = set(limits) - set(PERIODS)
-        if unknown:
-            raise ValueError(f"unknown rate-limit periods {sorted(unknown)}")
-        self.limits = {period: limit for period, limit in limits.items() if limit > 0}
-        self.strategy, self.clock = strategy, clock
+        super().__init__(limits, strategy, clock)
         self.client, self.prefix = client, prefix
         self._errors = redis_errors()
         self._reserve = client.register_script(_RESERVE)
         self._refund = client.register_script(_REFUND)
         self._used = client.register_script(_USED)
         self._lock = threading.Lock()
-        self.exceeded: dict[str, int] = {period: 0 for period in self.limits}
 
     def _starts(self, now: float) -> list[str]:
         """(start, exclusive) per tier, as the scripts read them. Rolling: a unit reserved exactly a
@@ -162,24 +158,14 @@ class RedisTieredLimits(RateLimitBackend):
             log.warning("a rate-limit refund was lost: Redis does not answer",
                         extra={"fields": {"units": units, "error": str(exc)}})
 
-    def remaining(self) -> int | None:
-        return self._read()[0]
-
-    def not_before(self) -> float | None:
-        free, blocked_until, _ = self._read()
-        return None if free > 0 else blocked_until
-
-    def usage(self) -> list[TierUsage]:
-        return self._read()[2]
 
 
 def shared_rate_limits_for(settings, client) -> RateLimitBackend | None:
     """The Redis backend when REDIS_URL is set and limits are on (None otherwise)."""
     from aitp.coordination.leases import key_prefix
 
-    config = settings.rate_limit
-    limits = {period: getattr(config, f"per_{period}") for period in PERIODS}
-    if not config.enabled or not any(limits.values()):
+    limits = configured_limits(settings)
+    if limits is None:
         return None
     prefix = key_prefix(settings.coordination.key_prefix, settings.api.base_url)
-    return RedisTieredLimits(client, prefix, limits, config.strategy)
+    return RedisTieredLimits(client, prefix, limits, settings.rate_limit.strategy)

@@ -141,23 +141,52 @@ def tier_state(limits: dict[str, int], strategy: str, now: float, used_of: Calla
     return (free if free is not None else 1 << 62), blocked_until, tiers
 
 
-class TieredLimits(RateLimitBackend):
-    """Every configured tier at once, in one SQLite file shared by the processes of a host."""
+class Tiered(RateLimitBackend):
+    """What the tiered backends share: the configured tiers, refusals counted by tier, and the
+    readings, each from one moment's state (`_read`: units free, when one frees, each tier's usage)."""
 
-    def __init__(self, path: Path | str, limits: dict[str, int], strategy: str,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, limits: dict[str, int], strategy: str, clock: Callable[[], float]) -> None:
         unknown = set(limits) - set(PERIODS)
         if unknown:
             raise ValueError(f"unknown rate-limit periods {sorted(unknown)}")
         self.limits = {period: limit for period, limit in limits.items() if limit > 0}
         self.strategy, self.clock = strategy, clock
+        self.exceeded: dict[str, int] = {period: 0 for period in self.limits}   # refusals, by the tier that refused
+
+    @abc.abstractmethod
+    def _read(self) -> tuple[int, float | None, list[TierUsage]]:
+        """(units free now, when the next unit frees if none is, each tier's usage)."""
+
+    def remaining(self) -> int | None:
+        return self._read()[0]
+
+    def not_before(self) -> float | None:
+        free, blocked_until, _ = self._read()
+        return None if free > 0 else blocked_until
+
+    def usage(self) -> list[TierUsage]:
+        return self._read()[2]
+
+
+def configured_limits(settings) -> dict[str, int] | None:
+    """The limit of each period RATE_LIMIT_* sets; None when limits are off or none is set."""
+    config = settings.rate_limit
+    limits = {period: getattr(config, f"per_{period}") for period in PERIODS}
+    return limits if config.enabled and any(limits.values()) else None
+
+
+class TieredLimits(Tiered):
+    """Every configured tier at once, in one SQLite file shared by the processes of a host."""
+
+    def __init__(self, path: Path | str, limits: dict[str, int], strategy: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(limits, strategy, clock)
         self.path = Path(path)
         self._lock = threading.Lock()
         self._db = open_database(self.path)
         self._db.execute("CREATE TABLE IF NOT EXISTS reservations ("
                          "id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, units INTEGER NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS reservations_at ON reservations (at)")
-        self.exceeded: dict[str, int] = {period: 0 for period in self.limits}   # refusals, by the tier that refused
 
     # --- reading one moment's state, inside a transaction ---
     def _used(self, db: sqlite3.Connection, period: str, now: float) -> int:
@@ -212,16 +241,6 @@ class TieredLimits(RateLimitBackend):
         with self._lock:
             self._db.execute("UPDATE reservations SET units = MAX(0, units - ?) WHERE id = ?", (units, reservation))
 
-    def remaining(self) -> int | None:
-        return self._read()[0]
-
-    def not_before(self) -> float | None:
-        free, blocked_until, _ = self._read()
-        return None if free > 0 else blocked_until
-
-    def usage(self) -> list[TierUsage]:
-        return self._read()[2]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -229,8 +248,7 @@ class TieredLimits(RateLimitBackend):
 
 def rate_limits_for(settings) -> RateLimitBackend:
     """The backend RATE_LIMIT_* asks for: tiered limits in SQLite, or none."""
-    config = settings.rate_limit
-    limits = {period: getattr(config, f"per_{period}") for period in PERIODS}
-    if not config.enabled or not any(limits.values()):
+    limits = configured_limits(settings)
+    if limits is None:
         return AdmitAll()
-    return TieredLimits(settings.rate_limit_path, limits, config.strategy)
+    return TieredLimits(settings.rate_limit_path, limits, settings.rate_limit.strategy)
