@@ -171,7 +171,11 @@ class TasksSettled(msgspec.Struct, frozen=True):
 
 
 class KeepLeases(msgspec.Struct, frozen=True):
-    """Poller to itself, every third of a lease: renew the leases held in Redis, take over run-out ones."""
+    """Poller to itself, every third of a lease: renew the leases held in Redis, take over run-out ones.
+    `chain` names the Poller instance that scheduled it: after a restart, the dead instance's tick
+    reaches the new one, which drops it rather than run two chains of ticks."""
+
+    chain: int = 0
 
 
 class ResultsAdopted(msgspec.Struct, frozen=True):

@@ -75,12 +75,13 @@ class Poller(Stage):
         self.fetch_seconds = 0.0                 # how long the last one took
         self.leased_elsewhere = 0                # tasks another service held a lease for (Redis)
         self.adopted_total = 0                   # tasks taken over from services whose leases ran out
+        self.lease_chain = id(self)              # this instance's KeepLeases ticks (see KeepLeases)
 
     def setup(self) -> None:
         self.start_pool(1)         # the thread fetching pending lists
         self._schedule(0)
         if self.ctx.leases is not None:
-            self.later(self._lease_tick_seconds(), KeepLeases())
+            self.later(self._lease_tick_seconds(), KeepLeases(self.lease_chain))
 
     def _lease_tick_seconds(self) -> float:
         return self.settings.coordination.lease_seconds / 3
@@ -107,7 +108,8 @@ class Poller(Stage):
             if self.ctx.leases is not None:
                 self.ctx.leases.finish(message.task_ids, final=not message.released)
         elif isinstance(message, KeepLeases):
-            self._keep_leases()
+            if message.chain == self.lease_chain:
+                self._keep_leases()
         elif isinstance(message, ListFetched):
             self._fetched(message)
         elif isinstance(message, TokenArrived) and self.waiting_for_token:
@@ -156,7 +158,7 @@ class Poller(Stage):
         if self.ctx.leases is not None and not self.ctx.leases.available:
             # Without Redis a task taken could be another service's too: none is taken until it
             # answers again (the lease keeper finds out every third of a lease).
-            self.held = None
+            self.held = self.next_list = None
             self._schedule(self._lease_tick_seconds())
             return
         outage = self.ctx.router.seconds_until_available()
@@ -227,7 +229,7 @@ class Poller(Stage):
         """Every third of a lease: renew the leases held, send the finishes Redis missed, and take over
         the leases of services that died, resuming their tasks (or sending their paid results)."""
         leases = self.ctx.leases
-        self.later(self._lease_tick_seconds(), KeepLeases())
+        self.later(self._lease_tick_seconds(), KeepLeases(self.lease_chain))
         try:
             lost = leases.renew()
             adopted = leases.take_over() if not self.stopped else []
