@@ -73,6 +73,7 @@ class Poller(Stage):
         self.next_list: _HeldList | None = None  # fetched while `held` was still being taken from
         self.fetching = False                    # a fetch of the pending list is under way
         self.fetch_seconds = 0.0                 # how long the last one took
+        self.prefetched = 0                      # lists fetched ahead of need and then taken from
         self.leased_elsewhere = 0                # tasks another service held a lease for (Redis)
         self.adopted_total = 0                   # tasks taken over from services whose leases ran out
         self.lease_chain = id(self)              # this instance's KeepLeases ticks (see KeepLeases)
@@ -357,6 +358,7 @@ class Poller(Stage):
         if held is None and self.next_list is not None:
             held = self.held = self.next_list
             self.next_list = None
+            self.prefetched += 1
         return held
 
     def _take(self, held: _HeldList, budget: int) -> tuple[list[TakenTask], list[Rejection], bool]:
@@ -420,7 +422,7 @@ class Poller(Stage):
 
     def status(self) -> dict:
         return {"in_flight": len(self.in_flight), "window": self.window.size, "credit": self.credit,
-                "polls": self.polls_begun,
+                "polls": self.polls_begun, "prefetched": self.prefetched,
                 "taken": self.taken_total, "left_alone": dict(self.left_alone),
                 "leased_elsewhere": self.leased_elsewhere, "adopted": self.adopted_total}
 

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import queue
 import statistics
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from aitp.sandbox import SandboxServer  # noqa: E402
 from aitp.sandbox.ollama_stub import OllamaStub  # noqa: E402
+from aitp.sandbox.relay import DelayRelay  # noqa: E402
 from aitp.sandbox.seed import generated_tasks  # noqa: E402
 
 
@@ -105,65 +104,6 @@ def _tree_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class DelayRelay:
-    """A TCP relay on loopback that holds every byte half a round trip in each direction: the task
-    API as seen from a GPU box in another region (latency only; bandwidth is loopback's). It runs
-    in a process of its own: in this one its threads would take the GIL from the sandbox and the
-    stub, which already keep a core busy, and the far run would measure the relay, not aitp."""
-
-    def __init__(self, upstream_port: int, rtt_seconds: float) -> None:
-        self.upstream_port, self.delay = upstream_port, rtt_seconds / 2
-        # Bytes relayed to the API and from it: what crosses the network per task, headers included.
-        self.sent_up = multiprocessing.Value("q", 0)
-        self.sent_down = multiprocessing.Value("q", 0)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.process = multiprocessing.get_context("fork").Process(target=self._accept, daemon=True)
-        self.process.start()
-        self.listener.close()       # the child holds it now
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            for source, target, counter in ((client, upstream, self.sent_up), (upstream, client, self.sent_down)):
-                self._pipe(source, target, counter)
-
-    def _pipe(self, source: socket.socket, target: socket.socket, counter) -> None:
-        held: queue.Queue = queue.Queue()
-
-        def read() -> None:
-            try:
-                while data := source.recv(65536):
-                    with counter.get_lock():
-                        counter.value += len(data)
-                    held.put((time.monotonic() + self.delay, data))
-            except OSError:
-                pass
-            held.put(None)
-
-        def write() -> None:
-            try:
-                while (item := held.get()) is not None:
-                    due, data = item
-                    if (wait := due - time.monotonic()) > 0:
-                        time.sleep(wait)
-                    target.sendall(data)
-                target.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-        threading.Thread(target=read, daemon=True).start()
-        threading.Thread(target=write, daemon=True).start()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.join(5)
-
-
 class StubProcess:
     """The Ollama stub in a process of its own, as a GPU box is: in the sandbox's process the two
     shared one GIL, and the task API's work slowed the stub's (and the other way round). Its
@@ -210,11 +150,12 @@ class StubProcess:
 
 class Peers:
     def __init__(self, tasks: int, call_cost: float, input_cost: float, rtt_ms: float | None = None) -> None:
-        self.sandbox = SandboxServer(generated_tasks(tasks))
-        self.ollama = StubProcess(call_cost, input_cost)   # forked before this process has threads
-        self.sandbox.start()
-        self.relay = DelayRelay(int(self.sandbox.url.rsplit(":", 1)[1]), rtt_ms / 1000) \
+        self.sandbox = SandboxServer(generated_tasks(tasks))      # listening; its threads start below
+        # The stub's and the relay's processes are forked before this process has threads.
+        self.ollama = StubProcess(call_cost, input_cost)
+        self.relay = DelayRelay(int(self.sandbox.url.rsplit(":", 1)[1]), rtt_ms / 1000, in_process=False) \
             if rtt_ms is not None else None
+        self.sandbox.start()
         self.api_url = self.relay.url if self.relay else self.sandbox.url
 
     def stop(self) -> None:

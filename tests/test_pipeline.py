@@ -288,3 +288,22 @@ def test_the_mock_provider_says_so_in_health_and_in_a_warning(sandbox, ollama, r
     real = run_pipeline(settings_for(server, tmp_path / "ollama", PROCESSING_MODE="ollama", OLLAMA_BASE_URL=stub.url,
                                      METRICS_PORT="0"))
     assert real.health()[1]["mock"] is False
+
+
+def test_far_from_the_api_the_next_list_is_fetched_while_the_last_is_taken_from(sandbox, run_pipeline, tmp_path):
+    # Fetches through an 80 ms round trip take longer than the 50 ms that makes prefetching worth
+    # it; a list keeps 8 x 32 entries of the 600, so lists run out and the next must be ready.
+    from aitp.sandbox.relay import DelayRelay
+
+    server = sandbox(generated_tasks(600))
+    relay = DelayRelay(int(server.url.rsplit(":", 1)[1]), 0.08)
+    try:
+        toml = "[processing]\nmin_in_flight = 32\nmax_in_flight = 32\n[polling]\nlist_reuse_seconds = 60\n"
+        pipeline = run_pipeline(settings_for(server, tmp_path, toml, API_BASE_URL=relay.url,
+                                             POLLING_INTERVAL_SECONDS="60"))
+        wait_until(lambda: drained(server), timeout=120, message="the queue to drain")
+        assert server.counts() == {"succeeded": 600}
+        assert pipeline.status()["stages"]["poller"]["prefetched"] > 0
+        assert relay.sent_down.value > 0            # it all went through the relay
+    finally:
+        relay.stop()
