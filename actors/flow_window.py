@@ -18,6 +18,7 @@ RATE_SAMPLE_SECONDS = 0.5
 # is what holds the rate down, so it doubles (when the network part of it matters at all); two
 # samples without such growth end the start.
 STARTUP_GROWTH = 1.25
+STARTUP_SAMPLE_SECONDS = 0.1      # the shortest sample in the slow start
 
 
 class FlowWindow:
@@ -41,7 +42,9 @@ class FlowWindow:
         """Sample the rate when a sample is due and size the window again; the old size when the
         window moved by a quarter or more (worth a log line), else None."""
         elapsed = now - self._since
-        if elapsed < RATE_SAMPLE_SECONDS:
+        # In the slow start a sample every two round trips, as TCP doubles its window each round trip.
+        due = max(STARTUP_SAMPLE_SECONDS, 2 * round_trip) if self.starting and round_trip else RATE_SAMPLE_SECONDS
+        if elapsed < min(due, RATE_SAMPLE_SECONDS):
             return None
         # A window too small holds the rate down, so a higher sample is the truer one (BBR keeps
         # the highest delivery rate it saw); a lower one may be a lull, so it only halves the way.

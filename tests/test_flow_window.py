@@ -52,11 +52,13 @@ def test_the_rate_rises_at_once_and_falls_by_halves():
 
 def test_no_resize_before_a_sample_is_due_and_a_small_move_is_not_worth_a_line():
     window = FlowWindow(256, 2048, now=0.0)
-    window.settled(1000)
-    assert window.resize(RATE_SAMPLE_SECONDS / 2, 0.1) is None and window.size == 256
-    assert window.resize(RATE_SAMPLE_SECONDS, 0.1) == 256                     # moved a lot: the old size
-    window.settled(1000)
-    assert window.resize(2 * RATE_SAMPLE_SECONDS, 0.1) is None               # the same again: no line
+    window.settled(100)
+    assert window.resize(0.15, 0.1) is None and window.size == 256     # slow start: every 2 round trips
+    assert window.resize(0.2, 0.1) == 256                               # moved a lot: the old size
+    window.starting = False
+    window.settled(100)
+    assert window.resize(0.2 + RATE_SAMPLE_SECONDS / 2, 0.1) is None   # after the start: every half second
+    assert window.resize(0.2 + RATE_SAMPLE_SECONDS, 0.1) is None       # about the same again: no line
 
 
 def test_far_from_the_api_the_window_doubles_while_the_rate_keeps_growing():
