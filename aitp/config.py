@@ -559,8 +559,8 @@ def redacted_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
         value = flat[key]
         if key in SECRET_KEYS and value:
             value = REDACTED if value != PLACEHOLDER_OPENAI_KEY else value
-        elif key in URL_KEYS + REDIS_URL_KEYS and isinstance(value, str) and urlsplit(value).password:
-            value = value.replace(f":{urlsplit(value).password}@", f":{REDACTED}@", 1)
+        elif key in URL_KEYS + REDIS_URL_KEYS and isinstance(value, str):
+            value = _without_passwords(value)
         rows.append((key, value, loaded.sources.get(key, "default")))
     return rows
 
@@ -575,11 +575,17 @@ def _without_password(url: str) -> str:
     return url.replace(f":{password}@", f":{REDACTED}@", 1) if password else url
 
 
+def _without_passwords(text: str) -> str:
+    """Every URL's password blanked in a value that may list several (OLLAMA_BASE_URL)."""
+    return re.sub(r"[^\s,]+", lambda url: _without_password(url.group(0)), text)
+
+
 def secret_values(settings: Settings) -> list[str]:
     """The secret strings in force, so the log redactor can blank them wherever they appear: the
     client secret, the API key, and any password in a configured URL's userinfo."""
     values = [settings.auth.client_secret, settings.openai.api_key]
     for key in URL_KEYS + REDIS_URL_KEYS:
         section, name = key.split(".")
-        values.append(urlsplit(getattr(getattr(settings, section), name)).password or "")
+        urls = re.split(r"[\s,]+", getattr(getattr(settings, section), name))     # OLLAMA_BASE_URL may list several
+        values += [urlsplit(url).password or "" for url in urls]
     return [value for value in values if value and value != PLACEHOLDER_OPENAI_KEY]

@@ -81,3 +81,30 @@ def test_config_show_and_the_service_log_never_show_a_url_password(tmp_path):
             service.terminate()
             assert service.wait(60) == 0
     assert "url-pa55word" not in log_path.read_text()
+
+
+def test_a_redis_password_is_blanked_in_config_show_and_in_a_bad_value_error(tmp_path):
+    env = {"PATH": "", "AITP_DATA_DIR": str(tmp_path), "PROCESSING_MODE": "mock",
+           "REDIS_URL": "redis://:redis-pa55word@10.0.0.5:6379/0"}
+    shown = subprocess.run([sys.executable, "-m", "actors", "config", "show"], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "redis-pa55word" not in shown.stdout and "redis://:***@10.0.0.5:6379/0" in shown.stdout
+    refused = subprocess.run([sys.executable, "-m", "actors", "config", "show"], capture_output=True, text=True,
+                             cwd=tmp_path, env={**env, "REDIS_URL": "http://:redis-pa55word@10.0.0.5/"}, timeout=60)
+    assert refused.returncode == 2 and "coordination.redis_url" in refused.stderr
+    assert "redis-pa55word" not in refused.stderr and "redis://, rediss:// or unix://" in refused.stderr
+
+
+def test_every_ollama_hosts_password_is_blanked_in_config_show_and_known_to_the_redactor(tmp_path):
+    from aitp.config import load_config, secret_values
+
+    urls = "http://a:host-one-pw@gpu-1:11434,http://b:host-two-pw@gpu-2:11434"
+    env = {"PATH": "", "AITP_DATA_DIR": str(tmp_path), "PROCESSING_MODE": "mock", "OLLAMA_BASE_URL": urls}
+    shown = subprocess.run([sys.executable, "-m", "actors", "config", "show"], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "host-one-pw" not in shown.stdout and "host-two-pw" not in shown.stdout
+    assert "http://a:***@gpu-1:11434,http://b:***@gpu-2:11434" in shown.stdout
+    settings = load_config(environ={"OLLAMA_BASE_URL": urls}, dotenv_dir=tmp_path).settings
+    assert {"host-one-pw", "host-two-pw"} <= set(secret_values(settings))
