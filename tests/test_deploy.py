@@ -154,20 +154,24 @@ def _compose_project(tmp_path, password: str) -> Path:
     return tmp_path
 
 
-def test_compose_files_load_in_docker_compose_1_29_and_need_a_grafana_password(tmp_path):
+def _compose_config(project: Path, *files: str):
+    """`docker-compose [-f file ...] config` in `project`, as Debian's Compose 1.29 renders it."""
     import shutil
     import subprocess
     compose = shutil.which("docker-compose")
     if compose is None:
         pytest.skip("docker-compose is not installed (tests/install-peers.sh installs it as root)")
-    project = _compose_project(tmp_path / "with", "a-real-password")
-    done = subprocess.run([compose, "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config"],
-                          cwd=project, capture_output=True, text=True, timeout=60)
+    options = [option for name in files for option in ("-f", name)]
+    return subprocess.run([compose, *options, "config"], cwd=project, capture_output=True, text=True, timeout=60)
+
+
+def test_compose_files_load_in_docker_compose_1_29_and_need_a_grafana_password(tmp_path):
+    done = _compose_config(_compose_project(tmp_path / "with", "a-real-password"),
+                           "docker-compose.yml", "docker-compose.gpu.yml")
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)
     assert rendered["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "a-real-password"
-    refused = subprocess.run([compose, "config"], cwd=_compose_project(tmp_path / "without", ""),
-                             capture_output=True, text=True, timeout=60)
+    refused = _compose_config(_compose_project(tmp_path / "without", ""))
     assert refused.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr
 
 
@@ -191,14 +195,8 @@ def test_the_scale_out_file_adds_redis_with_aof_and_a_second_processor_with_its_
 
 
 def test_the_scale_out_file_loads_in_docker_compose_1_29(tmp_path):
-    import shutil
-    import subprocess
-    compose = shutil.which("docker-compose")
-    if compose is None:
-        pytest.skip("docker-compose is not installed (tests/install-peers.sh installs it as root)")
-    project = _compose_project(tmp_path / "scale", "a-real-password")
-    done = subprocess.run([compose, "-f", "docker-compose.yml", "-f", "docker-compose.scale.yml", "config"],
-                          cwd=project, capture_output=True, text=True, timeout=60)
+    done = _compose_config(_compose_project(tmp_path / "scale", "a-real-password"),
+                           "docker-compose.yml", "docker-compose.scale.yml")
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)["services"]
     assert rendered["processor"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"

@@ -65,12 +65,18 @@ def _patch(task_id):
     return task_id, b"{}", True
 
 
-@pytest.mark.timeout(20)
-def test_chunks_that_wait_for_a_thread_go_out_as_one_group_and_are_answered_chunk_by_chunk():
+def _one_thread_on_the_wire(items, answer=lambda pairs: pairs):
+    """A sender with one thread, which is on the wire (held at the gate) with a chunk of `items`."""
     api = _GatedApi()
     sender, pool, answers = _sender(api, threads=1)
-    sender.send([["a1", "a2"]], _patch, lambda pairs: ("first", pairs))
-    assert api.in_call.acquire(timeout=10)          # the only thread is on the wire with a1, a2
+    sender.send([items], _patch, answer)
+    assert api.in_call.acquire(timeout=10)
+    return api, sender, pool, answers
+
+
+@pytest.mark.timeout(20)
+def test_chunks_that_wait_for_a_thread_go_out_as_one_group_and_are_answered_chunk_by_chunk():
+    api, sender, pool, answers = _one_thread_on_the_wire(["a1", "a2"], lambda pairs: ("first", pairs))
     sender.send([["b1"]], _patch, lambda pairs: ("second", pairs))
     sender.send([["c1", "c2"]], _patch, lambda pairs: ("third", pairs))
     api.gate.set()
@@ -84,10 +90,7 @@ def test_chunks_that_wait_for_a_thread_go_out_as_one_group_and_are_answered_chun
 
 @pytest.mark.timeout(20)
 def test_a_group_never_exceeds_the_largest_size():
-    api = _GatedApi()
-    sender, pool, answers = _sender(api, threads=1)
-    sender.send([["first"]], _patch, lambda pairs: pairs)
-    assert api.in_call.acquire(timeout=10)
+    api, sender, pool, answers = _one_thread_on_the_wire(["first"])
     waiting = [[f"t{n}-{i}" for i in range(100)] for n in range(4)]    # 400 items queued
     sender.send(waiting, _patch, lambda pairs: pairs)
     api.gate.set()
@@ -126,10 +129,7 @@ def test_a_client_error_answers_every_item_of_the_group_with_a_retry():
 
 @pytest.mark.timeout(20)
 def test_a_stop_drops_what_waits_and_answers_what_is_on_the_wire():
-    api = _GatedApi()
-    sender, pool, answers = _sender(api, threads=1)
-    sender.send([["sent"]], _patch, lambda pairs: pairs)
-    assert api.in_call.acquire(timeout=10)
+    api, sender, pool, answers = _one_thread_on_the_wire(["sent"])
     sender.send([["queued"]], _patch, lambda pairs: pairs)
     sender.drop_queued()
     api.gate.set()
