@@ -299,6 +299,8 @@ class Pipeline:
         breakers = {**ctx.router.status(), **({"wikidata": wikidata.pop("breaker")} if "breaker" in wikidata else {})}
         out: dict = {"stages": stages, "breakers": breakers, "outbox": outbox, "wikidata": wikidata,
                      "process_worker_restarts": ctx.vector_pool.restarts}
+        if ctx.leases is not None:
+            out["coordination"] = ctx.leases.status()
         if self.specs:     # read, not asked: the supervisor may be busy handing a stage over
             out["restarts"] = {spec.name: spec.total_restarts for spec in self.specs}
         limiter = stages.get("rate_limiter", {})
@@ -335,7 +337,7 @@ class Pipeline:
             "rate_limits": status.get("rate_limits", {}),
             "in_flight": status["stages"].get("poller", {}).get("in_flight", 0),
             "outbox": status.get("outbox", 0),
-            "coordination": self.ctx.leases.status() if self.ctx is not None and self.ctx.leases else None,
+            "coordination": status.get("coordination"),
             "process_worker_restarts": status.get("process_worker_restarts", 0),
         }
         if failing:

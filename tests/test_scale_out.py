@@ -82,10 +82,17 @@ def test_redis_restarted_mid_run_costs_time_not_tasks(sandbox, ollama, service, 
     port = wait_until(lambda: monitoring_port(processes[0]), message="the monitoring port")
     wait_until(lambda: _ready_reason(port).startswith("Redis does not answer"), timeout=60,
                message="/ready to say Redis is down")
+    assert "aitp_redis_available 0.0" in _metrics(port)
     redis.start()
     wait_until(lambda: server.counts() == {"succeeded": 2000}, timeout=180, message="every task to succeed")
     assert _reports_per_task(server, tasks) == Counter({1: 2000})
     assert _embedded(stubs) <= 2000 + 30, _embedded(stubs)
+    wait_until(lambda: "aitp_redis_available 1.0" in _metrics(port), message="/metrics to say Redis is back")
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return answer.read().decode()
 
 
 def _ready_reason(port: int) -> str:

@@ -120,6 +120,19 @@ class StatusCollector:
         yield _one(GaugeMetricFamily, "ai_tasks_in_flight", "Tasks taken and not yet settled",
                    poller.get("in_flight", 0))
         yield _one(GaugeMetricFamily, "aitp_poller_credit", "Tasks the poller may still take", poller.get("credit", 0))
+        yield _one(GaugeMetricFamily, "aitp_poller_window", "Tasks the poller keeps in flight at most now "
+                   "(grows with the API's round trip)", poller.get("window", 0))
+
+        coordination = status.get("coordination")
+        if coordination is not None:     # several services through Redis (REDIS_URL)
+            yield _one(GaugeMetricFamily, "aitp_redis_available", "1 while Redis answers (no task is taken "
+                       "without it)", 1 if coordination.get("available") else 0)
+            yield _one(GaugeMetricFamily, "aitp_leases_held", "Task leases this service holds in Redis",
+                       coordination.get("held", 0))
+            yield _one(CounterMetricFamily, "aitp_tasks_leased_elsewhere", "Tasks left to the service holding "
+                       "their lease", poller.get("leased_elsewhere", 0))
+            yield _one(CounterMetricFamily, "aitp_tasks_taken_over", "Tasks taken over from services whose "
+                       "leases ran out", poller.get("adopted", 0))
         yield _by(GaugeMetricFamily, "aitp_stage_up", "1 while a stage runs", "stage",
                   {name: 0 if stage.get("state") == "down" else 1 for name, stage in stages.items()})
         yield _by(GaugeMetricFamily, "aitp_stage_queue_depth", "Work a stage holds", "stage",
