@@ -78,7 +78,9 @@ def exposed_names() -> set[str]:
         metrics.provider_call(provider, "m", "success", 4, 0.1, tokens=10)
     metrics.vector_work.observe(0.01)
     metrics.rate_limit_check.observe(0.001)
-    status = {"stages": {"poller": {"in_flight": 1, "credit": 2, "left_alone": {"x": 1}}, "dispatcher": {"queued": 1}},
+    status = {"stages": {"poller": {"in_flight": 1, "credit": 2, "window": 256, "left_alone": {"x": 1},
+                                    "leased_elsewhere": 0, "adopted": 0}, "dispatcher": {"queued": 1}},
+              "coordination": {"available": True, "held": 0},
               "restarts": {"poller": 0}, "process_worker_restarts": 0, "outbox": 0,
               "breakers": {"ollama": {"state": "closed"}},
               "rate_limits": {"tiers": [{"period": "minute", "limit": 5, "used": 1, "remaining": 4}],
