@@ -36,6 +36,8 @@ class DelayRelay:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for source, target, counter in ((client, upstream, self.sent_up), (upstream, client, self.sent_down)):
                 self._pipe(source, target, counter)
 
