@@ -486,3 +486,36 @@ def test_transfer_encoding_with_content_length_reads_the_chunks_and_closes_the_c
     client = Http1Client(server.url, timeout=5)
     assert [client.request("GET", "/", {}).body for _ in range(2)] == [b"hello", b"hello"]
     assert server.connections == 2
+
+
+def test_answers_read_before_the_rest_of_a_group_arrives_are_handed_over_early(scripted):
+    # A busy server serves a group one request at a time: what is answered is acted on at once,
+    # EARLY_ANSWERS at least at a time (each handing costs the caller a message).
+    from aitp.transport.http1 import EARLY_ANSWERS
+
+    released, waited = threading.Event(), []
+    total, first = 3 * EARLY_ANSWERS, EARLY_ANSWERS + 2
+
+    def script(peer: Peer, number: int) -> None:
+        requests = [peer.read_request() for _ in range(total)]
+        for request in requests[:EARLY_ANSWERS - 1]:             # too few to hand over...
+            peer.send(ok(request.split(b" ")[1]))
+        peer.send(b"".join(ok(request.split(b" ")[1]) for request in requests[EARLY_ANSWERS - 1:first]))
+        waited.append(released.wait(10))       # ...the rest only once the first ones were handed over
+        peer.send(b"".join(ok(request.split(b" ")[1]) for request in requests[first:]))
+        peer.read_request()
+
+    server = scripted(script)
+    seen = []
+
+    def progress(answers):
+        seen.append([a.body for a in answers])
+        released.set()
+
+    answers = Http1Client(server.url, timeout=15).pipeline(
+        "PATCH", [(f"/t/{i}", {}, b"{}") for i in range(total)], progress=progress)
+    assert [a.body for a in answers] == [f"/t/{i}".encode() for i in range(total)]
+    assert waited == [True]
+    assert seen[0] == [f"/t/{i}".encode() for i in range(len(seen[0]))]
+    assert EARLY_ANSWERS <= len(seen[0]) <= first
+    assert all(len(s) < total for s in seen)      # never told of the last one: the caller has it all then

@@ -228,11 +228,11 @@ def test_a_chunk_whose_client_call_raises_is_retried_not_stranded(sandbox, run_p
     real = TaskApiClient.patch_in_order
     raised = []
 
-    def raises_once_on_results(self, patches):
+    def raises_once_on_results(self, patches, early=None):
         if not raised and any(is_success for _, _, is_success in patches):
             raised.append(len(patches))
             raise RuntimeError("a bug in the client")
-        return real(self, patches)
+        return real(self, patches, early)
     monkeypatch.setattr(TaskApiClient, "patch_in_order", raises_once_on_results)
     server = sandbox(generated_tasks(20))
     run_pipeline(settings_for(server, tmp_path))

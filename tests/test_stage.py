@@ -40,14 +40,17 @@ def test_chunks_cover_every_item_once_and_never_outnumber_the_threads(items, pac
 class _GatedApi:
     """A task API whose PATCH groups wait at a gate: what the sender does while they are on the wire."""
 
-    def __init__(self, fail_first: bool = False) -> None:
+    def __init__(self, fail_first: bool = False, answered_early: int = 0) -> None:
         self.groups: list[list[str]] = []
         self.gate = threading.Event()
         self.in_call = threading.Semaphore(0)
         self.fail_first = fail_first
+        self.answered_early = answered_early     # of the first group, answered before the gate opens
 
-    def patch_in_order(self, patches):
+    def patch_in_order(self, patches, early=None):
         self.groups.append([task_id for task_id, _, _ in patches])
+        if self.answered_early and len(self.groups) == 1:
+            early(self.answered_early, [PatchResult(PatchOutcome.DONE, 200)] * self.answered_early)
         self.in_call.release()
         assert self.gate.wait(10)
         if self.fail_first and len(self.groups) == 1:
@@ -113,6 +116,21 @@ def test_queued_chunks_spread_over_every_thread_that_is_free():
         answers.get(timeout=10)
     pool.shutdown(wait=True)
     assert sorted(len(group) for group in api.groups) == [16, 16, 16, 16]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("fails", [False, True], ids=["answered", "client-error"])
+def test_answers_told_early_reach_their_chunks_before_the_group_ends_and_only_once(fails):
+    api = _GatedApi(fail_first=fails, answered_early=3)
+    sender, pool, answers = _sender(api, threads=1)
+    sender.send([["a1", "a2"], ["b1", "b2", "b3"]], _patch, lambda pairs: [item for item, _ in pairs])
+    assert api.in_call.acquire(timeout=10)           # the group is on the wire, its gate shut
+    early = [answers.get(timeout=10), answers.get(timeout=10)]
+    assert early == [["a1", "a2"], ["b1"]] and answers.empty()     # each chunk's answered part, in order
+    api.gate.set()
+    assert answers.get(timeout=10) == ["b2", "b3"]   # the rest, once (a client error retries only it)
+    pool.shutdown(wait=True)
+    assert answers.empty()
 
 
 @pytest.mark.timeout(20)

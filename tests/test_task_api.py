@@ -209,3 +209,51 @@ def test_the_round_trip_is_the_shortest_recent_group(scripted):
     single, three = per_request[0], per_request[1] * 3
     assert three >= 0.09 and single >= 0.03            # answered 30 ms apart
     assert client.round_trip_seconds == pytest.approx(min(single, three))
+
+
+class _TwoTokens:
+    def __init__(self):
+        self.token = "first"
+
+    def current(self):
+        return self.token
+
+    def renew(self, stale):
+        self.token = "second"
+        return self.token
+
+    def accepted(self, token):
+        pass
+
+
+def test_answers_final_before_the_group_ends_are_told_early_up_to_a_refused_token(scripted):
+    # The stages act on a group's first answers while a busy API still serves the rest
+    # (actors/patch_sender.py); a 403 is tried again with a new token, so nothing after it is final.
+    import threading
+    from aitp.transport.http1 import EARLY_ANSWERS
+    released, waited = threading.Event(), []
+    count = EARLY_ANSWERS + 2
+    done = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+    def script(peer, number):
+        if number == 1:
+            for _ in range(count):
+                peer.read_request()
+            peer.send(done * (count - 2))
+            waited.append(released.wait(10))
+            peer.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n" + done)
+        while peer.read_request() is not None:
+            peer.send(done)
+
+    server = scripted(script)
+    client = TaskApiClient(server.url, timeout=15, credentials=_TwoTokens())
+    told = []
+
+    def early(count, results):
+        told.append((count, [r.outcome for r in results[:count]]))
+        released.set()
+
+    results = client.patch_in_order([(object_id(i), IN_PROGRESS, False) for i in range(count)], early=early)
+    assert [(r.outcome, r.status) for r in results] == [(PatchOutcome.DONE, 200)] * count
+    assert waited == [True]
+    assert told == [(count - 2, [PatchOutcome.DONE] * (count - 2))]      # nothing from the 403 on

@@ -71,6 +71,9 @@ _GATHER_WEIGHT = 0.5              # of the latest group in the running mean per 
 _LATENCY_SHARE = 0.9              # of the measured time to the first answer
 _LATENCY_NAP_MAX = 1.0
 _LATENCY_DECAY = 0.9              # a first answer already there after the nap: maybe the server is nearer now
+# Answers handed over early at once, at least: each handing costs the caller a message, and answers
+# that trickle in one by one (a server writing each as it is done) would cost one each.
+EARLY_ANSWERS = 16
 
 
 class HttpTransportError(Exception):
@@ -155,17 +158,23 @@ class Http1Client:
             connection.close()
             raise
 
-    def pipeline(self, method: str, requests: list[tuple[str, dict[str, str], bytes | None]]
-                 ) -> list[Response | HttpTransportError]:
+    def pipeline(self, method: str, requests: list[tuple[str, dict[str, str], bytes | None]],
+                 progress: Callable[[list[Response]], None] | None = None) -> list[Response | HttpTransportError]:
         """Send the (path, headers, body) requests back to back on one connection, then read the
         answers in order: one write and a few reads for a group instead of a round trip each
         (benchmarks/README.md). Only for idempotent requests: the ones the server did not answer
         before closing are sent again on a fresh connection (servers close after some number of
         requests: nginx after 1,000). Returns, in order, a Response or the HttpTransportError that
-        stopped that request; after an error, the rest get it too."""
+        stopped that request; after an error, the rest get it too.
+
+        `progress`, when given, is called with the answers so far whenever reading on would wait
+        for the server and EARLY_ANSWERS or more came since it was last called (never after the
+        last one): a server serves a group one request at a time, and on a busy one the first
+        answers of a large group are worth acting on before the last come."""
         messages = [self._head(method, self.path_prefix + path, headers, body) + (body or b"")
                     for path, headers, body in requests]
         results: list[Response | HttpTransportError] = []
+        told = 0          # answers handed to `progress` so far
         while len(results) < len(messages):
             group = next_group(messages, len(results)) if self.pipelining else len(results) + 1
             try:
@@ -194,6 +203,10 @@ class Http1Client:
                     answered += 1
                     if first_at is None:
                         first_at = time.monotonic()
+                    if progress is not None and len(results) - told >= EARLY_ANSWERS \
+                            and len(results) < len(messages) and not connection.answer_waiting():
+                        progress(results)
+                        told = len(results)
             except _ClosedBeforeAnswer as exc:
                 # Closed before the next answer: the rest are sent again on a fresh connection
                 # (harmless for idempotent requests, even if the server did carry some out),
@@ -583,6 +596,10 @@ class _Connection:
         if self._max_body_bytes is not None and size > self._max_body_bytes:
             raise HttpTransportError("TooLarge", f"an answer of {size} bytes or more, over the "
                                                  f"{self._max_body_bytes} allowed")
+
+    def answer_waiting(self) -> bool:
+        """Whether the next answer can be read without waiting for the server."""
+        return bool(self._answers or self._buffer)
 
     def expect_answer(self) -> None:
         """The next bytes read begin a new answer (a pipelined one may already be buffered)."""

@@ -164,21 +164,37 @@ class TaskApiClient:
     def patch(self, task_id: str, body: bytes, *, is_success: bool = False) -> PatchResult:
         return self.patch_in_order([(task_id, body, is_success)])[0]
 
-    def patch_in_order(self, patches: list[tuple[str, bytes, bool]]) -> list[PatchResult]:
+    def patch_in_order(self, patches: list[tuple[str, bytes, bool]],
+                       early: Callable[[int, list[PatchResult | None]], None] | None = None) -> list[PatchResult]:
         """PATCH each (task id, body, is_success), pipelined on one connection (a PATCH of a state
         is idempotent, so one the server may not have carried out can be sent again). After the first
-        request without an answer the rest come back RETRY too: the API is failing."""
+        request without an answer the rest come back RETRY too: the API is failing.
+
+        `early(count, results)`, when given, is told as answers come in that results[:count] are
+        final (the answers before the first refused token, which is tried again, or the first error)."""
         for task_id, _, _ in patches:
             if not is_object_id(task_id):
                 raise ContractError(f"refusing to put task id {task_id[:40]!r} into a URL")
         results: list[PatchResult | None] = [None] * len(patches)
         todo = list(range(len(patches)))
         token = self.credentials.current()
+        final = 0
+
+        def answered(answers: list[Response]) -> None:    # the first attempt: todo is every patch, in order
+            nonlocal final
+            start = final
+            while final < len(answers) and answers[final].status not in (401, 403):
+                results[final] = _patch_result(answers[final], patches[final][2])
+                final += 1
+            if final > start:
+                early(final, results)
+
         for attempt in (1, 2):
             headers = self._headers_with(token)
             started = time.perf_counter()
             answers = self._http.pipeline("PATCH", [(f"{self._base}/{patches[i][0]}", headers, patches[i][1])
-                                                    for i in todo])
+                                                    for i in todo],
+                                          progress=answered if early is not None and attempt == 1 else None)
             elapsed = time.perf_counter() - started
             self._group_seconds.append(elapsed)
             seconds = elapsed / max(1, len(todo))
