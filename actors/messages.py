@@ -170,6 +170,13 @@ class TasksSettled(msgspec.Struct, frozen=True):
     released: bool = False       # pending again on the API (another service may take them at once)
 
 
+class TasksComputed(msgspec.Struct, frozen=True):
+    """Reporter to Poller: a provider computed this many tasks' results (their credit is still held
+    until the API takes them). The earliest sign of the pace, which the window's slow start follows."""
+
+    count: int
+
+
 class KeepLeases(msgspec.Struct, frozen=True):
     """Poller to itself, every third of a lease: renew the leases held in Redis, take over run-out ones.
     `chain` names the Poller instance that scheduled it: after a restart, the dead instance's tick

@@ -14,7 +14,7 @@ from aitp.errors import ContractError, CoordinationError, TaskApiError
 from aitp.storage.journal import Claim, OutboxEntry
 from aitp.tasks import ChatJob, TaskRejected
 from actors.messages import (KeepLeases, ListFetched, Poll, Rejection, ResultsAdopted, TakenTask, TasksClaimed,
-                             TasksRejected, TasksSettled, TasksTaken, TokenArrived)
+                             TasksComputed, TasksRejected, TasksSettled, TasksTaken, TokenArrived)
 from actors.resume import resume
 from actors.flow_window import FlowWindow
 from actors.stage import PipelineContext, Stage
@@ -108,6 +108,9 @@ class Poller(Stage):
             self._settle(message.task_ids)
             if self.ctx.leases is not None:
                 self.ctx.leases.finish(message.task_ids, final=not message.released)
+        elif isinstance(message, TasksComputed):
+            self.window.computed(message.count, time.monotonic())
+            self._resized()
         elif isinstance(message, KeepLeases):
             if message.chain == self.lease_chain:
                 self._keep_leases()
@@ -126,6 +129,10 @@ class Poller(Stage):
                 # A poll already under way may still list it as pending: ignore it there.
                 self.settled_at[task_id] = self.polls_begun
         self.window.settled(before - len(self.in_flight))
+        self._resized()
+
+    def _resized(self) -> None:
+        """Size the window again; take more when the credit it left is worth a take."""
         self._resize()
         if self.waiting_for_credit and self.credit >= self._refill_at():
             self.waiting_for_credit = False
@@ -142,6 +149,7 @@ class Poller(Stage):
         if old is not None:
             log.info("window resized", extra={"fields": {
                 "window": self.window.size, "was": old, "settle_rate": round(self.window.settle_rate, 1),
+                "start_pace": round(self.window.start_pace, 1),
                 "round_trip_ms": round((self.ctx.task_api.round_trip_seconds or 0.0) * 1000, 1)}})
 
     def _poll(self) -> None:
@@ -422,6 +430,7 @@ class Poller(Stage):
 
     def status(self) -> dict:
         return {"in_flight": len(self.in_flight), "window": self.window.size, "credit": self.credit,
+                "start_pace": round(self.window.start_pace, 1),
                 "polls": self.polls_begun, "prefetched": self.prefetched,
                 "taken": self.taken_total, "left_alone": dict(self.left_alone),
                 "leased_elsewhere": self.leased_elsewhere, "adopted": self.adopted_total}

@@ -23,8 +23,8 @@ from aitp.errors import CoordinationError
 from aitp.storage.journal import OutboxEntry
 from aitp.vectors.jobs import TaskVector
 from aitp.transport.task_api import PatchOutcome, PatchResult
-from actors.messages import (BatchEmbedded, PatchesAnswered, ReportResults, ResultsAdopted, TasksRejected,
-                             TasksReleased, TasksSettled)
+from actors.messages import (BatchEmbedded, PatchesAnswered, ReportResults, ResultsAdopted, TasksComputed,
+                             TasksRejected, TasksReleased, TasksSettled)
 from actors.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
@@ -75,6 +75,7 @@ class Reporter(Stage):
                          else self._failure(r.task_id, r.error or "no vector", message.batch_id)
                          for r in message.results],
                         journaled=message.paid or self.settings.storage.journal_unpaid_results)
+            self.tell("poller", TasksComputed(len(message.results)))
         elif isinstance(message, ResultsAdopted):
             self._store(message.entries)      # journaled: paid for by the service that died
         elif isinstance(message, TasksRejected):

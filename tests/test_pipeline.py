@@ -278,6 +278,24 @@ def test_health_answers_within_dockers_probe_time_while_stages_are_busy(sandbox,
     wait_until(lambda: drained(server), message="the rest to drain")
 
 
+def test_far_from_the_api_the_window_opens_from_the_pace_of_the_first_results(sandbox, run_pipeline, tmp_path):
+    # The Reporter tells the Poller of each batch computed (TasksComputed); through an 80 ms round
+    # trip the network's share of the window matters, so it opens past its minimum.
+    from aitp.sandbox.relay import DelayRelay
+
+    server = sandbox(generated_tasks(400))
+    relay = DelayRelay(int(server.url.rsplit(":", 1)[1]), 0.08)
+    try:
+        toml = "[processing]\nmin_in_flight = 32\nmax_in_flight = 512\n"
+        pipeline = run_pipeline(settings_for(server, tmp_path, toml, API_BASE_URL=relay.url))
+        wait_until(lambda: drained(server), timeout=120, message="the queue to drain")
+        assert server.counts() == {"succeeded": 400}
+        poller = pipeline.status()["stages"]["poller"]
+        assert poller["start_pace"] > 0 and poller["window"] > 32
+    finally:
+        relay.stop()
+
+
 def test_the_mock_provider_says_so_in_health_and_in_a_warning(sandbox, ollama, run_pipeline, tmp_path, caplog):
     server = sandbox(generated_tasks(3))
     with caplog.at_level(logging.WARNING, logger="aitp.pipeline"):
