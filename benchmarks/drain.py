@@ -51,6 +51,7 @@ class Run:
     bytes_polled: int
     provider_calls: int
     wire_bytes: tuple[int, int] | None = None   # (to the API, from it) through the relay, when there is one
+    timeline: list[tuple[float, int, int, int]] | None = None   # (s from the first claim, claimed, done, embedded)
 
     @property
     def rate(self) -> float:
@@ -66,6 +67,15 @@ class Run:
                 f"batch {self.tasks / max(1, self.provider_calls):5.1f} inputs"
                 + (f"  wire {self.wire_bytes[0] / self.tasks:5.0f} B up, {self.wire_bytes[1] / self.tasks:5.0f} B "
                    f"down per task" if self.wire_bytes else ""))
+
+    def timeline_lines(self) -> str:
+        """Every 0.1 s from the first claim: tasks claimed and not yet done, tasks done, and inputs the
+        provider embedded in that tenth (what shows a GPU waiting for work, and when)."""
+        lines, embedded_before = ["    s   claimed     done  embedded"], 0
+        for at, claimed, done, embedded in self.timeline or []:
+            lines.append(f"  {at:4.1f}  {claimed:7d}  {done:7d}  {embedded - embedded_before:8d}")
+            embedded_before = embedded
+        return "\n".join(lines)
 
 
 def _with_children(pid: int) -> list[int]:
@@ -166,7 +176,7 @@ class Peers:
 
 
 def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[str, str],
-            stop_with_signal: bool) -> Run:
+            stop_with_signal: bool, timeline: bool = False) -> Run:
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before, polled_before = peers.ollama.busy_seconds, peers.sandbox.store.bytes_polled
     calls_before = peers.ollama.calls
@@ -182,11 +192,16 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
 
     threading.Thread(target=sample, daemon=True).start()
     first = done = None
+    rows: list[tuple[float, int, int, int]] | None = [] if timeline else None
     while done is None:
         counts = peers.sandbox.counts()
         now = time.monotonic()
         if first is None and (counts.get("in_progress") or counts.get("succeeded")):
             first, busy_at_first, cpu_at_first = now, peers.ollama.busy_seconds, _tree_cpu_seconds(process.pid)
+            inputs_at_first = peers.ollama.inputs
+        if rows is not None and first is not None and now - first >= 0.1 * len(rows):
+            rows.append((now - first, counts.get("in_progress", 0), counts.get("succeeded", 0),
+                         peers.ollama.inputs - inputs_at_first))
         if counts.get("succeeded", 0) >= tasks:
             done, cpu_at_done = now, _tree_cpu_seconds(process.pid)
         elif process.poll() is not None:
@@ -204,7 +219,7 @@ def measure(label: str, command: list[str], peers: Peers, tasks: int, env: dict[
     relay = peers.relay
     wire = (relay.sent_up.value - wire_before[0], relay.sent_down.value - wire_before[1]) if relay else None
     return Run(label, tasks, done - first, cpu, cpu_at_done - cpu_at_first, system, peak[0], busy / (done - first),
-               peers.sandbox.store.bytes_polled - polled_before, peers.ollama.calls - calls_before, wire)
+               peers.sandbox.store.bytes_polled - polled_before, peers.ollama.calls - calls_before, wire, rows)
 
 
 def service_env(peers: Peers, data_dir: str, **extra: str) -> dict[str, str]:
@@ -214,12 +229,12 @@ def service_env(peers: Peers, data_dir: str, **extra: str) -> dict[str, str]:
 
 
 def run_service(tasks: int, call_cost: float, input_cost: float, label: str = "aitp run", rtt_ms: float | None = None,
-                **extra: str) -> Run:
+                timeline: bool = False, **extra: str) -> Run:
     peers = Peers(tasks, call_cost, input_cost, rtt_ms)
     try:
         with tempfile.TemporaryDirectory() as data_dir:
             return measure(label, [sys.executable, "-m", "actors", "run"], peers, tasks,
-                           service_env(peers, data_dir, **extra), stop_with_signal=True)
+                           service_env(peers, data_dir, **extra), stop_with_signal=True, timeline=timeline)
     finally:
         peers.stop()
 
@@ -412,6 +427,8 @@ def main() -> None:
                         help="also drain with the task API this many ms away (round trip) and compare with loopback")
     parser.add_argument("--services", type=int, default=0, metavar="N",
                         help="N services sharing a Redis (each with its own Ollama stub) against one service")
+    parser.add_argument("--timeline", action="store_true",
+                        help="with --rtt: print each run's tasks claimed, done and embedded every 0.1 s")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="ENV=VALUE",
                         help="an environment setting for aitp run (not in the sweep); may be repeated")
     args = parser.parse_args()
@@ -435,11 +452,14 @@ def main() -> None:
         ratios = []
         for _ in range(args.repeat):
             near = run_service(args.tasks, args.call_cost, args.input_cost, "aitp run, loopback", rtt_ms=0.0,
-                               **settings)
+                               timeline=args.timeline, **settings)
             print(near.line(), flush=True)
             far = run_service(args.tasks, args.call_cost, args.input_cost, f"aitp run, {args.rtt:g} ms away",
-                              rtt_ms=args.rtt, **settings)
+                              rtt_ms=args.rtt, timeline=args.timeline, **settings)
             print(far.line(), flush=True)
+            if args.timeline:
+                for run in (near, far):
+                    print(f"{run.label}:\n{run.timeline_lines()}", flush=True)
             ratios.append(far.rate / near.rate)
         print(f"WAN: with the task API {args.rtt:g} ms away, aitp drains at {statistics.median(ratios):.0%} of its "
               f"loopback rate (" + ", ".join(f"{r:.0%}" for r in ratios) + ")", flush=True)
