@@ -11,6 +11,9 @@ ChatRouter does the same for the LLM task types' chat models.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+
 from aitp.breakers import ProviderBreaker
 from aitp.errors import ProviderError
 from aitp.providers import Provider
@@ -76,20 +79,26 @@ class Router:
 
 
 class ChatRouter:
-    """Which provider runs an LLM task's chat model, in PROCESSING_MODE's order: Ollama (only for a
-    model the operator mapped to a local one in [models.chat]), then the OpenAI endpoint (or the
-    mock) with the model the task names. An open breaker is passed over; a provider that fails for
-    want of health hands the call to the next one. When none answers, the call is an outage."""
+    """Which provider runs an LLM task's chat model, in PROCESSING_MODE's order: the Ollama hosts
+    (only for a model the operator mapped to a local one in [models.chat]; the host with the fewest
+    chat calls under way first), then the OpenAI endpoint (or the mock) with the model the task
+    names. An open breaker is passed over; a provider that fails for want of health hands the call
+    to the next one. When none answers, the call is an outage. Called from LlmWorkers' threads."""
 
     def __init__(self, providers: dict[str, Provider], breakers: dict[str, ProviderBreaker],
                  local_models: dict[str, str]) -> None:
         self.providers, self.breakers, self.local_models = providers, breakers, local_models
+        self._hosts = [name for name in providers if is_local(name)]
+        self._lock = threading.Lock()
+        self._under_way: Counter[str] = Counter()      # chat calls each provider is making now
 
     def candidates(self, model: str) -> list[tuple[str, str]]:
         """(provider, the model it runs) in order of preference."""
         order = []
-        if "ollama" in self.providers and model in self.local_models:
-            order.append(("ollama", self.local_models[model]))
+        if model in self.local_models:
+            with self._lock:        # the least busy host first; a tie keeps OLLAMA_BASE_URL's order
+                hosts = sorted(self._hosts, key=lambda name: self._under_way[name])
+            order += [(name, self.local_models[model]) for name in hosts]
         order += [(name, model) for name in self.providers if not is_local(name)]
         return order
 
@@ -109,6 +118,8 @@ class ChatRouter:
             if permit is None:
                 failures.append(f"{name}: circuit breaker open")
                 continue
+            with self._lock:
+                self._under_way[name] += 1
             try:
                 answer = self.providers[name].chat(local_model, system, user, schema_name, schema)
             except ProviderError as exc:
@@ -117,6 +128,9 @@ class ChatRouter:
                     raise
                 failures.append(f"{name}: {exc}")
                 continue
+            finally:
+                with self._lock:
+                    self._under_way[name] -= 1
             breaker.end(permit, failed=False)
             return answer, name, self.providers[name].paid
         raise ProviderError("; ".join(failures) or f"no provider for chat model {model!r}", provider="router",

@@ -190,6 +190,62 @@ def test_a_chat_outage_is_an_outage_never_an_empty_success():
     assert caught.value.retryable and caught.value.counts_as_outage
 
 
+class _Host:
+    """An Ollama host whose chat calls wait at a gate, or fail as one that is down."""
+
+    paid = False
+
+    def __init__(self, down: bool = False) -> None:
+        import threading
+        self.down, self.models = down, []
+        self.entered, self.gate = threading.Semaphore(0), threading.Event()
+
+    def chat(self, model, system, user, schema_name, schema):
+        self.models.append(model)
+        if self.down:
+            raise ProviderError("connection refused", provider="ollama")
+        self.entered.release()
+        assert self.gate.wait(10)
+        return ChatAnswer("{}", 1)
+
+
+def _hosts_router(*hosts):
+    from aitp.breakers import ProviderBreaker
+    from aitp.routing import ChatRouter
+    names = ["ollama"] + [f"ollama@{n}" for n in range(2, len(hosts) + 1)]
+    return ChatRouter(dict(zip(names, hosts)), {name: ProviderBreaker(name, 5, 30) for name in names},
+                      {"o3": "qwen2.5:7b-instruct"})
+
+
+@pytest.mark.timeout(30)
+def test_chat_calls_spread_over_every_ollama_host_the_least_busy_first():
+    import threading
+    first, second = _Host(), _Host()
+    router = _hosts_router(first, second)
+    answers = []
+    calls = [threading.Thread(target=lambda: answers.append(router.chat("o3", "s", "u", "n", {}))) for _ in range(2)]
+    calls[0].start()
+    assert first.entered.acquire(timeout=10)          # the first call holds the first host...
+    calls[1].start()
+    assert second.entered.acquire(timeout=10)         # ...so the second goes to the other one
+    first.gate.set()
+    second.gate.set()
+    for call in calls:
+        call.join(10)
+    assert first.models == second.models == ["qwen2.5:7b-instruct"]
+    assert sorted(provider for _, provider, _ in answers) == ["ollama", "ollama@2"]
+    assert router.candidates("o3")[0][0] == "ollama"  # none under way again: OLLAMA_BASE_URL's order
+
+
+@pytest.mark.timeout(30)
+def test_a_chat_call_goes_on_to_the_next_ollama_host_when_one_is_down():
+    down, up = _Host(down=True), _Host()
+    up.gate.set()
+    answer, provider, paid = _hosts_router(down, up).chat("o3", "s", "u", "n", {})
+    assert (provider, paid, down.models, up.models) == ("ollama@2", False, ["qwen2.5:7b-instruct"],
+                                                        ["qwen2.5:7b-instruct"])
+
+
 def test_the_pipeline_drains_every_llm_type_and_each_patch_body_has_the_contract_shape(
         sandbox, run_pipeline, tmp_path):
     wikidata = WikidataStub()
