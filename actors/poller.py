@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -33,6 +34,9 @@ KEEP_PER_CREDIT = 8
 _KEEP_BYTES = 16 * 1024 * 1024
 # A fetch of the pending list this slow is overlapped with takes from the list before it.
 _PREFETCH_WORTH_SECONDS = 0.05
+# Names each Poller instance's chain of KeepLeases ticks: a counter, as id() of a Poller that was
+# freed may be handed to the one restarted after it, whose chain would then take the old ticks.
+_LEASE_CHAINS = itertools.count(1)
 
 
 @dataclass
@@ -76,7 +80,7 @@ class Poller(Stage):
         self.prefetched = 0                      # lists fetched ahead of need and then taken from
         self.leased_elsewhere = 0                # tasks another service held a lease for (Redis)
         self.adopted_total = 0                   # tasks taken over from services whose leases ran out
-        self.lease_chain = id(self)              # this instance's KeepLeases ticks (see KeepLeases)
+        self.lease_chain = next(_LEASE_CHAINS)   # this instance's KeepLeases ticks (see KeepLeases)
 
     def setup(self) -> None:
         self.start_pool(1)         # the thread fetching pending lists

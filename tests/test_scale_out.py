@@ -234,3 +234,41 @@ def test_a_dead_services_paid_results_are_sent_by_another_never_paid_for_again(s
     assert sum(line.get("with_paid_results", 0) for line in logs) == 6
     survivor.signal(signal.SIGTERM)
     assert survivor.wait(60) == 0
+
+
+def test_a_restarted_poller_keeps_one_chain_of_lease_ticks(sandbox, redis_server, run_pipeline, tmp_path):
+    # The Poller renews its leases on a tick that schedules the next. The tick a failed Poller had
+    # scheduled still arrives after its restart; taken by the new Poller as its own, it would start
+    # a second chain, and renewals would double with every restart. One chain's ticks are a whole
+    # interval apart: each is scheduled only when the one before is handled.
+    import threading
+    import time
+
+    from actors.messages import KeepLeases, TasksSettled
+    from conftest import FailOnce, settings_for
+
+    fault = FailOnce("poller", lambda stage, message: isinstance(message, TasksSettled))
+    ticks: list[tuple[float, int]] = []          # (when handled, chain) of the ticks acted on
+    lock = threading.Lock()
+
+    def hook(stage, message):
+        if stage.name == "poller" and isinstance(message, KeepLeases) and message.chain == stage.lease_chain:
+            with lock:
+                ticks.append((time.monotonic(), message.chain))
+        fault(stage, message)
+
+    lease_seconds = 0.6
+    server = sandbox(generated_tasks(30))
+    pipeline = run_pipeline(settings_for(server, tmp_path, f"[coordination]\nlease_seconds = {lease_seconds}\n",
+                                         REDIS_URL=redis_server().url), before_message=hook)
+    wait_until(lambda: pipeline.status()["restarts"]["poller"] == 1, message="the Poller to restart")
+
+    def after_restart():
+        with lock:
+            last = ticks[-1][1] if ticks else None
+            return [at for at, chain in ticks if chain == last]
+
+    wait_until(lambda: len(after_restart()) >= 8, timeout=60, message="eight ticks after the restart")
+    times = after_restart()
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert min(gaps) >= lease_seconds / 3 - 0.001, gaps
