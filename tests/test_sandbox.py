@@ -1,3 +1,5 @@
+from collections import Counter
+
 import requests
 
 from aitp.sandbox.seed import demo_tasks, generated_tasks, object_id
@@ -68,3 +70,18 @@ def test_the_sandbox_warns_when_it_listens_beyond_loopback(caplog):
         server.start()
     server.stop()
     assert any("stand-in for tests and demos" in record.getMessage() for record in caplog.records)
+
+
+def test_counts_follow_every_change_of_state(sandbox):
+    # Kept as states change rather than counted over every task at each read (tests and
+    # benchmarks read them every few ms, under the lock the request handlers need).
+    server = sandbox(generated_tasks(5))
+    assert server.counts() == {"pending": 5}
+    requests.patch(f"{server.url}/api/ai-tasks/{object_id(0)}", json={"state": "in_progress"}, timeout=5)
+    requests.patch(f"{server.url}/api/ai-tasks/{object_id(1)}", json={"state": "failed", "error": "x"}, timeout=5)
+    assert server.counts() == {"pending": 3, "in_progress": 1, "failed": 1}
+    server.add_tasks([{**generated_tasks(1)[0], "state": "succeeded"}])   # the same id again, replaced
+    server.remove_task(object_id(1))
+    server.add_raw_entry("raw-1", b"\xff")
+    assert server.counts() == {"pending": 4, "succeeded": 1}
+    assert server.counts() == dict(Counter(t["state"] for t in server.store.tasks.values()))
