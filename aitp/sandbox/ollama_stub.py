@@ -15,13 +15,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
-
 import msgspec
 import numpy as np
 
 from aitp.vectors.float32_text import shortest_float32
-from aitp.transport.httpserver import QuietServer
+from aitp.sandbox.stand_in import JsonHandler, StandIn
 from aitp.vectors.checks import checked_unit_vectors
 
 POISON = "<<nan>>"   # an input containing this makes the stub's model produce NaN
@@ -34,7 +32,9 @@ def stub_vector(model: str, text: str, dimension: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(dimension) * 3.0
 
 
-class OllamaStub:
+class OllamaStub(StandIn):
+    thread_name = "ollama-stub"
+
     def __init__(self, *, models: dict[str, int] | None = None, installed: list[str] | None = None,
                  context_chars: int = 8192, call_cost: float = 0.0, input_cost: float = 0.0,
                  normalised: bool = True, honours_truncate: bool = True, host: str = "127.0.0.1",
@@ -57,21 +57,10 @@ class OllamaStub:
         self.chat_requests: list[dict] = []   # each /api/chat request as it came
         self.requests_via_proxy = 0           # requests that came with a Via header
         self.busy_seconds = 0.0
-        self._server = QuietServer((host, port), _handler(self))
+        super().__init__(host, port, _handler(self))
 
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> str:
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="ollama-stub", daemon=True).start()
-        return self.url
-
-    def stop(self) -> None:
+    def release_held(self) -> None:
         self.gate.set()
-        self._server.shutdown()
-        self._server.server_close()
 
     def chat(self, request: dict) -> tuple[int, bytes]:
         """/api/chat with `format` as a JSON schema: a schema-valid answer (see providers.mock)."""
@@ -132,21 +121,8 @@ class OllamaStub:
         return shortest_float32(checked_unit_vectors(raw, len(inputs), None)).tolist()
 
 
-def _handler(stub: OllamaStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
-            pass
-
-        def _reply(self, status: int, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+def _handler(stub: OllamaStub) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/api/tags":
                 names = [{"name": f"{name}:latest", "model": f"{name}:latest"} for name in sorted(stub.installed)]

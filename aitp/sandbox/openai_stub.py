@@ -14,12 +14,11 @@ import base64
 import hashlib
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import msgspec
 import numpy as np
 
-from aitp.transport.httpserver import QuietServer
+from aitp.sandbox.stand_in import JsonHandler, StandIn
 from aitp.sandbox.ollama_stub import POISON
 
 STUB_KEY = "sk-stub-0123456789abcdef"
@@ -38,7 +37,9 @@ class Injected(msgspec.Struct):
     headers: dict[str, str] = {}
 
 
-class OpenAIStub:
+class OpenAIStub(StandIn):
+    thread_name, url_path = "openai-stub", "/v1"
+
     def __init__(self, *, models: dict[str, int] | None = None, api_key: str = STUB_KEY,
                  context_chars: int = 8192, host: str = "127.0.0.1", port: int = 0) -> None:
         self.models = models or {"text-embedding-3-small": 1536, "text-embedding-ada-002": 1536}
@@ -52,21 +53,10 @@ class OpenAIStub:
         self.most_in_flight = 0
         self.gate = threading.Event()       # cleared: calls wait at the gate until it is set
         self.gate.set()
-        self._server = QuietServer((host, port), _handler(self))
+        super().__init__(host, port, _handler(self))
 
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> str:
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="openai-stub", daemon=True).start()
-        return self.url
-
-    def stop(self) -> None:
+    def release_held(self) -> None:
         self.gate.set()
-        self._server.shutdown()
-        self._server.server_close()
 
     def chat(self, request: dict) -> tuple[int, bytes, dict[str, str]]:
         """Chat completions with structured outputs: a schema-valid answer (see providers.mock)."""
@@ -148,23 +138,8 @@ def _error(message: str, kind: str, *, param: str | None = None, code: str | Non
     return msgspec.json.encode({"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
-def _handler(stub: OpenAIStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
-            pass
-
-        def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
+def _handler(stub: OpenAIStub) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         def _authorised(self) -> bool:
             if self.headers.get("Authorization") == f"Bearer {stub.api_key}":
                 return True

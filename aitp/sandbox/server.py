@@ -22,7 +22,6 @@ import struct
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote
 
 import msgspec
@@ -30,7 +29,7 @@ import requests
 
 from aitp.config import is_loopback
 from aitp.contract import STATES
-from aitp.transport.httpserver import QuietServer
+from aitp.sandbox.stand_in import JsonHandler, StandIn
 
 log = logging.getLogger("aitp.sandbox")
 _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
@@ -122,8 +121,10 @@ class _Store:
             self._pending_cache = None
 
 
-class SandboxServer:
+class SandboxServer(StandIn):
     """Start with `start()` (returns the base URL), stop with `stop()`; safe to use from tests."""
+
+    thread_name = "sandbox"
 
     def __init__(self, tasks: list[dict] | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  client_id: str | None = None, client_secret: str | None = None,
@@ -145,17 +146,11 @@ class SandboxServer:
                                                  # ValidationPipe with forbidNonWhitelisted)
         self.reject_results_of: set[str] = set() # store `succeeded`, then answer 400 (a callback that refused it)
         self.outage_over = threading.Event()
-        self._server = QuietServer((host, port), _make_handler(self))
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port, _make_handler(self))
 
     @property
     def requires_token(self) -> bool:
         return self.client_id is not None or self.introspection_url is not None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def token_url(self) -> str:
@@ -166,14 +161,13 @@ class SandboxServer:
         if not is_loopback(host):
             log.warning("the sandbox task API listens beyond loopback: it is a stand-in for tests and demos, "
                         "with every task in memory, not a production server", extra={"fields": {"host": host}})
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="sandbox", daemon=True)
-        self._thread.start()
-        return self.url
+        return super().start()
+
+    def release_held(self) -> None:
+        self.outage_over.set()   # let hanging requests go
 
     def stop(self) -> None:
-        self.outage_over.set()   # let hanging requests go
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
         if self._introspection is not None:
             self._introspection.close()
 
@@ -297,22 +291,9 @@ def result_fits(task_type: object, result: object) -> bool:
     return isinstance(result, list) and bool(result) and all(isinstance(x, (int, float)) for x in result)
 
 
-def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as a NestJS server behind a proxy offers
-        disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms delayed-ACK stall
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet by design
-            pass
-
-        def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
+def _make_handler(sandbox: SandboxServer) -> type[JsonHandler]:
+    class Handler(JsonHandler):
+        content_type = "application/json; charset=utf-8"     # as NestJS answers
 
         def _json(self, status: int, obj: object) -> None:
             try:

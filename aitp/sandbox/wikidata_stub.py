@@ -6,12 +6,11 @@ is recorded with its headers, so tests can check the etiquette."""
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 
-from aitp.transport.httpserver import QuietServer
+from aitp.sandbox.stand_in import JsonHandler, StandIn
 
 HUMAN, PUBLIC_COMPANY, ONLINE_NEWSPAPER, CONFERENCE, TOPIC = "Q5", "Q891723", "Q1153191", "Q2020153", "Q1969448"
 
@@ -43,31 +42,20 @@ ITEMS: dict[str, tuple[str, str, str | None, list[str], list[str], int, str | No
 }
 
 
-class WikidataStub:
+class WikidataStub(StandIn):
+    thread_name = "wikidata-stub"
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.lock = threading.Lock()
         self.requests: list[dict] = []       # path, params and User-Agent of every request
         self.fail_next: list[tuple[int, dict[str, str]]] = []    # (status, headers) for the next calls
         self.maxlag_next = 0                 # answer the next N API calls with a maxlag error
-        self._server = QuietServer((host, port), _handler(self))
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(host, port, _handler(self))
 
     def settings_env(self) -> dict[str, str]:
         """The environment that points aitp at this stand-in."""
         return {"AITP_WIKIDATA__API_URL": f"{self.url}/w/api.php", "AITP_WIKIDATA__SPARQL_URL": f"{self.url}/sparql",
                 "AITP_WIKIDATA__PAGEVIEWS_URL": f"{self.url}/pageviews"}
-
-    def start(self) -> str:
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="wikidata-stub", daemon=True).start()
-        return self.url
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def calls(self, action: str | None = None) -> list[dict]:
         with self.lock:
@@ -102,22 +90,10 @@ class WikidataStub:
         return {"entities": out, "success": 1}
 
 
-def _handler(stub: WikidataStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
-            pass
-
-        def _reply(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
-            data = msgspec.json.encode(body)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
+def _handler(stub: WikidataStub) -> type[JsonHandler]:
+    class Handler(JsonHandler):
+        def _answer(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
+            self._reply(status, msgspec.json.encode(body), headers)
 
         def do_GET(self) -> None:  # noqa: N802
             parts = urlsplit(self.path)
@@ -130,29 +106,29 @@ def _handler(stub: WikidataStub) -> type[BaseHTTPRequestHandler]:
                 if lagging:
                     stub.maxlag_next -= 1
             if injected is not None:
-                return self._reply(injected[0], {"error": "injected"}, injected[1])
+                return self._answer(injected[0], {"error": "injected"}, injected[1])
             if lagging:
-                return self._reply(200, {"error": {"code": "maxlag", "info": "Waiting for a replica: 6 s lagged"}},
+                return self._answer(200, {"error": {"code": "maxlag", "info": "Waiting for a replica: 6 s lagged"}},
                                    {"Retry-After": "0"})
             if parts.path == "/w/api.php" and params.get("action") == "wbsearchentities":
-                return self._reply(200, stub.search(params.get("search", ""), params.get("language", "en"),
+                return self._answer(200, stub.search(params.get("search", ""), params.get("language", "en"),
                                                     int(params.get("limit", "7"))))
             if parts.path == "/w/api.php" and params.get("action") == "wbgetentities":
                 ids = [i for i in params.get("ids", "").split("|") if i]
                 if len(ids) > 50:
-                    return self._reply(200, {"error": {"code": "toomanyvalues", "info": "limit is 50"}})
-                return self._reply(200, stub.entities(ids))
+                    return self._answer(200, {"error": {"code": "toomanyvalues", "info": "limit is 50"}})
+                return self._answer(200, stub.entities(ids))
             if parts.path == "/sparql":
                 entity_id = params.get("query", "").rsplit("wd:", 1)[-1].split()[0] if "wd:" in params.get(
                     "query", "") else ""
                 count = ITEMS[entity_id][5] * 37 if entity_id in ITEMS else 0
-                return self._reply(200, {"results": {"bindings": [{"count": {"value": str(count)}}]}})
+                return self._answer(200, {"results": {"bindings": [{"count": {"value": str(count)}}]}})
             if parts.path.startswith("/pageviews/"):
                 title = unquote(parts.path.split("/")[5]).replace("_", " ")
                 known = {item[6] for item in ITEMS.values()}
                 if title not in known:
-                    return self._reply(404, {"type": "not found"})
-                return self._reply(200, {"items": [{"views": 1000 + len(title)} for _ in range(30)]})
-            self._reply(404, {"error": "not found"})
+                    return self._answer(404, {"type": "not found"})
+                return self._answer(200, {"items": [{"views": 1000 + len(title)} for _ in range(30)]})
+            self._answer(404, {"error": "not found"})
 
     return Handler
