@@ -126,6 +126,23 @@ def test_a_model_deleted_while_running_is_pulled_again_and_the_batch_embedded(ol
     assert stub.embedded == ["a", "b"]
 
 
+def test_a_chat_model_deleted_while_running_is_pulled_again_and_the_task_answered(ollama):
+    stub = ollama(models={"nomic-embed-text": 8, "qwen2.5:7b-instruct": 0})
+    provider = OllamaProvider(settings_for(stub.url, AITP_MODELS__CHAT='{"o3": "qwen2.5:7b-instruct"}'))
+    provider.prepare()
+    stub.installed.discard("qwen2.5:7b-instruct")    # `ollama rm` while aitp runs: chat answers 404
+    schema = {"type": "object", "properties": {"level": {"type": "string"}}, "required": ["level"],
+              "additionalProperties": False}
+    answer = provider.chat("qwen2.5:7b-instruct", "sys", "user", "defining_severity", schema)
+    assert "level" in answer.content and stub.pulls == ["qwen2.5:7b-instruct"]
+    assert [request["model"] for request in stub.chat_requests] == ["qwen2.5:7b-instruct"] * 2
+    stub.installed.discard("qwen2.5:7b-instruct")
+    stub.models.pop("qwen2.5:7b-instruct")            # gone from the registry too: the pull fails
+    with pytest.raises(ProviderError) as caught:
+        provider.chat("qwen2.5:7b-instruct", "sys", "user", "defining_severity", schema)
+    assert caught.value.retryable and caught.value.counts_as_outage      # back to pending, never failed
+
+
 def test_a_model_that_cannot_be_pulled_again_is_an_outage_not_the_tasks_fault(ollama):
     stub = ollama(models={"nomic-embed-text": 8})
     provider = OllamaProvider(settings_for(stub.url, AITP_OLLAMA__PULL_MISSING_MODELS="false"))

@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 import time
+from typing import Callable, TypeVar
 
 import msgspec
 
@@ -16,6 +17,7 @@ from aitp.providers.base import ChatAnswer, Provider, RawEmbedding
 from aitp.transport.tls import client_context, requests_session
 
 log = logging.getLogger("aitp.providers.ollama")
+T = TypeVar("T")
 
 
 class _Model(msgspec.Struct):
@@ -155,17 +157,22 @@ class OllamaProvider(Provider):
         raise ProviderError(f"Ollama ended the pull of {model!r} without success", provider=self.name)
 
     def embed(self, model: str, texts: list[str]) -> RawEmbedding:
-        try:
+        if _base_name(model) not in self._supported:
             return self._embed(model, texts)
+        return self._pulled_if_gone(model, lambda: self._embed(model, texts))
+
+    def _pulled_if_gone(self, model: str, call: Callable[[], T]) -> T:
+        """`call()`; if Ollama says the model is gone (deleted while we ran, or another Ollama behind
+        the same address), pull it again and call once more. If that fails too, the call is retried
+        as after an outage and its tasks go back to pending: a missing model is never the tasks' fault."""
+        try:
+            return call()
         except ProviderError as exc:
-            if exc.status != 404 or _base_name(model) not in self._supported:
+            if exc.status != 404:
                 raise
-        # The model is gone (deleted while we ran, or another Ollama behind the same address): pull
-        # it again and try once more. If that fails too, the batch is retried as after an outage and
-        # its tasks go back to pending: a missing model is never the tasks' fault.
         self._pull_again(model)
         try:
-            return self._embed(model, texts)
+            return call()
         except ProviderError as exc:
             if exc.status != 404:
                 raise
@@ -201,7 +208,13 @@ class OllamaProvider(Provider):
 
     def chat(self, model: str, system: str, user: str, schema_name: str, schema: dict) -> ChatAnswer:
         """/api/chat with `format` set to the JSON schema (structured outputs) and no streaming.
-        `model` is the local model (the operator's [models.chat] mapping chose it)."""
+        `model` is the local model (the operator's [models.chat] mapping chose it); pulled again if
+        it is gone, as embedding models are."""
+        if model not in self._chat_models:
+            return self._chat(model, system, user, schema)
+        return self._pulled_if_gone(model, lambda: self._chat(model, system, user, schema))
+
+    def _chat(self, model: str, system: str, user: str, schema: dict) -> ChatAnswer:
         body = _encoder.encode({"model": model, "stream": False, "format": schema, "options": {"temperature": 0},
                                 "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]})
         response = self._post(self._chat_client, "/api/chat", body)

@@ -125,7 +125,9 @@ def _handler(stub: OllamaStub) -> type[JsonHandler]:
     class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/api/tags":
-                names = [{"name": f"{name}:latest", "model": f"{name}:latest"} for name in sorted(stub.installed)]
+                # As Ollama lists them: a name with its tag, `:latest` where it was given none.
+                tagged = [name if ":" in name else f"{name}:latest" for name in sorted(stub.installed)]
+                names = [{"name": name, "model": name} for name in tagged]
                 return self._reply(200, msgspec.json.encode({"models": names}))
             self._reply(404, b"404 page not found")
 
