@@ -93,3 +93,23 @@ def test_a_service_that_never_looks_anything_up_creates_no_cache_file(tmp_path):
                             user_agent=USER_AGENT, timeout=5, cache=cache)
     client.close()
     assert not (tmp_path / "cache.sqlite3").exists()
+
+
+@pytest.mark.parametrize("agent, warned", [(None, True), ("newsroom-bot/2 (ops@example.org)", False)])
+def test_the_shipped_user_agent_is_warned_about_at_the_first_look_up_only(tmp_path, caplog, agent, warned):
+    # Wikimedia asks for the operator's contact in the User-Agent. Said when Wikidata is first
+    # used (its session made), not at every start: an embedding-only service never looks anything up.
+    import logging
+
+    from aitp.config import load_config
+    from aitp.transport.wikidata import wikidata_client_for
+    environ = {"AITP_DATA_DIR": str(tmp_path), **({"AITP_WIKIDATA__USER_AGENT": agent} if agent else {})}
+    settings = load_config(environ=environ, dotenv_dir=tmp_path).settings
+    with caplog.at_level(logging.WARNING, logger="aitp.wikidata"):
+        client = wikidata_client_for(settings)
+        assert not caplog.records
+        client._http()                 # what the first look-up does (no request is made here)
+        client._http()
+        client.close()
+    said = [r for r in caplog.records if "user_agent" in r.getMessage()]
+    assert len(said) == (1 if warned else 0)

@@ -57,12 +57,14 @@ class WikidataClient:
     def __init__(self, *, api_url: str, sparql_url: str, pageviews_url: str, user_agent: str, timeout: float,
                  cache: TtlCache | None = None, breaker: ProviderBreaker | None = None, max_attempts: int = 4,
                  max_wait_seconds: float = 30.0, concurrency: int = 2,
-                 sleep: Callable[[float], None] = time.sleep, ssl_context: ssl.SSLContext | None = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, ssl_context: ssl.SSLContext | None = None,
+                 default_agent: bool = False) -> None:
         # requests, not http1: these few calls are not hot. The TLS policy is aitp/transport/tls.py's.
         # Made on the first look-up: a service that never runs an LLM task never imports requests
         # (about 70 ms and some MB at start-up).
         self._session = None
         self._ssl_context, self._user_agent = ssl_context, user_agent
+        self._default_agent = default_agent   # the shipped User-Agent, with no contact of the operator's
         self._api, self._sparql, self._pageviews = api_url, sparql_url, pageviews_url.rstrip("/")
         self._timeout, self._cache, self._breaker = timeout, cache, breaker
         self._attempts, self._max_wait, self._sleep = max_attempts, max_wait_seconds, sleep
@@ -150,6 +152,12 @@ class WikidataClient:
     def _http(self):
         with self._lock:
             if self._session is None:
+                if self._default_agent and "wikidata.org" in self._api:
+                    # Wikimedia's User-Agent policy asks for a way to reach the operator; an agent
+                    # without one may be throttled or blocked (403s and 429s for the LLM task types).
+                    log.warning("wikidata.user_agent is the default, with no contact of yours: Wikimedia asks "
+                                "for one (a URL or an e-mail address) and may block agents without it",
+                                extra={"fields": {"setting": "wikidata.user_agent (AITP_WIKIDATA__USER_AGENT)"}})
                 self._session = requests_session(self._ssl_context)
                 self._session.headers.update({"User-Agent": self._user_agent, "Accept": "application/json"})
             return self._session
@@ -254,4 +262,5 @@ def wikidata_client_for(settings, breaker: ProviderBreaker | None = None) -> Wik
                           user_agent=config.user_agent, timeout=config.timeout,
                           cache=TtlCache(settings.wikidata_cache_path, config.cache_ttl_seconds), breaker=breaker,
                           max_attempts=config.max_attempts, max_wait_seconds=config.max_wait_seconds,
-                          concurrency=config.concurrency, ssl_context=client_context(settings))
+                          concurrency=config.concurrency, ssl_context=client_context(settings),
+                          default_agent=config.user_agent == type(config)().user_agent)
