@@ -172,7 +172,8 @@ class TasksSettled(msgspec.Struct, frozen=True):
 
 class TasksComputed(msgspec.Struct, frozen=True):
     """Reporter to Poller: a provider computed this many tasks' results (their credit is still held
-    until the API takes them). The earliest sign of the pace, which the window's slow start follows."""
+    until the API takes them). The earliest sign of the pace, which the window's slow start follows;
+    sent only while it lasts (PipelineContext.window_starting)."""
 
     count: int
 

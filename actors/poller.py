@@ -63,6 +63,7 @@ class Poller(Stage):
         # Orphans are the ids a previous instance (or the last run, via the journal) had in flight.
         self.in_flight: set[str] = set(self.inherited)
         self.settled_at: dict[str, int] = {}      # id -> number of the last poll begun before it settled
+        self._pruned_before = 0                   # settled_at holds nothing older than this poll
         self.polls_begun = 0
         self.poll_scheduled = False
         self.waiting_for_credit = False
@@ -83,6 +84,7 @@ class Poller(Stage):
         self.lease_chain = next(_LEASE_CHAINS)   # this instance's KeepLeases ticks (see KeepLeases)
 
     def setup(self) -> None:
+        self.ctx.window_starting = True     # a new window starts again (TasksComputed)
         self.start_pool(1)         # the thread fetching pending lists
         self._schedule(0)
         if self.ctx.leases is not None:
@@ -150,6 +152,7 @@ class Poller(Stage):
 
     def _resize(self) -> None:
         old = self.window.resize(time.monotonic(), self.ctx.task_api.round_trip_seconds)
+        self.ctx.window_starting = self.window.starting
         if old is not None:
             log.info("window resized", extra={"fields": {
                 "window": self.window.size, "was": old, "settle_rate": round(self.window.settle_rate, 1),
@@ -201,7 +204,11 @@ class Poller(Stage):
         held.taken_from = True
         if taken and self.ctx.leases is not None:
             taken = self._leased(taken)
-        self.settled_at = {k: v for k, v in self.settled_at.items() if v >= held.poll_number}
+        if held.poll_number > self._pruned_before:
+            # Settled before this list's poll began: no list taken from from now on can name them
+            # as pending. Once per list, not per take (the dict holds a list's life of tasks).
+            self.settled_at = {k: v for k, v in self.settled_at.items() if v >= held.poll_number}
+            self._pruned_before = held.poll_number
         if held.cursor >= len(held.pending):
             self.held = None
             # The server listed more than was kept: poll again at once, unless this list gave

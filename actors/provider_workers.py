@@ -94,8 +94,11 @@ class ProviderWorkers(Stage):
 
     def _pump(self) -> None:
         busy = Counter(self.active.values())
+        # Once every slot is taken the rest of the queue waits as it is: a pass over all of it at
+        # each message (a finished call, a batch) cost more than the calls it started.
+        free = sum(max(0, self.limit - busy[name]) for name in self.router.providers)
         waiting: deque[EmbedBatch] = deque()
-        while self.queue:
+        while self.queue and free:
             batch = _least_busy_host(self.queue.popleft(), busy)
             provider = batch.provider
             assert provider is not None
@@ -106,10 +109,12 @@ class ProviderWorkers(Stage):
             if batch is None:
                 continue
             busy[provider] += 1
+            free -= 1
             self.active[batch.batch_id] = provider
             self.calls[provider] += 1
             assert self.pool is not None
             self.pool.submit(self._call, batch, provider)
+        waiting.extend(self.queue)
         self.queue = waiting
         if not self.queue and not self.said_hungry and any(busy[name] < self.limit for name in self.router.providers):
             self.said_hungry = True   # the Dispatcher may now send a partial batch rather than let a slot idle

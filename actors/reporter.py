@@ -75,7 +75,8 @@ class Reporter(Stage):
                          else self._failure(r.task_id, r.error or "no vector", message.batch_id)
                          for r in message.results],
                         journaled=message.paid or self.settings.storage.journal_unpaid_results)
-            self.tell("poller", TasksComputed(len(message.results)))
+            if self.ctx.window_starting:
+                self.tell("poller", TasksComputed(len(message.results)))
         elif isinstance(message, ResultsAdopted):
             self._store(message.entries)      # journaled: paid for by the service that died
         elif isinstance(message, TasksRejected):
