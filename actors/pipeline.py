@@ -336,6 +336,7 @@ class Pipeline:
                       "expires_at": authenticator.get("expires_at"), "last_error": authenticator.get("last_error")},
             "rate_limits": status.get("rate_limits", {}),
             "in_flight": status["stages"].get("poller", {}).get("in_flight", 0),
+            "window": status["stages"].get("poller", {}).get("window"),     # tasks it may hold in flight
             "outbox": status.get("outbox", 0),
             "coordination": status.get("coordination"),
             "process_worker_restarts": status.get("process_worker_restarts", 0),

@@ -292,6 +292,7 @@ def test_far_from_the_api_the_window_opens_from_the_pace_of_the_first_results(sa
         assert server.counts() == {"succeeded": 400}
         poller = pipeline.status()["stages"]["poller"]
         assert poller["start_pace"] > 0 and poller["window"] > 32
+        assert pipeline.health()[1]["window"] > 32           # what an operator sees in /health
     finally:
         relay.stop()
 
