@@ -603,7 +603,7 @@ class _Connection:
 
     def expect_answer(self) -> None:
         """The next bytes read begin a new answer (a pipelined one may already be buffered)."""
-        self._received_any = bool(self._buffer or self._answers or self._partial is not None)
+        self._received_any = self.answer_waiting() or self._partial is not None
 
     def read_response(self, method: str, body_sink: BodySink | None = None) -> tuple[Response, bool]:
         """The next answer on this connection and whether the connection may be used again. With
