@@ -9,7 +9,7 @@ import tempfile
 import time
 from typing import TextIO
 
-from aitp.config import load_config
+from aitp.config import Settings, load_config
 from aitp.contract import is_object_id
 from aitp.sandbox import SandboxServer, demo_tasks
 from aitp.sandbox.wikidata_stub import WikidataStub
@@ -28,19 +28,8 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
     wikidata = WikidataStub()                  # the LLM task types' look-ups, answered locally
     wikidata.start()
     with tempfile.TemporaryDirectory(prefix="aitp-demo-") as data_dir:
-        settings = load_config(dotenv_dir=data_dir, environ={
-            "API_BASE_URL": sandbox.url, "OAUTH2_TOKEN_URL": sandbox.token_url,
-            "OAUTH2_CLIENT_ID": "aitp-demo", "OAUTH2_CLIENT_SECRET": sandbox.client_secret or "",
-            "PROCESSING_MODE": "mock",
-            "AITP_DATA_DIR": data_dir, "POLLING_INTERVAL_SECONDS": "0.5",
-            "METRICS_PORT": "0",   # any free port: the demo must not collide with a running service
-            **wikidata.settings_env(),
-        }).settings
-        good = tasks + 4 * per_llm_type
-        print(f"aitp demo: sandbox task API at {sandbox.url} with {len(queue)} tasks "
-              f"({good} good: {tasks} embeddings and {per_llm_type} of each LLM type; "
-              f"{len(queue) - good - left_alone} malformed, {left_alone} to leave alone); mock provider and a "
-              "local Wikidata", file=out, flush=True)
+        settings = _demo_settings(sandbox, wikidata, data_dir)
+        _print_seeded(sandbox, len(queue), tasks, per_llm_type, left_alone, out)
         service = make_service(settings)
         started = time.monotonic()
         try:
@@ -56,6 +45,38 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
             sandbox.stop()
             wikidata.stop()
         elapsed = time.monotonic() - started
+    _print_summary(sandbox, elapsed, out)
+    if service.fatal_reason:
+        print(f"the service stopped: {service.fatal_reason}", file=out)
+        return 1
+    if not drained:
+        print(f"the queue did not drain within {timeout:g}s", file=out)
+        return 1
+    return 0
+
+
+def _demo_settings(sandbox: SandboxServer, wikidata: WikidataStub, data_dir: str) -> Settings:
+    """The service's settings for the demo: the sandbox and the local Wikidata, the mock provider."""
+    return load_config(dotenv_dir=data_dir, environ={
+        "API_BASE_URL": sandbox.url, "OAUTH2_TOKEN_URL": sandbox.token_url,
+        "OAUTH2_CLIENT_ID": "aitp-demo", "OAUTH2_CLIENT_SECRET": sandbox.client_secret or "",
+        "PROCESSING_MODE": "mock",
+        "AITP_DATA_DIR": data_dir, "POLLING_INTERVAL_SECONDS": "0.5",
+        "METRICS_PORT": "0",   # any free port: the demo must not collide with a running service
+        **wikidata.settings_env(),
+    }).settings
+
+
+def _print_seeded(sandbox: SandboxServer, queued: int, tasks: int, per_llm_type: int, left_alone: int,
+                  out: TextIO) -> None:
+    good = tasks + 4 * per_llm_type
+    print(f"aitp demo: sandbox task API at {sandbox.url} with {queued} tasks "
+          f"({good} good: {tasks} embeddings and {per_llm_type} of each LLM type; "
+          f"{queued - good - left_alone} malformed, {left_alone} to leave alone); mock provider and a "
+          "local Wikidata", file=out, flush=True)
+
+
+def _print_summary(sandbox: SandboxServer, elapsed: float, out: TextIO) -> None:
     counts = sandbox.counts()
     done = counts.get("succeeded", 0) + counts.get("failed", 0)
     print(f"\nsummary: {counts.get('succeeded', 0)} succeeded, {counts.get('failed', 0)} failed, "
@@ -67,13 +88,6 @@ def run_demo(make_service: ServiceFactory, *, tasks: int = 200, timeout: float =
             print(f"  {task_type:<22} {by_state.get('succeeded', 0):4d} succeeded "
                   f"{by_state.get('failed', 0):4d} failed {by_state.get('pending', 0):4d} pending",
                   file=out, flush=True)
-    if service.fatal_reason:
-        print(f"the service stopped: {service.fatal_reason}", file=out)
-        return 1
-    if not drained:
-        print(f"the queue did not drain within {timeout:g}s", file=out)
-        return 1
-    return 0
 
 
 def _show_progress(sandbox: SandboxServer, service, left_alone: int, deadline: float, out: TextIO) -> bool:

@@ -117,54 +117,70 @@ class StatusCollector:
             return
         stages = status.get("stages", {})
         poller = stages.get("poller", {})
-        yield _one(GaugeMetricFamily, "ai_tasks_in_flight", "Tasks taken and not yet settled",
-                   poller.get("in_flight", 0))
-        yield _one(GaugeMetricFamily, "aitp_poller_credit", "Tasks the poller may still take", poller.get("credit", 0))
-        yield _one(GaugeMetricFamily, "aitp_poller_window", "Tasks the poller keeps in flight at most now "
-                   "(grows with the API's round trip)", poller.get("window", 0))
-
+        yield from _poller_levels(poller)
         coordination = status.get("coordination")
         if coordination is not None:     # several services through Redis (REDIS_URL)
-            yield _one(GaugeMetricFamily, "aitp_redis_available", "1 while Redis answers (no task is taken "
-                       "without it)", 1 if coordination.get("available") else 0)
-            yield _one(GaugeMetricFamily, "aitp_leases_held", "Task leases this service holds in Redis",
-                       coordination.get("held", 0))
-            yield _one(CounterMetricFamily, "aitp_tasks_leased_elsewhere", "Tasks left to the service holding "
-                       "their lease", poller.get("leased_elsewhere", 0))
-            yield _one(CounterMetricFamily, "aitp_tasks_taken_over", "Tasks taken over from services whose "
-                       "leases ran out", poller.get("adopted", 0))
-        yield _by(GaugeMetricFamily, "aitp_stage_up", "1 while a stage runs", "stage",
-                  {name: 0 if stage.get("state") == "down" else 1 for name, stage in stages.items()})
-        yield _by(GaugeMetricFamily, "aitp_stage_queue_depth", "Work a stage holds", "stage",
-                  {name: stage.get("queued", 0) + stage.get("active", 0) for name, stage in stages.items()})
-        yield _by(CounterMetricFamily, "aitp_actor_restarts", "Stage restarts by the supervisor", "stage",
-                  status.get("restarts", {}))
-        yield _one(CounterMetricFamily, "aitp_process_worker_restarts", "Vector worker processes restarted after dying",
-                   status.get("process_worker_restarts", 0))
-        yield _one(GaugeMetricFamily, "aitp_outbox_size", "Results computed and not yet taken by the API "
-                   "(journaled, or held in memory when unpaid)",
-                   status.get("outbox", 0))
-        yield _by(CounterMetricFamily, "aitp_tasks_left_alone", "Tasks not touched, by why (a fixed few reasons)",
-                  "reason",
-                  poller.get("left_alone", {}))
-        yield _by(GaugeMetricFamily, "circuit_breaker_state", "0 closed, 1 open, 2 half-open", "service",
-                  {name: BREAKER_STATE.get(breaker.get("state"), 1)
-                   for name, breaker in status.get("breakers", {}).items()})
+            yield from _coordination_levels(coordination, poller)
+        yield from _stage_levels(status, stages, poller)
+        yield from _wikidata_counts(status.get("wikidata", {}))
+        yield from _rate_limit_levels(status.get("rate_limits", {}))
 
-        wikidata = status.get("wikidata", {})
-        for key, name, text in (("calls", "aitp_wikidata_calls", "Calls made to Wikidata (cache misses only)"),
-                                ("cache_hits", "aitp_wikidata_cache_hits", "Wikidata look-ups answered by the cache"),
-                                ("cache_misses", "aitp_wikidata_cache_misses", "Wikidata look-ups not in the cache")):
-            yield _one(CounterMetricFamily, name, text, wikidata.get(key, 0))
 
-        limits = status.get("rate_limits", {})
-        for key, name, text in (("used", "rate_limit_current_usage", "Units used in the current window"),
-                                ("limit", "rate_limit_max_allowed", "Units allowed per window"),
-                                ("remaining", "rate_limit_remaining", "Units left in the current window")):
-            yield _by(GaugeMetricFamily, name, text, "period",
-                      {tier["period"]: tier[key] for tier in limits.get("tiers", [])})
-        yield _by(CounterMetricFamily, "rate_limit_exceeded", "Reservations refused, by the tier that was full",
-                  "period", limits.get("exceeded", {}))
+def _poller_levels(poller: dict):
+    yield _one(GaugeMetricFamily, "ai_tasks_in_flight", "Tasks taken and not yet settled",
+               poller.get("in_flight", 0))
+    yield _one(GaugeMetricFamily, "aitp_poller_credit", "Tasks the poller may still take", poller.get("credit", 0))
+    yield _one(GaugeMetricFamily, "aitp_poller_window", "Tasks the poller keeps in flight at most now "
+               "(grows with the API's round trip)", poller.get("window", 0))
+
+
+def _coordination_levels(coordination: dict, poller: dict):
+    yield _one(GaugeMetricFamily, "aitp_redis_available", "1 while Redis answers (no task is taken "
+               "without it)", 1 if coordination.get("available") else 0)
+    yield _one(GaugeMetricFamily, "aitp_leases_held", "Task leases this service holds in Redis",
+               coordination.get("held", 0))
+    yield _one(CounterMetricFamily, "aitp_tasks_leased_elsewhere", "Tasks left to the service holding "
+               "their lease", poller.get("leased_elsewhere", 0))
+    yield _one(CounterMetricFamily, "aitp_tasks_taken_over", "Tasks taken over from services whose "
+               "leases ran out", poller.get("adopted", 0))
+
+
+def _stage_levels(status: dict, stages: dict, poller: dict):
+    """The stages, their restarts and queues, the outbox, what the poller left alone and the breakers."""
+    yield _by(GaugeMetricFamily, "aitp_stage_up", "1 while a stage runs", "stage",
+              {name: 0 if stage.get("state") == "down" else 1 for name, stage in stages.items()})
+    yield _by(GaugeMetricFamily, "aitp_stage_queue_depth", "Work a stage holds", "stage",
+              {name: stage.get("queued", 0) + stage.get("active", 0) for name, stage in stages.items()})
+    yield _by(CounterMetricFamily, "aitp_actor_restarts", "Stage restarts by the supervisor", "stage",
+              status.get("restarts", {}))
+    yield _one(CounterMetricFamily, "aitp_process_worker_restarts", "Vector worker processes restarted after dying",
+               status.get("process_worker_restarts", 0))
+    yield _one(GaugeMetricFamily, "aitp_outbox_size", "Results computed and not yet taken by the API "
+               "(journaled, or held in memory when unpaid)",
+               status.get("outbox", 0))
+    yield _by(CounterMetricFamily, "aitp_tasks_left_alone", "Tasks not touched, by why (a fixed few reasons)",
+              "reason",
+              poller.get("left_alone", {}))
+    yield _by(GaugeMetricFamily, "circuit_breaker_state", "0 closed, 1 open, 2 half-open", "service",
+              {name: BREAKER_STATE.get(breaker.get("state"), 1)
+               for name, breaker in status.get("breakers", {}).items()})
+
+
+def _wikidata_counts(wikidata: dict):
+    for key, name, text in (("calls", "aitp_wikidata_calls", "Calls made to Wikidata (cache misses only)"),
+                            ("cache_hits", "aitp_wikidata_cache_hits", "Wikidata look-ups answered by the cache"),
+                            ("cache_misses", "aitp_wikidata_cache_misses", "Wikidata look-ups not in the cache")):
+        yield _one(CounterMetricFamily, name, text, wikidata.get(key, 0))
+
+
+def _rate_limit_levels(limits: dict):
+    for key, name, text in (("used", "rate_limit_current_usage", "Units used in the current window"),
+                            ("limit", "rate_limit_max_allowed", "Units allowed per window"),
+                            ("remaining", "rate_limit_remaining", "Units left in the current window")):
+        yield _by(GaugeMetricFamily, name, text, "period",
+                  {tier["period"]: tier[key] for tier in limits.get("tiers", [])})
+    yield _by(CounterMetricFamily, "rate_limit_exceeded", "Reservations refused, by the tier that was full",
+              "period", limits.get("exceeded", {}))
 
 
 def _one(family_type, name: str, text: str, value: float):
