@@ -13,15 +13,22 @@ import logging
 import threading
 import time
 
+import msgspec
 import pykka
 
 from aitp.transport.auth import AuthStatus, Token, TokenClient, write_auth_status
 from aitp.errors import AuthError
 from aitp.observability.logs import add_secret
-from actors.messages import RefreshToken, TokenArrived
+from actors.messages import TokenArrived
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.authenticator")
+
+
+class RefreshDue(msgspec.Struct, frozen=True):
+    """The Authenticator's timer: fetch a new token; stale when a newer token came meanwhile."""
+
+    generation: int
 
 
 class TokenCell:
@@ -69,10 +76,10 @@ class Authenticator(Stage):
         token = self.cell.get()
         if self.client is not None:
             delay = 0.0 if token is None else self._refresh_delay(token)
-            self.later(delay, RefreshToken(self.generation))
+            self.later(delay, RefreshDue(self.generation))
 
     def receive(self, message) -> None:
-        if isinstance(message, RefreshToken) and message.generation == self.generation:
+        if isinstance(message, RefreshDue) and message.generation == self.generation:
             self.retry_scheduled = False
             self._fetch()
 
@@ -101,7 +108,7 @@ class Authenticator(Stage):
         self.generation += 1
         add_secret(token.access_token)
         self.cell.set(token)
-        self.later(self._refresh_delay(token), RefreshToken(self.generation))
+        self.later(self._refresh_delay(token), RefreshDue(self.generation))
         log.info("token fetched", extra={"fields": {"expires_in_s": round(token.expires_at - time.time())}})
         self._publish()
         if not had_token:   # the Poller waits for a token instead of polling without one
@@ -121,7 +128,7 @@ class Authenticator(Stage):
     def _retry_in(self, delay: float) -> None:
         if not self.retry_scheduled:
             self.retry_scheduled = True
-            self.later(delay, RefreshToken(self.generation))
+            self.later(delay, RefreshDue(self.generation))
 
     @staticmethod
     def _usable(token: Token | None) -> bool:

@@ -14,13 +14,19 @@ import uuid
 
 from aitp.tasks import ChatJob, EmbeddingJob
 from aitp.tokens import estimate_tokens
-from actors.messages import EmbedBatch, FlushBatches, ProviderHungry, RunChatTasks, TasksClaimed
+import msgspec
+
+from actors.messages import EmbedBatch, ProviderHungry, RunChatTasks, TasksClaimed
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.dispatcher")
 
 
 _MAX_HOLD_SECONDS = 1.0
+
+
+class LingerOver(msgspec.Struct, frozen=True):
+    """The Dispatcher's timer: the linger is over; send partial batches if a provider would idle."""
 
 
 def new_batch_id() -> str:
@@ -49,14 +55,14 @@ class Dispatcher(Stage):
     def receive(self, message) -> None:
         if isinstance(message, TasksClaimed):
             self._enqueue(message.jobs)
-        elif isinstance(message, FlushBatches):
+        elif isinstance(message, LingerOver):
             self.flush_scheduled = False
             held_too_long = self.held_since is not None and time.monotonic() - self.held_since >= _MAX_HOLD_SECONDS
             if self.provider_hungry or held_too_long:
                 self._flush()
             elif self.queues:
                 self.flush_scheduled = True
-                self.later(_MAX_HOLD_SECONDS, FlushBatches())
+                self.later(_MAX_HOLD_SECONDS, LingerOver())
         elif isinstance(message, ProviderHungry):
             self.provider_hungry = True
             self._flush()
@@ -81,7 +87,7 @@ class Dispatcher(Stage):
         if self.queues and not self.flush_scheduled:
             # A short linger lets a trickle of claims fill a batch instead of costing a call each.
             self.flush_scheduled = True
-            self.later(self.linger, FlushBatches())
+            self.later(self.linger, LingerOver())
 
     def _limits(self, model: str) -> tuple[int, int | None]:
         if model not in self.limits:

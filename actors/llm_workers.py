@@ -15,14 +15,26 @@ import time
 import uuid
 from collections import deque
 
+import msgspec
+
 from aitp.errors import ProviderError
 from aitp.tasks import ChatJob, LlmHandler, TaskRejected
 from aitp.vectors.jobs import TaskVector
-from actors.messages import (BatchEmbedded, ChatTaskDone, ChatTaskRetry, Rejection, RunChatTasks, TasksRejected,
+from actors.messages import (BatchEmbedded, ChatTaskDone, Rejection, RunChatTasks, TasksRejected,
                              TasksReleased)
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.llm_workers")
+
+
+class ChatRetryDue(msgspec.Struct, frozen=True):
+    """LlmWorkers' timer: run this task again after an outage's backoff."""
+
+    job: ChatJob
+    attempt: int
+
+    def carried(self) -> list[str]:
+        return [self.job.task_id]
 
 
 class LlmWorkers(Stage):
@@ -42,7 +54,7 @@ class LlmWorkers(Stage):
     def receive(self, message) -> None:
         if isinstance(message, RunChatTasks):
             self.queue.extend((job, 1) for job in message.jobs)
-        elif isinstance(message, ChatTaskRetry):
+        elif isinstance(message, ChatRetryDue):
             self.queue.append((message.job, message.attempt))
         elif isinstance(message, ChatTaskDone):
             self.running.discard(message.task_id)
@@ -75,7 +87,7 @@ class LlmWorkers(Stage):
                 log.warning("LLM task retried after an outage", extra={"fields": {
                     "task_id": job.task_id, "type": job.task_type, "error": str(exc)[:300], "attempt": attempt,
                     "retry_in_s": round(delay, 2)}})
-                self.later(delay, ChatTaskRetry(job, attempt + 1))
+                self.later(delay, ChatRetryDue(job, attempt + 1))
             else:
                 log.warning("no provider could run the LLM task; it goes back to pending",
                             extra={"fields": {"task_id": job.task_id, "error": str(exc)[:300]}})

@@ -1,4 +1,18 @@
-"""The messages the stages exchange: small frozen structs named for what happened."""
+"""The messages the stages exchange: small frozen structs named for what happened.
+
+A stage's own timers (the Poller's PollDue and LeaseTick, the Dispatcher's LingerOver, the
+RateLimiter's ClaimRetryDue, LlmWorkers' ChatRetryDue, the Reporter's ReportDue, the
+Authenticator's RefreshDue) are defined beside the stage, not here. A message that carries tasks'
+work says which (`carried()`): they fail with it if it is quarantined (actors/supervisor.py).
+
+One embedding batch of 15 tasks, from the poll to its PATCHes, near the API (claims and results
+each one pipelined chunk; the counts are per batch, a poll's list serving many batches):
+- before issue 27: PollDue, ListFetched, TasksTaken, ClaimsAnswered, TasksClaimed, LingerOver,
+  EmbedBatch, CallFinished, BatchEmbedded, TasksComputed (slow start only), PatchesAnswered,
+  TasksSettled, ProviderHungry: 11 in steady state (13 in the slow start, a poll per take);
+- now: the same 11, measured by counting the messages a drain handles (tests/test_pipeline.py's
+  `test_messages_per_embedding_batch`). What stands between them and 6 is in benchmarks/README.md.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +21,18 @@ from typing import Any
 import msgspec
 
 from aitp.errors import ProviderError
+from aitp.intake.reader import Rejection, TakenTask
 from aitp.tasks import ChatJob, EmbeddingJob
 from aitp.transport.task_api import PatchResult
 from aitp.vectors.jobs import TaskVector
 
-
-class TakenTask(msgspec.Struct, frozen=True):
-    """A task the poller took: its job and the exact JSON the journal keeps for a resume."""
-
-    job: EmbeddingJob | ChatJob
-    raw: bytes
-
-
-class Rejection(msgspec.Struct, frozen=True):
-    task_id: str
-    reason: str
-    batch_id: str = ""
+__all__ = ["BatchEmbedded", "CallFailed", "CallFinished", "ChatTaskDone", "ClaimsAnswered", "EmbedBatch",
+           "ListFetched", "PatchesAnswered", "ProviderHungry", "Rejection", "ResultsAdopted", "RunChatTasks",
+           "SlowStartChanged", "StageFailed", "TakenTask", "TasksClaimed", "TasksComputed", "TasksRejected",
+           "TasksReleased", "TasksSettled", "TasksTaken", "TokenArrived", "tasks_carried"]
 
 
 # --- the flow of a task ---
-class Poll(msgspec.Struct, frozen=True):
-    """Poller to itself: fetch the pending list now."""
-
-
 class ListFetched(msgspec.Struct, frozen=True):
     """Poller's fetching thread to the Poller: a pending list (or why there is none)."""
 
@@ -45,11 +48,17 @@ class TasksTaken(msgspec.Struct, frozen=True):
 
     tasks: list[TakenTask]
 
+    def carried(self) -> list[str]:
+        return [taken.job.task_id for taken in self.tasks]
+
 
 class TasksRejected(msgspec.Struct, frozen=True):
     """To Reporter: tasks to report `failed`, each with its reason."""
 
     rejections: list[Rejection]
+
+    def carried(self) -> list[str]:
+        return [rejection.task_id for rejection in self.rejections]
 
 
 class TasksReleased(msgspec.Struct, frozen=True):
@@ -60,6 +69,9 @@ class TasksReleased(msgspec.Struct, frozen=True):
     reason: str
     batch_id: str = ""
 
+    def carried(self) -> list[str]:
+        return list(self.task_ids)
+
 
 class ClaimsAnswered(msgspec.Struct, frozen=True):
     """A chunk of claim PATCHes came back, in order (to RateLimiter, from its claim threads)."""
@@ -67,16 +79,17 @@ class ClaimsAnswered(msgspec.Struct, frozen=True):
     answers: list[tuple[TakenTask, PatchResult]]
     attempt: int
 
-
-class RetryClaim(msgspec.Struct, frozen=True):
-    task: TakenTask
-    attempt: int
+    def carried(self) -> list[str]:
+        return [taken.job.task_id for taken, _ in self.answers]
 
 
 class TasksClaimed(msgspec.Struct, frozen=True):
-    """RateLimiter to Dispatcher: admitted, journaled and claimed; ready to embed."""
+    """RateLimiter to Dispatcher: admitted, journaled and claimed; ready to compute."""
 
     jobs: list[EmbeddingJob | ChatJob]
+
+    def carried(self) -> list[str]:
+        return [job.task_id for job in self.jobs]
 
 
 class RunChatTasks(msgspec.Struct, frozen=True):
@@ -84,22 +97,14 @@ class RunChatTasks(msgspec.Struct, frozen=True):
 
     jobs: list[ChatJob]
 
-
-class ChatTaskRetry(msgspec.Struct, frozen=True):
-    """LlmWorkers to itself: run this task again after an outage's backoff."""
-
-    job: ChatJob
-    attempt: int
+    def carried(self) -> list[str]:
+        return [job.task_id for job in self.jobs]
 
 
 class ChatTaskDone(msgspec.Struct, frozen=True):
-    """LlmWorkers to itself: a task's run ended (its slot is free)."""
+    """An LlmWorkers thread to its stage: a task's run ended (its slot is free)."""
 
     task_id: str
-
-
-class FlushBatches(msgspec.Struct, frozen=True):
-    """Dispatcher to itself: the linger is over; send partial batches if a provider would idle."""
 
 
 class ProviderHungry(msgspec.Struct, frozen=True):
@@ -125,9 +130,12 @@ class EmbedBatch(msgspec.Struct, frozen=True):
     def provider(self) -> str | None:
         return self.route[self.step] if self.route and self.step < len(self.route) else None
 
+    def carried(self) -> list[str]:
+        return [job.task_id for job in self.jobs]
+
 
 class CallFinished(msgspec.Struct, frozen=True):
-    """ProviderWorkers to itself: a provider call returned; its slot is free."""
+    """A provider thread to ProviderWorkers: a provider call returned; its slot is free."""
 
     batch_id: str
     provider: str = ""
@@ -136,8 +144,13 @@ class CallFinished(msgspec.Struct, frozen=True):
 
 
 class CallFailed(msgspec.Struct, frozen=True):
+    """A provider thread to ProviderWorkers: a batch's call (or its vector work) failed."""
+
     batch: EmbedBatch
     error: ProviderError | Exception
+
+    def carried(self) -> list[str]:
+        return self.batch.carried()
 
 
 class BatchEmbedded(msgspec.Struct, frozen=True):
@@ -148,12 +161,8 @@ class BatchEmbedded(msgspec.Struct, frozen=True):
     results: list[TaskVector]
     paid: bool = True            # made by a provider that charges for it: journaled before it is sent
 
-
-class ReportResults(msgspec.Struct, frozen=True):
-    """Reporter to itself: (re)send these journaled outbox entries."""
-
-    task_ids: list[str]
-    attempt: int = 1
+    def carried(self) -> list[str]:
+        return [result.task_id for result in self.results]
 
 
 class PatchesAnswered(msgspec.Struct, frozen=True):
@@ -161,6 +170,9 @@ class PatchesAnswered(msgspec.Struct, frozen=True):
 
     answers: list[tuple[str, PatchResult]]
     attempt: int
+
+    def carried(self) -> list[str]:
+        return [task_id for task_id, _ in self.answers]
 
 
 class TasksSettled(msgspec.Struct, frozen=True):
@@ -173,17 +185,16 @@ class TasksSettled(msgspec.Struct, frozen=True):
 class TasksComputed(msgspec.Struct, frozen=True):
     """Reporter to Poller: a provider computed this many tasks' results (their credit is still held
     until the API takes them). The earliest sign of the pace, which the window's slow start follows;
-    sent only while it lasts (PipelineContext.window_starting)."""
+    sent only while it lasts (SlowStartChanged)."""
 
     count: int
 
 
-class KeepLeases(msgspec.Struct, frozen=True):
-    """Poller to itself, every third of a lease: renew the leases held in Redis, take over run-out ones.
-    `chain` names the Poller instance that scheduled it: after a restart, the dead instance's tick
-    reaches the new one, which drops it rather than run two chains of ticks."""
+class SlowStartChanged(msgspec.Struct, frozen=True):
+    """Poller to Reporter: the window's slow start began (a new Poller) or ended; TasksComputed is
+    wanted only while it lasts."""
 
-    chain: int = 0
+    starting: bool
 
 
 class ResultsAdopted(msgspec.Struct, frozen=True):
@@ -208,33 +219,8 @@ class TokenArrived(msgspec.Struct, frozen=True):
     """Authenticator to Poller: a token is held again; polling that waited for one may go on."""
 
 
-class RefreshToken(msgspec.Struct, frozen=True):
-    """Authenticator to itself: fetch a new token; stale when a newer token came meanwhile."""
-
-    generation: int
-
-
 def tasks_carried(message: object) -> list[str]:
     """The ids of the tasks whose work `message` carries: what fails with it if it is quarantined
     (actors/supervisor.py). Messages that carry no task's work give []."""
-    if isinstance(message, TasksTaken):
-        return [taken.job.task_id for taken in message.tasks]
-    if isinstance(message, RetryClaim):
-        return [message.task.job.task_id]
-    if isinstance(message, ChatTaskRetry):
-        return [message.job.task_id]
-    if isinstance(message, ClaimsAnswered):
-        return [taken.job.task_id for taken, _ in message.answers]
-    if isinstance(message, (TasksClaimed, EmbedBatch, RunChatTasks)):
-        return [job.task_id for job in message.jobs]
-    if isinstance(message, CallFailed):
-        return [job.task_id for job in message.batch.jobs]
-    if isinstance(message, BatchEmbedded):
-        return [result.task_id for result in message.results]
-    if isinstance(message, TasksRejected):
-        return [rejection.task_id for rejection in message.rejections]
-    if isinstance(message, (TasksReleased, ReportResults)):
-        return list(message.task_ids)
-    if isinstance(message, PatchesAnswered):
-        return [task_id for task_id, _ in message.answers]
-    return []
+    carried = getattr(message, "carried", None)
+    return carried() if callable(carried) else []

@@ -35,7 +35,7 @@ from aitp.vectors.pool import VectorPool
 from actors.authenticator import ActorCredentials, Authenticator, TokenCell
 from actors.dispatcher import Dispatcher
 from actors.llm_workers import LlmWorkers
-from actors.resume import resume
+from aitp.tasks.resume import resume
 from actors.messages import BatchEmbedded, TasksSettled
 from actors.poller import Poller
 from actors.provider_workers import ProviderWorkers

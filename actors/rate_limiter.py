@@ -15,11 +15,21 @@ from aitp.errors import CoordinationError
 from aitp.storage.journal import Claim
 from aitp.storage.rate_limits import RateLimitBackend
 from aitp.transport.task_api import PatchOutcome
-from actors.messages import ClaimsAnswered, RetryClaim, TakenTask, TasksClaimed, TasksSettled, TasksTaken
-from actors.outage_gate import OutageGate
+from actors.messages import ClaimsAnswered, TakenTask, TasksClaimed, TasksSettled, TasksTaken
+from aitp.transport.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.rate_limiter")
+
+
+class ClaimRetryDue(msgspec.Struct, frozen=True):
+    """The RateLimiter's timer: send this parked claim again, as the probe of an outage."""
+
+    task: TakenTask
+    attempt: int
+
+    def carried(self) -> list[str]:
+        return [self.task.job.task_id]
 
 
 class RateLimiter(Stage):
@@ -45,7 +55,7 @@ class RateLimiter(Stage):
             self._admit(message.tasks)
         elif isinstance(message, ClaimsAnswered):
             self._claims_answered(message)
-        elif isinstance(message, RetryClaim):
+        elif isinstance(message, ClaimRetryDue):
             self.gate.probing(message.task.job.task_id)
             self._send_claims([message.task], message.attempt)
 
@@ -96,7 +106,7 @@ class RateLimiter(Stage):
                     log.warning("claim failed, retrying", extra={"fields": {
                         "task_id": task_id, "status": result.status, "detail": result.detail,
                         "parked": len(self.gate.parked), "retry_in_s": round(delay, 2)}})
-                    self.later(delay, RetryClaim(probe_task, message.attempt + 1))
+                    self.later(delay, ClaimRetryDue(probe_task, message.attempt + 1))
                 continue
             if self.gate.down or self.gate.parked:   # the API answers again: claim what waited for it
                 waiting += self.gate.answered(task_id)

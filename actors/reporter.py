@@ -9,7 +9,7 @@ in the journal until the API takes the result, so a crash has them computed agai
 Reporter inherits them from the one that failed, and a graceful stop journals them.
 
 While the API is down, results are parked and one of them is sent as a probe per backoff period
-(actors/outage_gate.py), so an outage costs a request every few seconds, not one per result; the
+(aitp/transport/outage_gate.py), so an outage costs a request every few seconds, not one per result; the
 first answer sends every parked result again.
 """
 
@@ -18,17 +18,29 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+import msgspec
+
 from aitp.contract import RELEASE_BODY, state_body
 from aitp.errors import CoordinationError
 from aitp.storage.journal import OutboxEntry
 from aitp.vectors.jobs import TaskVector
 from aitp.transport.task_api import PatchOutcome, PatchResult
-from actors.messages import (BatchEmbedded, PatchesAnswered, ReportResults, ResultsAdopted, TasksComputed,
+from actors.messages import (BatchEmbedded, PatchesAnswered, ResultsAdopted, SlowStartChanged, TasksComputed,
                              TasksRejected, TasksReleased, TasksSettled)
-from actors.outage_gate import OutageGate
+from aitp.transport.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.reporter")
+
+class ReportDue(msgspec.Struct, frozen=True):
+    """The Reporter's timer: (re)send these journaled outbox entries, as the probe of an outage."""
+
+    task_ids: list[str]
+    attempt: int = 1
+
+    def carried(self) -> list[str]:
+        return list(self.task_ids)
+
 
 BARE_FAILURE = state_body("failed")     # what a server that refuses a reason or a release still takes
 
@@ -50,6 +62,9 @@ class Reporter(Stage):
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
         self.gate: OutageGate[str] = OutageGate(ctx.backoff)   # API down: park task ids, probe, resend
         self.outcomes: Counter[tuple[str, PatchOutcome]] = Counter()   # (state sent, outcome)
+        # While the Poller's window is in its slow start (SlowStartChanged), which sizes it from the
+        # pace of results computed, each batch is told to it (TasksComputed).
+        self.window_starting = True
 
     def setup(self) -> None:
         self.start_pool(self.settings.workers.reporter_concurrency)
@@ -75,8 +90,10 @@ class Reporter(Stage):
                          else self._failure(r.task_id, r.error or "no vector", message.batch_id)
                          for r in message.results],
                         journaled=message.paid or self.settings.storage.journal_unpaid_results)
-            if self.ctx.window_starting:
+            if self.window_starting:
                 self.tell("poller", TasksComputed(len(message.results)))
+        elif isinstance(message, SlowStartChanged):
+            self.window_starting = message.starting
         elif isinstance(message, ResultsAdopted):
             self._store(message.entries)      # journaled: paid for by the service that died
         elif isinstance(message, TasksRejected):
@@ -87,7 +104,7 @@ class Reporter(Stage):
             self._store([OutboxEntry(task_id, RELEASE_BODY, "pending") for task_id in message.task_ids])
         elif isinstance(message, PatchesAnswered):
             self._answered(message)
-        elif isinstance(message, ReportResults):
+        elif isinstance(message, ReportDue):
             for task_id in message.task_ids:
                 self.gate.probing(task_id)
             self._send([self.entries[task_id] for task_id in message.task_ids if task_id in self.entries],
@@ -174,7 +191,7 @@ class Reporter(Stage):
                 log.warning("report failed, results kept until the API takes them", extra={"fields": {
                     **self._fields(entry, result), "detail": result.detail, "parked": len(self.gate.parked),
                     "retry_in_s": round(delay, 2)}})
-                self.later(delay, ReportResults([probe_id], attempt + 1))
+                self.later(delay, ReportDue([probe_id], attempt + 1))
             return False
         if self.gate.down or self.gate.parked:   # the API answers again: send what waited for it
             waiting += self.gate.answered(task_id)

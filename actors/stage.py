@@ -133,9 +133,6 @@ class PipelineContext:
     chat_router: ChatRouter | None = None      # the LLM task types' chat models
     wikidata: WikidataClient | None = None
     leases: LeaseBook | None = None            # several services on one API (aitp/coordination/leases.py)
-    # Set while the Poller's window is in its slow start, which sizes it from the pace of results
-    # computed: only then does the Reporter tell it of each batch (TasksComputed).
-    window_starting: bool = True
     # Called with (stage, message) before a stage handles a told message: the seam through which
     # tests inject faults at a chosen moment, and where a tracer could watch the flow.
     before_message: Callable[[Stage, Any], None] | None = None

@@ -1,6 +1,6 @@
 """The Poller's window: the minimum near the API, grown by rate x round trips far from it."""
 
-from actors.flow_window import RATE_SAMPLE_SECONDS, ROUND_TRIPS_IN_FLIGHT, FlowWindow
+from aitp.intake.window import RATE_SAMPLE_SECONDS, ROUND_TRIPS_IN_FLIGHT, FlowWindow
 
 
 def _settle_for(window: FlowWindow, rate: float, start: float, seconds: float, round_trip: float | None) -> float:

@@ -1,6 +1,6 @@
 """The outage gate: park failed PATCHes, one probe per backoff period, everything back at the first answer."""
 
-from actors.outage_gate import OutageGate
+from aitp.transport.outage_gate import OutageGate
 
 
 def test_one_probe_per_period_and_everything_back_at_the_first_answer():

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from actors.pipeline import Pipeline
-from actors.poller import KEEP_PER_CREDIT
+from aitp.intake.cursor import KEEP_PER_CREDIT
 from aitp.contract import is_object_id
 from aitp.storage.journal import Claim, Journal, OutboxEntry
 from aitp.sandbox.ollama_stub import POISON, stub_vector

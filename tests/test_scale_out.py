@@ -244,7 +244,8 @@ def test_a_restarted_poller_keeps_one_chain_of_lease_ticks(sandbox, redis_server
     import threading
     import time
 
-    from actors.messages import KeepLeases, TasksSettled
+    from actors.messages import TasksSettled
+    from actors.poller import LeaseTick
     from conftest import FailOnce, settings_for
 
     fault = FailOnce("poller", lambda stage, message: isinstance(message, TasksSettled))
@@ -252,7 +253,7 @@ def test_a_restarted_poller_keeps_one_chain_of_lease_ticks(sandbox, redis_server
     lock = threading.Lock()
 
     def hook(stage, message):
-        if stage.name == "poller" and isinstance(message, KeepLeases) and message.chain == stage.lease_chain:
+        if stage.name == "poller" and isinstance(message, LeaseTick) and message.chain == stage.lease_chain:
             with lock:
                 ticks.append((time.monotonic(), message.chain))
         fault(stage, message)
