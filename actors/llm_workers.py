@@ -18,6 +18,7 @@ from collections import deque
 import msgspec
 
 from aitp.errors import ProviderError
+from aitp.failures import BACK_OFF, RELEASE, Attempt, decide
 from aitp.tasks import ChatJob, LlmHandler, TaskRejected
 from aitp.vectors.jobs import TaskVector
 from actors.messages import (BatchEmbedded, ChatTaskDone, Rejection, RunChatTasks, TasksRejected,
@@ -80,19 +81,7 @@ class LlmWorkers(Stage):
         except TaskRejected as exc:
             self._failed(job, str(exc))
         except ProviderError as exc:
-            if not exc.retryable:
-                self._failed(job, f"{exc.provider}: {exc}")
-            elif attempt <= self.settings.processing.max_retries:
-                delay = ctx.backoff(attempt, exc.retry_after)
-                log.warning("LLM task retried after an outage", extra={"fields": {
-                    "task_id": job.task_id, "type": job.task_type, "error": str(exc)[:300], "attempt": attempt,
-                    "retry_in_s": round(delay, 2)}})
-                self.later(delay, ChatRetryDue(job, attempt + 1))
-            else:
-                log.warning("no provider could run the LLM task; it goes back to pending",
-                            extra={"fields": {"task_id": job.task_id, "error": str(exc)[:300]}})
-                ctx.metrics.tasks_released.inc()
-                self.tell("reporter", TasksReleased([job.task_id], str(exc)[:300]))
+            self._provider_failed(job, attempt, exc)
         except Exception as exc:  # noqa: BLE001 - a handler's bug fails its task, not the stage
             log.exception("LLM task handler failed", extra={"fields": {"task_id": job.task_id}})
             self._failed(job, f"internal error: {exc!r}"[:300])
@@ -104,6 +93,24 @@ class LlmWorkers(Stage):
                                                 [TaskVector(job.task_id, result.body)], paid=result.paid))
         finally:
             self.tell(self.name, ChatTaskDone(job.task_id))
+
+    def _provider_failed(self, job: ChatJob, attempt: int, error: ProviderError) -> None:
+        """The chat model or Wikidata failed: what happens next is aitp/failures.py's decision, as
+        for an embedding batch (the chat router has tried every provider of the route already)."""
+        action = decide(Attempt(1, attempt), error, self.settings.processing.max_retries)
+        if action == BACK_OFF:
+            delay = self.ctx.backoff(attempt, error.retry_after)
+            log.warning("LLM task retried after an outage", extra={"fields": {
+                "task_id": job.task_id, "type": job.task_type, "error": str(error)[:300], "attempt": attempt,
+                "retry_in_s": round(delay, 2)}})
+            self.later(delay, ChatRetryDue(job, attempt + 1))
+        elif action == RELEASE:
+            log.warning("no provider could run the LLM task; it goes back to pending",
+                        extra={"fields": {"task_id": job.task_id, "error": str(error)[:300]}})
+            self.ctx.metrics.tasks_released.inc()
+            self.tell("reporter", TasksReleased([job.task_id], str(error)[:300]))
+        else:
+            self._failed(job, f"{error.provider}: {error}")
 
     def _failed(self, job: ChatJob, reason: str) -> None:
         self.ctx.metrics.task_decided(job.task_type, "failed", time.time() - job.taken_at if job.taken_at else None)

@@ -1,12 +1,9 @@
 """ProviderWorkers: one provider call per batch on a few threads, vector work in the process pool.
 
 Each provider has CONCURRENCY_LIMIT call slots. A batch follows the route the Dispatcher gave it
-(in hybrid mode: Ollama, then the OpenAI endpoint with the same model). A failure that one input
-can cause splits the batch in halves so that only the guilty task fails; another failure passes
-the batch to the next provider of its route, and at the end of the route the batch is retried
-with backoff (routed afresh, around open breakers) until MAX_RETRIES is spent. Then a task whose
-batch failed for its own sake fails with the reason; one that failed only because no provider
-could take it (down, overloaded, key refused) goes back to `pending` instead.
+(in hybrid mode: Ollama, then the OpenAI endpoint with the same model; aitp/routing.py). What a
+failed batch becomes (split, next provider, backoff, back to `pending`, failed) is decided by
+aitp/failures.py; after a backoff the batch is routed afresh, around open breakers.
 """
 
 from __future__ import annotations
@@ -18,11 +15,11 @@ from concurrent.futures import Future
 
 import msgspec
 
-from aitp.routing import is_local
-
 from aitp.breakers import Permit
+from aitp.errors import DimensionMismatch, ProviderError
+from aitp.failures import BACK_OFF, NEXT_PROVIDER, RELEASE, SPLIT, Attempt, breaker_counts, decide, is_garbage, \
+    vector_failure
 from aitp.vectors.dimensions import DimensionPins
-from aitp.errors import DimensionMismatch, ProviderError, RowContractError, VectorContractError
 from aitp.vectors.jobs import VectorJob, VectorJobResult
 from actors.dispatcher import new_batch_id
 from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch, ProviderHungry, Rejection,
@@ -30,21 +27,6 @@ from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.provider_workers")
-
-
-def _least_busy_host(batch: EmbedBatch, busy: Counter) -> EmbedBatch:
-    """With several Ollama hosts, a batch whose turn is an Ollama host goes to the least busy of the
-    hosts left on its route (the one it leaves takes its place, so a failure still tries it)."""
-    route, step = batch.route, batch.step
-    if not route or step >= len(route) or not is_local(route[step]):
-        return batch
-    hosts = [index for index in range(step, len(route)) if is_local(route[index])]
-    best = min(hosts, key=lambda index: (busy[route[index]], index))
-    if best == step:
-        return batch
-    swapped = list(route)
-    swapped[step], swapped[best] = swapped[best], swapped[step]
-    return msgspec.structs.replace(batch, route=swapped)
 
 
 class ProviderWorkers(Stage):
@@ -99,7 +81,9 @@ class ProviderWorkers(Stage):
         free = sum(max(0, self.limit - busy[name]) for name in self.router.providers)
         waiting: deque[EmbedBatch] = deque()
         while self.queue and free:
-            batch = _least_busy_host(self.queue.popleft(), busy)
+            batch = self.queue.popleft()
+            if batch.route:
+                batch = msgspec.structs.replace(batch, route=self.router.least_busy_host(batch.route, batch.step, busy))
             provider = batch.provider
             assert provider is not None
             if busy[provider] >= self.limit:
@@ -156,8 +140,7 @@ class ProviderWorkers(Stage):
             if not isinstance(exc, ProviderError):
                 log.exception("provider raised unexpectedly", extra={"fields": {"batch_id": batch.batch_id}})
                 exc = ProviderError(repr(exc), provider=name)
-            # A failure that bisecting will pin on one input says nothing about the provider's health.
-            breaker.end(permit, failed=exc.counts_as_outage and not (exc.input_specific and len(batch.jobs) > 1))
+            breaker.end(permit, failed=breaker_counts(exc, len(batch.jobs)))
             ctx.metrics.provider_call(name, batch.model, str(exc.status or "error"), len(batch.jobs),
                                       time.perf_counter() - started)
             directory.tell(self.name, CallFailed(batch, exc))
@@ -180,9 +163,7 @@ class ProviderWorkers(Stage):
 
     def _vectors_done(self, batch: EmbedBatch, name: str, permit: Permit, done: Future) -> None:
         error = done.exception()
-        garbage = isinstance(error, VectorContractError) and not isinstance(error, (RowContractError,
-                                                                                    DimensionMismatch))
-        self.router.breakers[name].end(permit, failed=garbage)
+        self.router.breakers[name].end(permit, failed=is_garbage(error))
         if error is None:
             result: VectorJobResult = done.result()
             self.ctx.metrics.vector_work.observe(result.seconds)   # measured in the worker, recorded here
@@ -192,18 +173,7 @@ class ProviderWorkers(Stage):
                                                                   paid=self.router.providers[name].paid))
                 return
             error = DimensionMismatch(result.dimension, self.pins.expected(batch.model) or 0)
-        if isinstance(error, DimensionMismatch):
-            # Another length would land in another vector space: fail (or try the next provider), never cut or pad.
-            failure = ProviderError(f"{name} {error} for model {batch.model!r}", provider=name, retryable=False,
-                                    counts_as_outage=False)
-        elif isinstance(error, RowContractError):
-            failure = ProviderError(f"{name} response broke the vector contract: {error}", provider=name,
-                                    input_specific=True, counts_as_outage=False)
-        elif isinstance(error, VectorContractError):
-            failure = ProviderError(f"{name} response broke the vector contract: {error}", provider=name)
-        else:   # a process worker died; the pool replaced it, and the batch is simply retried
-            failure = ProviderError(f"vector work failed: {error!r}", provider=name, counts_as_outage=False)
-        self.ctx.directory.tell(self.name, CallFailed(batch, failure))
+        self.ctx.directory.tell(self.name, CallFailed(batch, vector_failure(name, batch.model, error)))
 
     def _decided(self, batch: EmbedBatch, result: VectorJobResult) -> None:
         now, metrics = time.time(), self.ctx.metrics
@@ -218,28 +188,27 @@ class ProviderWorkers(Stage):
         failures = [*batch.failures, f"{error.provider}: {error}"]
         fields = {"batch_id": batch.batch_id, "model": batch.model, "tasks": len(batch.jobs),
                   "attempt": batch.attempt, "provider": error.provider, "error": str(error)}
-        if error.input_specific and len(batch.jobs) > 1:
+        left = len(batch.route) - batch.step - 1 if batch.route else 0
+        action = decide(Attempt(len(batch.jobs), batch.attempt, left), error, self.settings.processing.max_retries)
+        if action == SPLIT:
             middle = len(batch.jobs) // 2
             log.info("splitting batch after an input-specific failure", extra={"fields": fields})
             for half in (batch.jobs[middle:], batch.jobs[:middle]):
                 self.queue.appendleft(msgspec.structs.replace(batch, batch_id=new_batch_id(), jobs=half))
-            return
-        if batch.route and batch.step + 1 < len(batch.route):
+        elif action == NEXT_PROVIDER:
             fields["next_provider"] = batch.route[batch.step + 1]
             log.warning("provider failed, trying the next one", extra={"fields": fields})
             self.queue.appendleft(msgspec.structs.replace(batch, step=batch.step + 1, failures=failures))
-            return
-        if error.retryable and batch.attempt <= self.settings.processing.max_retries:
+        elif action == BACK_OFF:
             delay = self.ctx.backoff(batch.attempt, error.retry_after)
             log.warning("provider call failed, retrying", extra={"fields": {**fields, "retry_in_s": round(delay, 2)}})
             self.later(delay, msgspec.structs.replace(batch, attempt=batch.attempt + 1, route=None, step=0,
                                                       failures=[]))
-            return
-        reason = "; ".join(dict.fromkeys(failures))   # each provider's word, once
-        if error.retryable and not error.input_specific and (error.counts_as_outage or error.provider == "router"
-                                                            or error.status == 429):
-            # The providers are down or refusing us, not this input: a valid task must not fail for
-            # that. It goes back to pending and is taken again once a provider answers.
+        else:
+            self._give_up(batch, action == RELEASE, "; ".join(dict.fromkeys(failures)), fields)  # each word once
+
+    def _give_up(self, batch: EmbedBatch, release: bool, reason: str, fields: dict) -> None:
+        if release:
             log.warning("no provider could take the batch; its tasks go back to pending",
                         extra={"fields": {**fields, "reason": reason}})
             self.ctx.metrics.tasks_released.inc(len(batch.jobs))

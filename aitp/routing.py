@@ -44,6 +44,20 @@ class Router:
         """The candidates that can take a call now (an open breaker is routed around, not called)."""
         return [name for name in self.candidates(model) if self.breakers[name].available()]
 
+    @staticmethod
+    def least_busy_host(route: list[str], step: int, busy: Counter) -> list[str]:
+        """With several Ollama hosts, work whose turn is an Ollama host goes to the least busy of the
+        hosts left on its route (the one it leaves takes its place, so a failure still tries it)."""
+        if step >= len(route) or not is_local(route[step]):
+            return route
+        hosts = [index for index in range(step, len(route)) if is_local(route[index])]
+        best = min(hosts, key=lambda index: (busy[route[index]], index))
+        if best == step:
+            return route
+        swapped = list(route)
+        swapped[step], swapped[best] = swapped[best], swapped[step]
+        return swapped
+
     def seconds_until_available(self, model: str | None = None) -> float:
         """How long until some provider (for `model`, or for any model) lets a call through."""
         names = self.candidates(model) if model is not None else list(self.providers)
