@@ -1,4 +1,4 @@
-"""CPU per answer: aitp's HTTP/1.1 response reader (aitp/transport/http1.py) against bare httptools
+"""CPU per answer: aitp's HTTP/1.1 response reader (aitp/transport/http1/connection.py) against bare httptools
 (llhttp, the parser of Node and uvicorn), on the answers a task actually gets. Since issue 20 aitp's
 reader is httptools with aitp's callbacks, so the difference is what those cost; run it from an
 older checkout (before "http1: answers parsed by httptools") to compare with the hand-written
@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from aitp.sandbox import SandboxServer  # noqa: E402
 from aitp.sandbox.seed import generated_tasks, object_id  # noqa: E402
-from aitp.transport.http1 import Response, _Connection  # noqa: E402 - the reader itself, not the pool
+from aitp.transport.http1 import Response  # noqa: E402
+from aitp.transport.http1.connection import _Connection  # noqa: E402 - the reader itself, not the pool
 
 GROUP = 15          # a batch's results go as one pipelined group
 

@@ -197,7 +197,7 @@ def test_the_pace_of_patches_is_measured_for_sizing_chunks(scripted):
 
 
 def test_the_round_trip_is_the_shortest_recent_group(scripted):
-    # The Poller sizes its window by it (actors/flow_window.py): a group of n PATCHes takes at
+    # The Poller sizes its window by it (aitp/intake/window.py): a group of n PATCHes takes at
     # least one round trip, so the shortest recent group is the closest to one.
     server = scripted(_answers_each_request_after(0.03))
     per_request = []      # the observer is told each group's time divided by its size

@@ -85,7 +85,7 @@ class OllamaProvider(Provider):
         self._supported = {_base_name(model) for model in settings.processing.supported_models}
         self._supported_names = settings.processing.supported_models
         self._dimensions = settings.models.dimensions
-        # Every call but a pull goes through the lean client (aitp/transport/http1.py); like every HTTP
+        # Every call but a pull goes through the lean client (aitp/transport/http1/); like every HTTP
         # client, it goes through HTTP_PROXY / HTTPS_PROXY unless NO_PROXY names Ollama's host.
         self._tls = client_context(settings) if self._base.startswith("https:") else None
         proxy = proxy_for(self._base)

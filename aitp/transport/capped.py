@@ -4,7 +4,7 @@ httpx (which the SDK uses; `httpx2` in its newer releases) applies its read time
 a server that drips a byte at a time could hold a call for as long as it liked, and it reads any
 answer whole, however large. This wraps the SDK's own transport: an answer whose Content-Length is
 over the cap is refused before its body is read, and the body's bytes are counted as they arrive.
-The deadline is the same rule as aitp/transport/http1.py's: the timeout, plus a second per 64 kB.
+The deadline is the same rule as aitp/transport/http1/'s: the timeout, plus a second per 64 kB.
 """
 
 from __future__ import annotations

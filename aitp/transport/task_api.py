@@ -89,6 +89,23 @@ def _text(response: Response) -> str:
     return response.body[:400].decode("utf-8", "replace")[:200]
 
 
+def _final_before_refusal(patches: list[tuple[str, bytes, bool]], results: list[PatchResult | None],
+                          early: Callable[[int, list[PatchResult | None]], None]) -> Callable[[list[Response]], None]:
+    """The `progress` of patch_in_order's first attempt (when todo is every patch, in order): the
+    answers before the first refused token are final, and `early` is told so as they come."""
+    final = 0
+
+    def answered(answers: list[Response]) -> None:
+        nonlocal final
+        start = final
+        while final < len(answers) and answers[final].status not in (401, 403):
+            results[final] = _patch_result(answers[final], patches[final][2])
+            final += 1
+        if final > start:
+            early(final, results)
+    return answered
+
+
 class TaskApiClient:
     """One kept-alive connection pool shared by every stage that talks to the task API."""
 
@@ -98,7 +115,7 @@ class TaskApiClient:
         self._base = "/api/ai-tasks"
         self.credentials: Credentials = credentials or NoCredentials()
         self._observer = observer
-        # Every task takes two requests, so the client's CPU per request matters (aitp/transport/http1.py).
+        # Every task takes two requests, so the client's CPU per request matters (aitp/transport/http1/).
         # No retries here and no redirects followed: the stages decide what a failure means.
         self._http = Http1Client(base_url, timeout=timeout, max_idle=pool_size, pipelining=pipelining,
                                  max_body_bytes=max_answer_bytes, ssl_context=ssl_context, proxy=proxy_for(base_url))
@@ -142,7 +159,7 @@ class TaskApiClient:
         sink = None if consume is None else (lambda status, headers: consume if status == 200 else None)
         # The list is JSON that compresses about tenfold (38 MB at 100,000 tasks): a proxy in front of
         # the API (nginx, a load balancer) that gzips it saves most of each poll; it is inflated as it
-        # arrives, a bounded piece at a time (aitp/transport/http1.py).
+        # arrives, a bounded piece at a time (aitp/transport/http1/decoders.py).
         response = self._send("GET", f"{self._base}/pending", "/api/ai-tasks/pending", body_sink=sink,
                               extra_headers=_ACCEPT_GZIP)
         if response.status != 200:
@@ -178,42 +195,11 @@ class TaskApiClient:
         results: list[PatchResult | None] = [None] * len(patches)
         todo = list(range(len(patches)))
         token = self.credentials.current()
-        final = 0
-
-        def answered(answers: list[Response]) -> None:    # the first attempt: todo is every patch, in order
-            nonlocal final
-            start = final
-            while final < len(answers) and answers[final].status not in (401, 403):
-                results[final] = _patch_result(answers[final], patches[final][2])
-                final += 1
-            if final > start:
-                early(final, results)
-
+        answered = None if early is None else _final_before_refusal(patches, results, early)
         for attempt in (1, 2):
             headers = self._headers_with(token)
-            started = time.perf_counter()
-            answers = self._http.pipeline("PATCH", [(f"{self._base}/{patches[i][0]}", headers, patches[i][1])
-                                                    for i in todo],
-                                          progress=answered if early is not None and attempt == 1 else None)
-            elapsed = time.perf_counter() - started
-            self._group_seconds.append(elapsed)
-            seconds = elapsed / max(1, len(todo))
-            self.patch_seconds = running_mean(self.patch_seconds, seconds, _PATCH_SECONDS_WEIGHT)
-            refused = []
-            failed = False
-            for index, answer in zip(todo, answers):
-                if isinstance(answer, HttpTransportError):
-                    results[index] = PatchResult(PatchOutcome.RETRY, detail=NO_ANSWER if failed else
-                                                 f"PATCH /api/ai-tasks/:id failed: {answer.kind}")
-                    if not failed and self._observer:
-                        self._observer("/api/ai-tasks/:id", "PATCH", "error", seconds)
-                    failed = True
-                    continue
-                if self._observer:
-                    self._observer("/api/ai-tasks/:id", "PATCH", str(answer.status), seconds)
-                if answer.status in (401, 403) and attempt == 1:
-                    refused.append(index)
-                results[index] = _patch_result(answer, patches[index][2])
+            answers, seconds = self._patch_group(patches, todo, headers, answered if attempt == 1 else None)
+            refused = self._take_answers(patches, todo, answers, results, seconds, attempt)
             if token and any(r is not None and r.status not in (None, 401, 403) for r in results):
                 self.credentials.accepted(token)
             if not refused:
@@ -221,6 +207,42 @@ class TaskApiClient:
             token = self.credentials.renew(token)       # once, for all the refused ones
             todo = refused
         return results
+
+    def _patch_group(self, patches: list[tuple[str, bytes, bool]], todo: list[int], headers: dict[str, str],
+                     progress: Callable[[list[Response]], None] | None,
+                     ) -> tuple[list[Response | HttpTransportError], float]:
+        """PATCH the `todo` ones of `patches` as one pipelined group: the answers, and the seconds
+        per PATCH, which the pace and round-trip estimates take in."""
+        started = time.perf_counter()
+        answers = self._http.pipeline("PATCH", [(f"{self._base}/{patches[i][0]}", headers, patches[i][1])
+                                                for i in todo], progress=progress)
+        elapsed = time.perf_counter() - started
+        self._group_seconds.append(elapsed)
+        seconds = elapsed / max(1, len(todo))
+        self.patch_seconds = running_mean(self.patch_seconds, seconds, _PATCH_SECONDS_WEIGHT)
+        return answers, seconds
+
+    def _take_answers(self, patches: list[tuple[str, bytes, bool]], todo: list[int],
+                      answers: list[Response | HttpTransportError], results: list[PatchResult | None],
+                      seconds: float, attempt: int) -> list[int]:
+        """Put each answer to the `todo` patches into `results`, observed; returns the ones whose
+        token was refused on the first attempt, to send again with a renewed one."""
+        refused = []
+        failed = False
+        for index, answer in zip(todo, answers):
+            if isinstance(answer, HttpTransportError):
+                results[index] = PatchResult(PatchOutcome.RETRY, detail=NO_ANSWER if failed else
+                                             f"PATCH /api/ai-tasks/:id failed: {answer.kind}")
+                if not failed and self._observer:
+                    self._observer("/api/ai-tasks/:id", "PATCH", "error", seconds)
+                failed = True
+                continue
+            if self._observer:
+                self._observer("/api/ai-tasks/:id", "PATCH", str(answer.status), seconds)
+            if answer.status in (401, 403) and attempt == 1:
+                refused.append(index)
+            results[index] = _patch_result(answer, patches[index][2])
+        return refused
 
     def _headers_with(self, token: str | None) -> dict[str, str]:
         headers = dict(self._headers)
