@@ -60,10 +60,10 @@ class TokenCell:
 class Authenticator(Stage):
     name = "authenticator"
 
-    def __init__(self, ctx: PipelineContext, orphans: list | None = None,
-                 client: TokenClient | None = None, cell: TokenCell | None = None) -> None:
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None, *,
+                 token_client: TokenClient | None = None, cell: TokenCell | None = None) -> None:
         super().__init__(ctx, orphans)
-        self.client, self.cell = client, cell or TokenCell()
+        self.client, self.cell = token_client, cell or TokenCell()
         self.failures = 0              # failed fetches in a row
         self.refusals = 0              # fresh tokens refused in a row
         self.fetches = 0

@@ -16,6 +16,7 @@ from aitp.tasks import ChatJob, EmbeddingJob
 from aitp.tokens import estimate_tokens
 import msgspec
 
+from aitp.routing import Router
 from actors.messages import EmbedBatch, ProviderHungry, RunChatTasks, TasksClaimed
 from actors.stage import PipelineContext, Stage
 
@@ -36,8 +37,9 @@ def new_batch_id() -> str:
 class Dispatcher(Stage):
     name = "dispatcher"
 
-    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None, *, router: Router) -> None:
         super().__init__(ctx, orphans)
+        self.router = router
         batching = self.settings.batching
         self.max_items, self.max_chars = batching.max_items, batching.max_text_chars
         self.linger = batching.linger_ms / 1000
@@ -91,7 +93,7 @@ class Dispatcher(Stage):
 
     def _limits(self, model: str) -> tuple[int, int | None]:
         if model not in self.limits:
-            provider_items, provider_tokens = self.ctx.router.batch_limits(model)
+            provider_items, provider_tokens = self.router.batch_limits(model)
             self.limits[model] = (min(self.max_items, provider_items or self.max_items), provider_tokens)
         return self.limits[model]
 
@@ -117,7 +119,7 @@ class Dispatcher(Stage):
             self.provider_hungry = False
             # Routed now, around open breakers; ProviderWorkers re-routes it after a backoff.
             self.tell("provider_workers", EmbedBatch(new_batch_id(), model, batch,
-                                                     route=self.ctx.router.route(model)))
+                                                     route=self.router.route(model)))
         if not queue:
             del self.queues[model]
             if not self.queues:

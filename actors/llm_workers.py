@@ -19,7 +19,11 @@ import msgspec
 
 from aitp.errors import ProviderError
 from aitp.failures import BACK_OFF, RELEASE, Attempt, decide
-from aitp.tasks import ChatJob, LlmHandler, TaskRejected
+from aitp.routing import ChatRouter
+from aitp.storage.journal import Journal
+from aitp.storage.rate_limits import RateLimitBackend
+from aitp.tasks import ChatJob, LlmHandler, TaskHandler, TaskRejected
+from aitp.transport.wikidata import WikidataClient
 from aitp.vectors.jobs import TaskVector
 from actors.messages import (BatchEmbedded, ChatTaskDone, Rejection, RunChatTasks, TasksRejected,
                              TasksReleased)
@@ -41,8 +45,12 @@ class ChatRetryDue(msgspec.Struct, frozen=True):
 class LlmWorkers(Stage):
     name = "llm_workers"
 
-    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None, *, handlers: dict[str, TaskHandler],
+                 chat_router: ChatRouter | None, journal: Journal, rate_limits: RateLimitBackend,
+                 wikidata: WikidataClient | None = None) -> None:
         super().__init__(ctx, orphans)
+        self.handlers, self.chat_router, self.wikidata = handlers, chat_router, wikidata
+        self.journal, self.rate_limits = journal, rate_limits
         self.queue: deque[tuple[ChatJob, int]] = deque()   # (job, attempt) waiting for a slot
         self.running: set[str] = set()
         self.finished = 0
@@ -72,12 +80,12 @@ class LlmWorkers(Stage):
     # --- on a pool thread: no stage state touched here ---
     def _run(self, job: ChatJob, attempt: int) -> None:
         ctx, started = self.ctx, time.perf_counter()
-        handler = ctx.handlers[job.task_type]
+        handler = self.handlers[job.task_type]
         assert isinstance(handler, LlmHandler)
         try:
-            if ctx.rate_limits.refunds_units:     # its rate-limit unit is spent now: no refund at a release
-                ctx.journal.mark_sent([job.task_id])
-            result = handler.run(job, ctx.chat_router.chat, ctx.wikidata)
+            if self.rate_limits.refunds_units:     # its rate-limit unit is spent now: no refund at a release
+                self.journal.mark_sent([job.task_id])
+            result = handler.run(job, self.chat_router.chat, self.wikidata)
         except TaskRejected as exc:
             self._failed(job, str(exc))
         except ProviderError as exc:

@@ -15,9 +15,14 @@ import time
 import msgspec
 
 from aitp.coordination.lease_keeper import Adoption, LeaseKeeper
-from aitp.errors import ContractError, TaskApiError
-from aitp.intake import Admission, FlowWindow, HeldList, PendingCursor, TaskReader
+from aitp.coordination.leases import LeaseBook
+from aitp.intake import Admission, FlowWindow, HeldList, PendingCursor, TaskReader, fetch_list
 from aitp.intake.admission import COORDINATION, CREDIT, PROVIDERS, RATE_LIMIT, TOKEN
+from aitp.routing import ChatRouter, Router
+from aitp.storage.journal import Journal
+from aitp.storage.rate_limits import RateLimitBackend
+from aitp.tasks import TaskHandler
+from aitp.transport.task_api import TaskApiClient
 from actors.messages import (ListFetched, ResultsAdopted, SlowStartChanged, TasksClaimed, TasksComputed,
                              TasksRejected, TasksSettled, TasksTaken, TokenArrived)
 from actors.stage import PipelineContext, Stage
@@ -27,6 +32,8 @@ log = logging.getLogger("aitp.poller")
 # Names each Poller instance's chain of LeaseTick timers: a counter, as id() of a Poller that was
 # freed may be handed to the one restarted after it, whose chain would then take the old ticks.
 _LEASE_CHAINS = itertools.count(1)
+
+_PAUSED = {PROVIDERS: "polling paused: no provider available", RATE_LIMIT: "rate limit reached: polling paused"}
 
 
 class PollDue(msgspec.Struct, frozen=True):
@@ -44,18 +51,22 @@ class LeaseTick(msgspec.Struct, frozen=True):
 class Poller(Stage):
     name = "poller"
 
-    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
-        super().__init__(ctx, orphans)
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None, *, task_api: TaskApiClient,
+                 journal: Journal, handlers: dict[str, TaskHandler], router: Router,
+                 rate_limits: RateLimitBackend, chat_router: ChatRouter | None = None,
+                 leases: LeaseBook | None = None) -> None:
+        super().__init__(ctx, orphans, task_api)
+        self.journal = journal
         settings = self.settings
         processing, polling = settings.processing, settings.polling
         # Tasks in flight at most: grows with the API's distance (aitp/intake/window.py).
         self.window = FlowWindow(processing.min_in_flight, processing.max_in_flight, time.monotonic())
-        self.cursor = PendingCursor(ctx.handlers, polling.list_reuse_seconds, self.inherited)
-        self.reader = TaskReader(ctx.handlers, ctx.router, ctx.chat_router)
+        self.cursor = PendingCursor(handlers, polling.list_reuse_seconds, self.inherited)
+        self.reader = TaskReader(handlers, router, chat_router)
         lease_seconds = settings.coordination.lease_seconds
-        self.keeper = LeaseKeeper(ctx.leases, ctx.handlers, lease_seconds) if ctx.leases is not None else None
-        self.admission = Admission(credentials=ctx.task_api.credentials, needs_token=settings.uses_oauth2,
-                                   leases=ctx.leases, router=ctx.router, rate_limits=ctx.rate_limits,
+        self.keeper = LeaseKeeper(leases, handlers, lease_seconds) if leases is not None else None
+        self.admission = Admission(credentials=task_api.credentials, needs_token=settings.uses_oauth2,
+                                   leases=leases, router=router, rate_limits=rate_limits,
                                    interval_seconds=polling.interval_seconds, coordination_seconds=lease_seconds / 3)
         self.poll_scheduled = False
         self.waiting_for_credit = False
@@ -106,25 +117,21 @@ class Poller(Stage):
 
     def _resized(self) -> None:
         """Size the window again; take more when the credit it left is worth a take."""
-        api = self.ctx.task_api
+        api = self.task_api
         starting = self.window.starting
         old = self.window.resize(time.monotonic(), api.round_trip_seconds)
         if starting and not self.window.starting:
             self.tell("reporter", SlowStartChanged(False))   # no more TasksComputed
         if old is not None:
-            log.info("window resized", extra={"fields": {
-                "window": self.window.size, "was": old, "settle_rate": round(self.window.settle_rate, 1),
-                "start_pace": round(self.window.start_pace, 1),
-                "round_trip_ms": round((api.round_trip_seconds or 0.0) * 1000, 1)}})
-        if self.waiting_for_credit and self.credit >= self._refill_at():
+            round_trip_ms = round((api.round_trip_seconds or 0.0) * 1000, 1)
+            log.info("window resized", extra={"fields": {**self.window.describe(), "was": old,
+                                                          "round_trip_ms": round_trip_ms}})
+        if self.waiting_for_credit and self._credit_enough():
             self.waiting_for_credit = False
             self._schedule(0)
 
-    def _refill_at(self) -> int:
-        """How much credit a take waits for: half the window when it needs a poll (which costs
-        the whole list), an eighth while the last list can still be taken from (which costs nothing)."""
-        share = 8 if self.cursor.fresh(time.monotonic()) is not None else 2
-        return max(1, self.window.size // share)
+    def _credit_enough(self) -> bool:
+        return self.credit >= self.cursor.refill_at(self.window.size, time.monotonic())
 
     def _poll(self) -> None:
         if self.stopped:
@@ -145,10 +152,8 @@ class Poller(Stage):
             if not self.waiting_for_token:
                 log.info("polling paused: no token")
             self.waiting_for_token = True
-        elif reason == PROVIDERS:
-            log.info("polling paused: no provider available", extra={"fields": {"resume_in_s": round(delay, 2)}})
-        elif reason == RATE_LIMIT:
-            log.info("rate limit reached: polling paused", extra={"fields": {"resume_in_s": round(delay, 2)}})
+        elif reason in _PAUSED:
+            log.info(_PAUSED[reason], extra={"fields": {"resume_in_s": round(delay or 0.0, 2)}})
         elif reason == COORDINATION:
             self.cursor.drop_lists()       # polled again once Redis answers
         elif reason == CREDIT:
@@ -179,7 +184,7 @@ class Poller(Stage):
             self._fetch()
         if not more_left:
             self._schedule(self.settings.polling.interval_seconds)
-        elif self.credit >= self._refill_at():   # a full take: poll again as soon as credit returns
+        elif self._credit_enough():   # a full take: poll again as soon as credit returns
             self._schedule(0)
         else:
             self.waiting_for_credit = True
@@ -198,7 +203,7 @@ class Poller(Stage):
     def _adopt(self, adoption: Adoption) -> None:
         self.cursor.in_flight.update(adoption.task_ids)
         if adoption.jobs:
-            self.ctx.journal.record_claims(adoption.claims)
+            self.journal.record_claims(adoption.claims)
             self.tell("dispatcher", TasksClaimed(adoption.jobs))
         if adoption.entries:
             self.tell("reporter", ResultsAdopted(adoption.entries))
@@ -209,20 +214,10 @@ class Poller(Stage):
         begun = None if self.stopped else self.cursor.begin_fetch(self.window.size)
         if begun is None:
             return
-        (poll_number, splitter), api, directory, name = begun, self.ctx.task_api, self.ctx.directory, self.name
+        (poll_number, splitter), api, directory, name = begun, self.task_api, self.ctx.directory, self.name
 
         def fetch() -> None:
-            started = time.monotonic()
-            try:
-                api.fetch_pending(splitter.feed)
-                answer = ListFetched(poll_number, pending=splitter.finish(), fetched_at=time.monotonic(),
-                                     seconds=time.monotonic() - started)
-            except (TaskApiError, ContractError) as exc:
-                answer = ListFetched(poll_number, error=exc)
-            except Exception as exc:  # noqa: BLE001 - a bug here must not leave `fetching` set forever
-                log.exception("fetching the pending list failed")
-                answer = ListFetched(poll_number, error=TaskApiError(f"fetching the pending list failed: {exc!r}"))
-            directory.tell(name, answer)
+            directory.tell(name, ListFetched(poll_number, *fetch_list(api.fetch_pending, splitter)))
 
         assert self.pool is not None
         self.pool.submit(fetch)
@@ -251,13 +246,9 @@ class Poller(Stage):
         self.cursor.drop_lists()
 
     def status(self) -> dict:
-        cursor, keeper = self.cursor, self.keeper
-        return {"in_flight": len(cursor.in_flight), "window": self.window.size, "credit": self.credit,
-                "start_pace": round(self.window.start_pace, 1),
-                "polls": cursor.polls_begun, "prefetched": cursor.prefetched,
-                "taken": cursor.taken_total, "left_alone": dict(cursor.left_alone),
-                "leased_elsewhere": keeper.leased_elsewhere if keeper else 0,
-                "adopted": keeper.adopted_total if keeper else 0}
+        return {"in_flight": len(self.cursor.in_flight), "window": self.window.size, "credit": self.credit,
+                "start_pace": round(self.window.start_pace, 1), **self.cursor.status(),
+                **(self.keeper.status() if self.keeper else {"leased_elsewhere": 0, "adopted": 0})}
 
     def orphans(self) -> list:
         return sorted(self.cursor.in_flight)

@@ -19,8 +19,12 @@ from aitp.breakers import Permit
 from aitp.errors import DimensionMismatch, ProviderError
 from aitp.failures import BACK_OFF, NEXT_PROVIDER, RELEASE, SPLIT, Attempt, breaker_counts, decide, is_garbage, \
     vector_failure
+from aitp.routing import Router
+from aitp.storage.journal import Journal
+from aitp.storage.rate_limits import RateLimitBackend
 from aitp.vectors.dimensions import DimensionPins
 from aitp.vectors.jobs import VectorJob, VectorJobResult
+from aitp.vectors.pool import VectorPool
 from actors.dispatcher import new_batch_id
 from actors.messages import (BatchEmbedded, CallFailed, CallFinished, EmbedBatch, ProviderHungry, Rejection,
                              TasksRejected, TasksReleased)
@@ -33,13 +37,14 @@ class ProviderWorkers(Stage):
     name = "provider_workers"
 
     def __init__(self, ctx: PipelineContext, orphans: list | None = None,
-                 pins: DimensionPins | None = None) -> None:
+                 pins: DimensionPins | None = None, *, router: Router, journal: Journal, vector_pool: VectorPool,
+                 rate_limits: RateLimitBackend) -> None:
         super().__init__(ctx, orphans)
         self.limit = self.settings.processing.concurrency_limit
-        self.router = ctx.router
+        self.router, self.journal, self.vector_pool, self.rate_limits = router, journal, vector_pool, rate_limits
         self.queue: deque[EmbedBatch] = deque()
         self.active: dict[str, str] = {}          # batch id -> provider it is with
-        self.pins = pins or DimensionPins(self.settings.models.dimensions, ctx.journal)
+        self.pins = pins or DimensionPins(self.settings.models.dimensions, journal)
         self.calls: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()     # "provider/model" -> tokens the provider reported
         self.said_hungry = False                  # told the Dispatcher a slot is free, and got nothing since
@@ -133,8 +138,8 @@ class ProviderWorkers(Stage):
                                                    "task_ids": [job.task_id for job in batch.jobs]}})
         started = time.perf_counter()
         try:
-            if ctx.rate_limits.refunds_units:     # its rate-limit units are spent now
-                ctx.journal.mark_sent([job.task_id for job in batch.jobs])
+            if self.rate_limits.refunds_units:     # its rate-limit units are spent now
+                self.journal.mark_sent([job.task_id for job in batch.jobs])
             raw = provider.embed(batch.model, [job.text for job in batch.jobs])
         except Exception as exc:  # noqa: BLE001 - a provider bug must not lose the batch
             if not isinstance(exc, ProviderError):
@@ -153,7 +158,7 @@ class ProviderWorkers(Stage):
                         max_body_bytes=self.settings.api.max_body_bytes)
         # The breaker hears how the call went once its answer is checked: garbage is a failure too.
         try:
-            future = ctx.vector_pool.submit(job)
+            future = self.vector_pool.submit(job)
         except Exception as exc:  # noqa: BLE001 - a closed pool (shutting down): the batch is retried
             breaker.end(permit, failed=False)
             directory.tell(self.name, CallFailed(batch, ProviderError(f"vector work refused: {exc!r}", provider=name,

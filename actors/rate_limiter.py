@@ -12,9 +12,9 @@ import msgspec
 
 from aitp.contract import CLAIM_BODY
 from aitp.errors import CoordinationError
-from aitp.storage.journal import Claim
+from aitp.storage.journal import Claim, Journal
 from aitp.storage.rate_limits import RateLimitBackend
-from aitp.transport.task_api import PatchOutcome
+from aitp.transport.task_api import PatchOutcome, TaskApiClient
 from actors.messages import ClaimsAnswered, TakenTask, TasksClaimed, TasksSettled, TasksTaken
 from aitp.transport.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
@@ -35,10 +35,10 @@ class ClaimRetryDue(msgspec.Struct, frozen=True):
 class RateLimiter(Stage):
     name = "rate_limiter"
 
-    def __init__(self, ctx: PipelineContext, orphans: list | None = None,
-                 backend: RateLimitBackend | None = None) -> None:
-        super().__init__(ctx, orphans)
-        self.backend = backend or ctx.rate_limits
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None, *, task_api: TaskApiClient,
+                 journal: Journal, rate_limits: RateLimitBackend) -> None:
+        super().__init__(ctx, orphans, task_api)
+        self.journal, self.backend = journal, rate_limits
         self.claiming = self.settings.api.claim_tasks
         self.claims_sent = 0
         self.gate: OutageGate[TakenTask] = OutageGate(ctx.backoff)   # API down: park, probe, then resend
@@ -76,7 +76,7 @@ class RateLimiter(Stage):
             self.tell("poller", TasksSettled([task.job.task_id for task in refused], released=True))
         if not admitted:
             return
-        self.ctx.journal.record_claims([Claim(task.job.task_id, task.raw, admission.reservation)
+        self.journal.record_claims([Claim(task.job.task_id, task.raw, admission.reservation)
                                         for task in admitted])
         if not self.claiming:
             self.tell("dispatcher", TasksClaimed([task.job for task in admitted]))
@@ -121,9 +121,9 @@ class RateLimiter(Stage):
         if claimed:
             self.tell("dispatcher", TasksClaimed(claimed))
         if abandoned:   # gone or refused: nothing reached a provider, so the units go back
-            for reservation, units in Counter(self.ctx.journal.reservations_of(abandoned).values()).items():
+            for reservation, units in Counter(self.journal.reservations_of(abandoned).values()).items():
                 self.backend.refund(reservation, units)
-            self.ctx.journal.drop_claims(abandoned)
+            self.journal.drop_claims(abandoned)
             self.tell("poller", TasksSettled(abandoned))
         if waiting:
             self._send_claims(waiting, 1)

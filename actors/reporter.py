@@ -22,9 +22,10 @@ import msgspec
 
 from aitp.contract import RELEASE_BODY, state_body
 from aitp.errors import CoordinationError
-from aitp.storage.journal import OutboxEntry
+from aitp.coordination.leases import LeaseBook
+from aitp.storage.journal import Journal, OutboxEntry
 from aitp.vectors.jobs import TaskVector
-from aitp.transport.task_api import PatchOutcome, PatchResult
+from aitp.transport.task_api import PatchOutcome, PatchResult, TaskApiClient
 from actors.messages import (BatchEmbedded, PatchesAnswered, ResultsAdopted, SlowStartChanged, TasksComputed,
                              TasksRejected, TasksReleased, TasksSettled)
 from aitp.transport.outage_gate import OutageGate
@@ -55,8 +56,10 @@ def result_entry(result: TaskVector) -> OutboxEntry:
 class Reporter(Stage):
     name = "reporter"
 
-    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
-        super().__init__(ctx, orphans)
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None, *, task_api: TaskApiClient,
+                 journal: Journal, leases: LeaseBook | None = None) -> None:
+        super().__init__(ctx, orphans, task_api)
+        self.journal, self.leases = journal, leases
         self.entries: dict[str, OutboxEntry] = {}   # results the API has not taken yet (journaled or not)
         self.unjournaled: set[str] = set()          # entries held only here (their claims are journaled)
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
@@ -70,7 +73,7 @@ class Reporter(Stage):
         self.start_pool(self.settings.workers.reporter_concurrency)
         # Whatever the outbox holds (from the last run, or an earlier instance) is sent again: a
         # repeated PATCH of the same result is harmless, a lost one is not.
-        replayed = self.ctx.journal.outbox()
+        replayed = self.journal.outbox()
         for entry in replayed:
             self.entries[entry.task_id] = entry
         for entry in self.inherited:     # unjournaled results a failed instance held
@@ -83,7 +86,7 @@ class Reporter(Stage):
 
     def receive(self, message) -> None:
         if isinstance(message, BatchEmbedded):
-            if message.paid and self.ctx.leases is not None:
+            if message.paid and self.leases is not None:
                 self._share_paid(message.results)
             self.batch_of.update((r.task_id, message.batch_id) for r in message.results)
             self._store([result_entry(r) if r.body is not None
@@ -114,9 +117,9 @@ class Reporter(Stage):
         """Paid results go to Redis before they are reported: should this service die for good, the
         one taking its tasks over sends them instead of paying again (aitp/coordination/leases.py)."""
         try:
-            if not self.ctx.leases.available:    # not waiting on it for every batch while it is away
+            if not self.leases.available:    # not waiting on it for every batch while it is away
                 raise CoordinationError("Redis does not answer")
-            self.ctx.leases.keep_results([(entry.task_id, entry.body, entry.state)
+            self.leases.keep_results([(entry.task_id, entry.body, entry.state)
                                           for entry in map(result_entry, results)])
         except CoordinationError as exc:
             log.warning("paid results not shared: Redis does not answer; the journal keeps them",
@@ -131,7 +134,7 @@ class Reporter(Stage):
 
     def _store(self, entries: list[OutboxEntry], journaled: bool = True) -> None:
         if journaled:
-            self.ctx.journal.add_results(entries)
+            self.journal.add_results(entries)
         else:
             self.unjournaled.update(entry.task_id for entry in entries)
         for entry in entries:
@@ -158,7 +161,7 @@ class Reporter(Stage):
         if bare:
             self._send(bare, 1)
         if settled or released:
-            self.ctx.journal.acknowledge(settled + released)   # outbox rows, or claims of unjournaled ones
+            self.journal.acknowledge(settled + released)   # outbox rows, or claims of unjournaled ones
         if settled:
             self.tell("poller", TasksSettled(settled))
         if released:
@@ -180,7 +183,7 @@ class Reporter(Stage):
                 **self._fields(entry, result), "detail": result.detail}})
             fallback = OutboxEntry(task_id, BARE_FAILURE, "failed")
             if task_id not in self.unjournaled:
-                self.ctx.journal.add_results([fallback])
+                self.journal.add_results([fallback])
             self.entries[task_id] = fallback
             bare.append(fallback)
             return False
@@ -224,7 +227,7 @@ class Reporter(Stage):
         if held:
             # A graceful stop keeps what the API did not take for the next start, as if journaled
             # all along: releasing these claims instead would throw the vectors away.
-            self.ctx.journal.add_results(held)
+            self.journal.add_results(held)
 
     def orphans(self) -> list:
         """Results held nowhere else: the next instance sends them (journaled ones it reads back)."""

@@ -1,5 +1,5 @@
-"""What every stage shares: the directory to reach the others, the context of shared objects, and
-a base actor that hands its held work to the supervisor when it dies."""
+"""What every stage shares: the context (settings, the directory to reach the others, timers,
+metrics), and a base actor that hands its held work to the supervisor when it dies."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import logging
 import queue
 import random
 import sys
-import threading
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,123 +14,28 @@ from typing import Any, Callable
 import pykka
 
 from aitp.config import Settings
-from aitp.coordination.leases import LeaseBook
-from aitp.storage.journal import Journal
 from aitp.observability.metrics import Metrics
-from aitp.storage.rate_limits import AdmitAll, RateLimitBackend
-from aitp.routing import ChatRouter, Router
+from aitp.transport.chunking import chunk_sizes
 from aitp.transport.task_api import PatchResult, TaskApiClient
-from aitp.transport.wikidata import WikidataClient
-from aitp.tasks import TaskHandler
 from aitp.timers import Scheduler, backoff_delay
-from aitp.vectors.pool import VectorPool
+from actors.directory import StageDirectory
 from actors.messages import StageFailed
 from actors.patch_sender import PatchSender
 
 log = logging.getLogger("aitp.actors")
 
 
-# The fewest PATCHes a pipelined chunk carries: a batch's results go as one chunk.
-_PIPELINED_CHUNK = 16
-# About how long one chunk should take on its connection. A fast API gets a take's claims in one
-# or two chunks (each more chunk costs a hand-off, an answer message and thread wake-ups); a slow
-# one gets them spread over the whole pool. A take is a few hundred ms of provider work, so claims
-# that land within 50 ms keep well ahead of it.
-_CHUNK_SECONDS = 0.05
-
-
-def chunk_sizes(items: int, threads: int, pipelining: bool, patch_seconds: float | None) -> list[int]:
-    """How many PATCHes each chunk carries: as few chunks as keep each within _CHUNK_SECONDS at
-    the API's measured pace (all `threads` while that pace is unknown), at most one per thread."""
-    if not items:
-        return []
-    smallest = _PIPELINED_CHUNK if pipelining else 1
-    if patch_seconds:
-        smallest = max(smallest, int(_CHUNK_SECONDS / patch_seconds))
-    ways = max(1, min(threads, items // smallest))
-    size, extra = divmod(items, ways)
-    return [size + (index < extra) for index in range(ways)]
-
-
-class StageDirectory:
-    """Name -> current actor. A message for a stage that is down waits here and goes to the
-    restarted stage, so a restart loses no message."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._refs: dict[str, pykka.ActorRef] = {}
-        self._waiting: dict[str, list[Any]] = defaultdict(list)
-        self.closed = False
-        # Once closed (shutting down), a message for a stage that is gone goes here instead: the
-        # pipeline journals late results rather than lose them.
-        self.undeliverable: Callable[[str, Any], None] | None = None
-
-    def tell(self, name: str, message: Any) -> None:
-        with self._lock:
-            ref = self._refs.get(name)
-            if ref is not None:
-                try:
-                    ref.tell(message)
-                    return
-                except pykka.ActorDeadError:
-                    pass
-            if not self.closed:
-                self._waiting[name].append(message)
-                return
-        if self.undeliverable is not None:
-            self.undeliverable(name, message)
-
-    def ref(self, name: str) -> pykka.ActorRef | None:
-        with self._lock:
-            return self._refs.get(name)
-
-    def put(self, name: str, ref: pykka.ActorRef, first: list | tuple = ()) -> None:
-        """Register a (re)started stage and hand it `first` (what its predecessor held unhandled,
-        which is older), then what waited here for it, in order."""
-        with self._lock:
-            self._refs[name] = ref
-            waiting, self._waiting[name] = [*first, *self._waiting[name]], []
-            for index, message in enumerate(waiting):
-                try:
-                    ref.tell(message)
-                except pykka.ActorDeadError:   # died at once (in on_start): keep the rest for the next one
-                    self._waiting[name] = waiting[index:]
-                    break
-
-    def take_down(self, name: str, urn: str | None = None) -> pykka.ActorRef | None:
-        """Unregister a stage that is about to be replaced (only the instance `urn`, when given):
-        messages for it wait here meanwhile. Once this returns, no tell through the directory can
-        still reach the old instance."""
-        with self._lock:
-            ref = self._refs.get(name)
-            if ref is None or (urn is not None and ref.actor_urn != urn):
-                return None
-            return self._refs.pop(name)
-
-    def waiting(self, name: str) -> int:
-        with self._lock:
-            return len(self._waiting[name])
-
-
 @dataclass
 class PipelineContext:
-    """Objects that outlive any one stage instance (so a restart keeps connections and pools)."""
+    """What every stage needs and outlives any one stage instance. What a stage uses beyond this
+    (the journal, the task API, the router...) it gets in its constructor (actors/parts.py)."""
 
     settings: Settings
     directory: StageDirectory
     scheduler: Scheduler
-    journal: Journal
-    task_api: TaskApiClient
-    router: Router
-    vector_pool: VectorPool
-    handlers: dict[str, TaskHandler]
-    rate_limits: RateLimitBackend = field(default_factory=AdmitAll)
     metrics: Metrics = field(default_factory=Metrics)
     supervisor: pykka.ActorRef | None = None
     rng: random.Random = field(default_factory=random.Random)
-    chat_router: ChatRouter | None = None      # the LLM task types' chat models
-    wikidata: WikidataClient | None = None
-    leases: LeaseBook | None = None            # several services on one API (aitp/coordination/leases.py)
     # Called with (stage, message) before a stage handles a told message: the seam through which
     # tests inject faults at a chosen moment, and where a tracer could watch the flow.
     before_message: Callable[[Stage, Any], None] | None = None
@@ -149,10 +52,12 @@ class Stage(pykka.ThreadingActor):
 
     name: str = "stage"
 
-    def __init__(self, ctx: PipelineContext, orphans: list | None = None) -> None:
+    def __init__(self, ctx: PipelineContext, orphans: list | None = None,
+                 task_api: TaskApiClient | None = None) -> None:
         super().__init__()
         self.ctx = ctx
         self.settings = ctx.settings
+        self.task_api = task_api                      # for stages that talk to the task API
         self.inherited = orphans or []
         self.pool: ThreadPoolExecutor | None = None   # for stages that make blocking calls
         self.pool_size = 0
@@ -180,12 +85,13 @@ class Stage(pykka.ThreadingActor):
         Chunks that wait for a thread go out together (actors/patch_sender.py). A group stops at
         its first request without an answer (TaskApiClient.patch_in_order); each chunk's answer
         is told to this stage as `answer([(item, result), ...])`."""
-        assert self.pool is not None
+        assert self.pool is not None and self.task_api is not None
+        api = self.task_api
         if self.sender is None:
             directory, name = self.ctx.directory, self.name
-            self.sender = PatchSender(self.pool, self.pool_size, self.ctx.task_api,
+            self.sender = PatchSender(self.pool, self.pool_size, api,
                                       lambda message: directory.tell(name, message), name)
-        sizes = chunk_sizes(len(items), self.pool_size, self.ctx.task_api.pipelining, self.ctx.task_api.patch_seconds)
+        sizes = chunk_sizes(len(items), self.pool_size, api.pipelining, api.patch_seconds)
         chunks, start = [], 0
         for size in sizes:
             chunks.append(items[start:start + size])

@@ -28,7 +28,7 @@ import pykka
 from aitp.config import ChildPolicy
 from aitp.timers import backoff_delay
 from actors.messages import Rejection, StageFailed, TasksRejected, tasks_carried
-from actors.stage import StageDirectory
+from actors.directory import StageDirectory
 
 log = logging.getLogger("aitp.supervisor")
 

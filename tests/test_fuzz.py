@@ -15,7 +15,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from actors.pipeline import Pipeline
-from actors.stage import PipelineContext, Stage, StageDirectory
+from actors.directory import StageDirectory
+from actors.stage import PipelineContext, Stage
 from actors.supervisor import ChildSpec, Supervisor
 from aitp.config import ChildPolicy, Settings
 from aitp.contract import PendingSplitter, Task, Unusable, is_object_id, scan_entries
@@ -224,8 +225,7 @@ class Counting(Stage):
 def test_any_inbox_handed_over_at_restarts_is_delivered_whole_and_in_order(fails):
     Counting.gate, Counting.handled, Counting.failed = threading.Event(), [], set()
     scheduler, directory = Scheduler(), StageDirectory()
-    ctx = PipelineContext(settings=Settings(), directory=directory, scheduler=scheduler, journal=None,
-                          task_api=None, router=None, vector_pool=None, handlers={})
+    ctx = PipelineContext(settings=Settings(), directory=directory, scheduler=scheduler)
     policy = ChildPolicy(intensity=100, backoff_seconds=0.001, backoff_max_seconds=0.01)
     supervisor = Supervisor.start(directory, [ChildSpec("counting", lambda work: Counting.start(ctx, work), policy)],
                                   {}, on_fatal=lambda reason: None, schedule=scheduler.call_later)

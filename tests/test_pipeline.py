@@ -52,8 +52,8 @@ def test_ollama_vectors_arrive_normalised_and_batched(sandbox, ollama, run_pipel
         got = np.asarray(server.result(task["_id"]), dtype=np.float32)
         assert np.array_equal(got, expected_unit(stub_vector("nomic-embed-text", task["content"]["text"], 32)))
     assert max(stub.batch_sizes) <= 16 and len(stub.batch_sizes) < 100
-    assert pipeline.ctx.journal.pinned_dimensions() == {"nomic-embed-text": 32}
-    assert len(pipeline.ctx.vector_pool.worker_pids()) == process_workers
+    assert pipeline.parts.journal.pinned_dimensions() == {"nomic-embed-text": 32}
+    assert len(pipeline.parts.vector_pool.worker_pids()) == process_workers
 
 
 def test_a_poisoned_input_fails_alone(sandbox, ollama, run_pipeline, tmp_path):
@@ -220,7 +220,7 @@ def test_claims_and_reports_land_with_and_without_pipelining(sandbox, run_pipeli
     wait_until(lambda: drained(server), message="the queue to drain")
     assert server.counts() == {"succeeded": 200}
     assert all(server.history(t["_id"]) == ["pending", "in_progress", "succeeded"] for t in tasks)
-    assert pipeline.ctx.task_api.pipelining is (pipelining == "true")
+    assert pipeline.parts.task_api.pipelining is (pipelining == "true")
 
 
 def test_a_chunk_whose_client_call_raises_is_retried_not_stranded(sandbox, run_pipeline, tmp_path, monkeypatch):
@@ -249,7 +249,7 @@ def test_a_refused_failure_report_is_sent_again_bare_and_never_strands_its_task(
     assert server.counts() == {"succeeded": 5, "failed": 3}
     for task in malformed:
         assert server.history(task["_id"])[-1] == "failed"
-    wait_until(lambda: pipeline.ctx.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")
+    wait_until(lambda: pipeline.parts.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")
 
 
 def test_health_answers_within_dockers_probe_time_while_stages_are_busy(sandbox, run_pipeline, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from aitp.transport.task_api import PatchOutcome, PatchResult
 from actors.patch_sender import MAX_GROUP, PatchSender
-from actors.stage import chunk_sizes
+from aitp.transport.chunking import chunk_sizes
 
 
 @pytest.mark.parametrize("items, pace, sizes", [

@@ -10,7 +10,8 @@ import pykka
 import pytest
 
 from actors.messages import TakenTask, TasksRejected, TasksTaken
-from actors.stage import PipelineContext, Stage, StageDirectory
+from actors.directory import StageDirectory
+from actors.stage import PipelineContext, Stage
 from actors.supervisor import ChildSpec, Supervisor
 from aitp.config import ChildPolicy, Settings
 from aitp.tasks import EmbeddingJob
@@ -72,8 +73,7 @@ def supervised():
 
     def start(policy: ChildPolicy) -> tuple[StageDirectory, pykka.ActorRef, list[float]]:
         directory = StageDirectory()
-        ctx = PipelineContext(settings=Settings(), directory=directory, scheduler=scheduler, journal=None,
-                              task_api=None, router=None, vector_pool=None, handlers={})
+        ctx = PipelineContext(settings=Settings(), directory=directory, scheduler=scheduler)
 
         def schedule(delay, callback):
             delays.append(delay)

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from actors.stage import chunk_sizes
+from aitp.transport.chunking import chunk_sizes
 from aitp.contract import decode_pending
 from aitp.errors import ContractError, TaskApiError
 from aitp.sandbox.seed import generated_tasks, object_id
@@ -185,7 +185,7 @@ def _answers_each_request_after(seconds):
 
 
 def test_the_pace_of_patches_is_measured_for_sizing_chunks(scripted):
-    # The stages size their chunks of PATCHes by it (actors/stage.py chunk_sizes): a slow API gets
+    # The stages size their chunks of PATCHes by it (aitp/transport/chunking.py): a slow API gets
     # a large take's claims spread over every thread, not queued on one connection.
     server = scripted(_answers_each_request_after(0.03))
     client = TaskApiClient(server.url, timeout=5)

@@ -82,5 +82,8 @@ class LeaseKeeper:
         claims = [Claim(job.task_id, json_of[job.task_id], 0) for job in jobs]
         return Adoption([task.task_id for task in adopted], jobs, claims, entries)
 
+    def status(self) -> dict:
+        return {"leased_elsewhere": self.leased_elsewhere, "adopted": self.adopted_total}
+
     def finish(self, task_ids: list[str], final: bool) -> None:
         self.leases.finish(task_ids, final=final)

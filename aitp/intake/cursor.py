@@ -10,6 +10,7 @@ never uses up what a list may keep. Where fetches are slow, the next list is fet
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Container, NamedTuple
@@ -17,6 +18,7 @@ from typing import Container, NamedTuple
 import msgspec
 
 from aitp.contract import PendingList, PendingSplitter, Task, Unusable, read_entry
+from aitp.errors import ContractError, TaskApiError
 from aitp.intake.reader import Rejection, TakenTask, TaskReader
 
 log = logging.getLogger("aitp.poller")
@@ -104,6 +106,15 @@ class PendingCursor:
     def drop_lists(self) -> None:
         """Forget the lists held: the next take polls again."""
         self.held = self.next_list = None
+
+    def refill_at(self, window: int, now: float) -> int:
+        """How much credit a take waits for: half the window when it needs a poll (which costs
+        the whole list), an eighth while the last list can still be taken from (which costs nothing)."""
+        return max(1, window // (8 if self.fresh(now) is not None else 2))
+
+    def status(self) -> dict:
+        return {"polls": self.polls_begun, "prefetched": self.prefetched, "taken": self.taken_total,
+                "left_alone": dict(self.left_alone)}
 
     def fresh(self, now: float) -> HeldList | None:
         """The last list, while it is young enough to take more from instead of polling again (or
@@ -228,3 +239,28 @@ class PendingCursor:
             self._seen_left_alone.add(entry.description)
             self.left_alone[entry.reason] += 1
             log.warning("task left alone", extra={"fields": {"reason": entry.reason, "why": entry.description}})
+
+
+class Fetched(NamedTuple):
+    """One fetch of the pending list: the list screened as it arrived, or why there is none."""
+
+    pending: PendingList | None
+    error: Exception | None
+    fetched_at: float
+    seconds: float
+
+
+def fetch_list(fetch_pending, splitter: PendingSplitter) -> Fetched:
+    """Fetch one pending list through `fetch_pending(feed)` (TaskApiClient.fetch_pending), screened
+    by `splitter` (PendingCursor.begin_fetch). Never raises: a bug must not leave a fetch begun
+    for ever, so it comes back as the error."""
+    started = time.monotonic()
+    try:
+        fetch_pending(splitter.feed)
+        pending = splitter.finish()
+        return Fetched(pending, None, time.monotonic(), time.monotonic() - started)
+    except (TaskApiError, ContractError) as exc:
+        return Fetched(None, exc, 0.0, 0.0)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("fetching the pending list failed")
+        return Fetched(None, TaskApiError(f"fetching the pending list failed: {exc!r}"), 0.0, 0.0)

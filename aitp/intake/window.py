@@ -41,6 +41,10 @@ class FlowWindow:
         self.start_pace = 0.0         # tasks computed per second in the start, as last measured
         self._reported = self.size    # the size last worth a log line
 
+    def describe(self) -> dict:
+        """The window's state, for a log line."""
+        return {"window": self.size, "settle_rate": round(self.settle_rate, 1), "start_pace": round(self.start_pace, 1)}
+
     def start(self, now: float) -> None:
         """Count the rate from now (the first take), not from start-up."""
         self._settled, self._since = 0, now

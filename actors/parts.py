@@ -1,0 +1,123 @@
+"""The objects the stages use, built once per run (so that a stage's restart keeps connections,
+pools and files), and which stage gets which: each stage takes its parts in its constructor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from aitp.breakers import ProviderBreaker
+from aitp.config import Settings
+from aitp.coordination.breakers import shared_breaker_storage
+from aitp.coordination.leases import LeaseBook, connect, key_prefix, lease_book_for
+from aitp.coordination.rate_limits import shared_rate_limits_for
+from aitp.observability.metrics import Metrics
+from aitp.providers import Provider
+from aitp.routing import ChatRouter, Router
+from aitp.storage.files import private_directory
+from aitp.storage.journal import Journal
+from aitp.storage.rate_limits import RateLimitBackend, rate_limits_for
+from aitp.tasks import HANDLERS, TaskHandler
+from aitp.transport.auth import TokenClient
+from aitp.transport.task_api import NoCredentials, TaskApiClient
+from aitp.transport.tls import client_context
+from aitp.transport.wikidata import WikidataClient, wikidata_client_for
+from aitp.vectors.pool import VectorPool
+from actors.authenticator import ActorCredentials, TokenCell
+from actors.directory import StageDirectory
+
+# Which parts each stage is built with (the names of its constructor's keyword arguments).
+STAGE_PARTS: dict[str, tuple[str, ...]] = {
+    "authenticator": ("token_client", "cell"),
+    "reporter": ("task_api", "journal", "leases"),
+    "provider_workers": ("router", "journal", "vector_pool", "rate_limits"),
+    "llm_workers": ("handlers", "chat_router", "wikidata", "journal", "rate_limits"),
+    "dispatcher": ("router",),
+    "rate_limiter": ("task_api", "journal", "rate_limits"),
+    "poller": ("task_api", "journal", "handlers", "router", "chat_router", "rate_limits", "leases"),
+}
+
+
+@dataclass
+class Parts:
+    journal: Journal
+    task_api: TaskApiClient
+    router: Router
+    chat_router: ChatRouter
+    vector_pool: VectorPool
+    handlers: dict[str, TaskHandler]
+    rate_limits: RateLimitBackend
+    cell: TokenCell
+    token_client: TokenClient | None = None
+    wikidata: WikidataClient | None = None
+    leases: LeaseBook | None = None     # several services on one API (aitp/coordination/leases.py)
+
+    def for_stage(self, name: str) -> dict[str, Any]:
+        return {part: getattr(self, part) for part in STAGE_PARTS.get(name, ())}
+
+    def status(self, outbox: int | None) -> dict:
+        """The shared objects' part of /health and /metrics. Results waiting for the API: the
+        Reporter holds them all (`outbox`, unpaid ones in memory only), else the journal says."""
+        wikidata = self.wikidata.status() if self.wikidata is not None else {}
+        breakers = {**self.router.status(), **({"wikidata": wikidata.pop("breaker")} if "breaker" in wikidata else {})}
+        out: dict = {"breakers": breakers, "outbox": self.journal.counts()["outbox"] if outbox is None else outbox,
+                     "wikidata": wikidata, "process_worker_restarts": self.vector_pool.restarts}
+        if self.leases is not None:
+            out["coordination"] = self.leases.status()
+        return out
+
+    def close(self) -> None:
+        self.task_api.close()
+        self.router.close()
+        if self.wikidata is not None:
+            self.wikidata.close()
+        self.rate_limits.close()
+        self.journal.close()
+
+
+PART_NAMES = {field.name for field in fields(Parts)}
+
+
+def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Metrics,
+                directory: StageDirectory) -> Parts:
+    """Everything the stages use. With REDIS_URL, several services share leases, paid results,
+    rate limits and breakers."""
+    resilience = settings.resilience
+    redis_client = connect(settings.coordination.redis_url) if settings.coordination.redis_url else None
+    prefix = key_prefix(settings.coordination.key_prefix, settings.api.base_url)
+
+    def breaker(name: str, endpoint: str | None = None) -> ProviderBreaker:
+        storage = shared_breaker_storage(redis_client, prefix, name, endpoint) \
+            if redis_client is not None and endpoint is not None else None
+        return ProviderBreaker(name, resilience.circuit_breaker_threshold, resilience.circuit_breaker_reset_seconds,
+                               storage=storage)
+
+    breakers = {name: breaker(name, provider.endpoint) for name, provider in providers.items()}
+    private_directory(settings.data_dir)     # 0700: task texts and vectors live there
+    cell, tls = TokenCell(), client_context(settings)    # one TLS policy for every client (aitp/transport/tls.py)
+    token_client = _token_client(settings, tls)
+    workers = settings.workers
+    task_api = TaskApiClient(
+        settings.api.base_url, timeout=settings.api.request_timeout,
+        credentials=ActorCredentials(cell, directory, settings.api.request_timeout) if token_client
+        else NoCredentials(),
+        observer=metrics.api_request, pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
+        pipelining=settings.api.pipelining, max_answer_bytes=settings.api.max_answer_bytes, ssl_context=tls)
+    vector_pool = VectorPool(workers.process_workers, workers.process_answer_timeout)
+    vector_pool.warm_up()
+    rate_limits = (redis_client and shared_rate_limits_for(settings, redis_client)) or rate_limits_for(settings)
+    return Parts(journal=Journal(settings.journal_path), task_api=task_api,
+                 router=Router(settings.processing.mode, providers, breakers),
+                 chat_router=ChatRouter(providers, breakers, settings.models.chat), vector_pool=vector_pool,
+                 handlers={name: handler(settings) for name, handler in HANDLERS.items()},
+                 rate_limits=rate_limits, cell=cell, token_client=token_client,
+                 wikidata=wikidata_client_for(settings, breaker("wikidata")),
+                 leases=lease_book_for(settings, redis_client))
+
+
+def _token_client(settings: Settings, tls) -> TokenClient | None:
+    if not settings.uses_oauth2:
+        return None
+    auth = settings.auth
+    return TokenClient(settings.token_url, auth.client_id, auth.client_secret, scope=auth.scope,
+                       auth_method=auth.client_auth_method, timeout=settings.api.request_timeout, ssl_context=tls)
