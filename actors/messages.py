@@ -5,13 +5,21 @@ RateLimiter's ClaimRetryDue, LlmWorkers' ChatRetryDue, the Reporter's ReportDue,
 Authenticator's RefreshDue) are defined beside the stage, not here. A message that carries tasks'
 work says which (`carried()`): they fail with it if it is quarantined (actors/supervisor.py).
 
-One embedding batch of 15 tasks, from the poll to its PATCHes, near the API (claims and results
-each one pipelined chunk; the counts are per batch, a poll's list serving many batches):
-- before issue 27: PollDue, ListFetched, TasksTaken, ClaimsAnswered, TasksClaimed, LingerOver,
-  EmbedBatch, CallFinished, BatchEmbedded, TasksComputed (slow start only), PatchesAnswered,
-  TasksSettled, ProviderHungry: 11 in steady state (13 in the slow start, a poll per take);
-- now: the same 11, measured by counting the messages a drain handles (tests/test_pipeline.py's
-  `test_messages_per_embedding_batch`). What stands between them and 6 is in benchmarks/README.md.
+One embedding batch of 15 tasks, from the poll to its PATCHes, counted by type over a drain of
+3,000 tasks with the mock provider on loopback (tests/test_pipeline.py
+`test_messages_per_embedding_batch`; a stage's own timers count, a poll's list serves many batches):
+- per batch: EmbedBatch, CallFinished and BatchEmbedded (1 each); PatchesAnswered (0.9: a chunk of
+  results), ClaimsAnswered (0.7: a chunk of claims); TasksClaimed, TasksSettled, ProviderHungry,
+  PollDue, TasksTaken, TasksComputed (the slow start only), LingerOver, ListFetched (a fraction each);
+- before issue 27: 7.5 to 7.6 a batch, with a core kept busy or not: every chunk's answer caused
+  one TasksClaimed or TasksSettled of its own, every finished call one ProviderHungry.
+- now: 5.6 to 5.9 (6.4 to 6.5 with another process keeping a core busy; 7 to 8 in a drain of 300,
+  which is all slow start). What several waiting messages cause goes out as one once the stage's
+  inbox is empty (Stage.tell_soon, Stage.when_idle): the RateLimiter's TasksClaimed, the Reporter's
+  sends, TasksSettled and TasksComputed, ProviderWorkers' ProviderHungry. What stands between
+  that and fewer is one answer per chunk of PATCHes (chunked for the API's pace,
+  aitp/transport/chunking.py) and a CallFinished beside each BatchEmbedded (the slot a call frees
+  is the provider stage's to give).
 """
 
 from __future__ import annotations

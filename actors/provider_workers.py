@@ -105,8 +105,15 @@ class ProviderWorkers(Stage):
             self.pool.submit(self._call, batch, provider)
         waiting.extend(self.queue)
         self.queue = waiting
+        if not self.queue and not self.said_hungry:
+            self.when_idle(self._say_hungry)     # a batch waiting in the inbox may take the slot first
+
+    def _say_hungry(self) -> None:
+        """A slot is free and nothing waits for one: the Dispatcher may send a partial batch now
+        rather than let the slot idle (at worst, it waits out its linger)."""
+        busy = Counter(self.active.values())
         if not self.queue and not self.said_hungry and any(busy[name] < self.limit for name in self.router.providers):
-            self.said_hungry = True   # the Dispatcher may now send a partial batch rather than let a slot idle
+            self.said_hungry = True
             self.tell("dispatcher", ProviderHungry())
 
     def _drop_refused_inputs(self, batch: EmbedBatch, provider: str) -> EmbedBatch | None:

@@ -118,8 +118,8 @@ class RateLimiter(Stage):
             log.warning("claim abandoned", extra={"fields": {"task_id": task_id, "outcome": result.outcome.value,
                                                               "status": result.status, "detail": result.detail}})
             abandoned.append(task_id)
-        if claimed:
-            self.tell("dispatcher", TasksClaimed(claimed))
+        if claimed:     # with those of the other answers waiting: fewer, fuller batches
+            self.tell_soon("dispatcher", TasksClaimed, claimed)
         if abandoned:   # gone or refused: nothing reached a provider, so the units go back
             for reservation, units in Counter(self.journal.reservations_of(abandoned).values()).items():
                 self.backend.refund(reservation, units)

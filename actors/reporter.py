@@ -53,6 +53,18 @@ def result_entry(result: TaskVector) -> OutboxEntry:
     return OutboxEntry(result.task_id, state_body("failed", result.error or "no vector"), "failed")
 
 
+def computed(counts: list[int]) -> TasksComputed:
+    return TasksComputed(sum(counts))
+
+
+def released_to_pending(task_ids: list[str]) -> TasksSettled:
+    return TasksSettled(task_ids, released=True)
+
+
+# Results stored while more messages wait are sent together once the inbox is empty, or at this many.
+_SEND_TOGETHER = 64
+
+
 class Reporter(Stage):
     name = "reporter"
 
@@ -68,6 +80,7 @@ class Reporter(Stage):
         # While the Poller's window is in its slow start (SlowStartChanged), which sizes it from the
         # pace of results computed, each batch is told to it (TasksComputed).
         self.window_starting = True
+        self.unsent: list[OutboxEntry] = []          # stored, to be sent once the inbox is empty (_store)
 
     def setup(self) -> None:
         self.start_pool(self.settings.workers.reporter_concurrency)
@@ -94,7 +107,7 @@ class Reporter(Stage):
                          for r in message.results],
                         journaled=message.paid or self.settings.storage.journal_unpaid_results)
             if self.window_starting:
-                self.tell("poller", TasksComputed(len(message.results)))
+                self.tell_soon("poller", computed, [len(message.results)])
         elif isinstance(message, SlowStartChanged):
             self.window_starting = message.starting
         elif isinstance(message, ResultsAdopted):
@@ -139,10 +152,20 @@ class Reporter(Stage):
             self.unjournaled.update(entry.task_id for entry in entries)
         for entry in entries:
             self.entries[entry.task_id] = entry
+        self.unsent.extend(entries)
+        if len(self.unsent) >= _SEND_TOGETHER:
+            self._send_unsent()
+        else:
+            self.when_idle(self._send_unsent)
+
+    def _send_unsent(self) -> None:
+        """What was stored while more messages waited goes out together: fewer chunks, each one
+        answer (PatchesAnswered) and one TasksSettled."""
+        entries, self.unsent = [entry for entry in self.unsent if entry.task_id in self.entries], []
         if self.gate.down:    # wait with the others for the probe to get through
             for entry in entries:
                 self.gate.park(entry.task_id, entry.task_id)
-        else:
+        elif entries:
             self._send(entries, 1)
 
     def _send(self, entries: list[OutboxEntry], attempt: int) -> None:
@@ -163,9 +186,9 @@ class Reporter(Stage):
         if settled or released:
             self.journal.acknowledge(settled + released)   # outbox rows, or claims of unjournaled ones
         if settled:
-            self.tell("poller", TasksSettled(settled))
+            self.tell_soon("poller", TasksSettled, settled)
         if released:
-            self.tell("poller", TasksSettled(released, released=True))
+            self.tell_soon("poller", released_to_pending, released)
         if waiting:
             log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
             self._send([self.entries[task_id] for task_id in waiting if task_id in self.entries], 1)

@@ -64,6 +64,9 @@ class Stage(pykka.ThreadingActor):
         self.sender: PatchSender | None = None        # for stages that PATCH (patch_in_chunks)
         self.handing_over = False
         self.handling: Any = None     # the told message being handled: a failure hands it on
+        self.idle_work: dict[str, Callable[[], None]] = {}   # when_idle: by name, in order
+        self.held_tells: dict[tuple[str, Callable[[list], Any]], list] = {}   # tell_soon
+        self.held_before: dict[tuple[str, Callable[[list], Any]], int] = {}   # as the message began
 
     @staticmethod
     def _create_actor_inbox() -> queue.SimpleQueue:
@@ -102,6 +105,7 @@ class Stage(pykka.ThreadingActor):
         # A graceful stop waits for the calls already made (a claim landing after its release
         # would strand the task) and cancels the queued ones; the journal keeps their work. A stage
         # handing over to a successor lets the queued calls run too: their answers go to it.
+        self.tell_held()
         if self.sender and not self.handing_over:
             self.sender.drop_queued()
         if self.pool:
@@ -120,6 +124,7 @@ class Stage(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         self.handling = message
+        self.held_before = {key: len(items) for key, items in self.held_tells.items()}
         hook = self.ctx.before_message
         if hook is not None:
             hook(self, message)
@@ -128,6 +133,35 @@ class Stage(pykka.ThreadingActor):
 
     def receive(self, message: Any) -> None:
         """Handle one told message (override instead of on_receive)."""
+
+    def when_idle(self, work: Callable[[], None]) -> None:
+        """Run `work` once the inbox is empty (after this message, or after those already waiting):
+        what several waiting messages cause goes out together, as one send and one answer, where
+        one each would cost a hand-off and a message apiece. Once per name until it ran. Work
+        deferred here must be safe to lose with the instance (it is not run after a failure)."""
+        self.idle_work.setdefault(work.__name__, work)
+
+    def tell_soon(self, stage: str, make: Callable[[list], Any], items: list) -> None:
+        """Tell `stage` make(items) once the inbox is empty, joined with the items of every other
+        tell_soon(stage, make) until then: one message where each waiting message would have
+        caused one. Told before the instance goes, whatever the reason (a failure, a hand-over,
+        a stop), so that nothing held here is lost."""
+        self.held_tells.setdefault((stage, make), []).extend(items)
+        self.when_idle(self.tell_held)
+
+    def tell_held(self) -> None:
+        held, self.held_tells, self.held_before = self.held_tells, {}, {}
+        for (stage, make), items in held.items():
+            if items:
+                self.tell(stage, make(items))
+
+    def _handle_receive(self, message: Any) -> Any:
+        # pykka's dispatch of every envelope, told or asked (an ask may be the last one waiting):
+        # after it, with the inbox empty, the work put off until then runs.
+        answer = super()._handle_receive(message)
+        while self.idle_work and self.actor_inbox.empty() and not self.actor_stopped.is_set():
+            self.idle_work.pop(next(iter(self.idle_work)))()
+        return answer
 
     def tell(self, stage: str, message: Any) -> None:
         self.ctx.directory.tell(stage, message)
@@ -145,6 +179,7 @@ class Stage(pykka.ThreadingActor):
     def hand_over(self) -> tuple[list, list]:
         """Asked by the supervisor (rest-for-one) after taking this stage out of the directory: give
         back the held work and the messages not yet handled, and stop."""
+        self.tell_held()
         held, undelivered = self.orphans(), self._undelivered()
         self.handing_over = True
         self.stop()   # after this message; on_stop still waits for the calls in flight
@@ -152,6 +187,14 @@ class Stage(pykka.ThreadingActor):
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("stage failed", extra={"fields": {"stage": self.name, "error": repr(exception_value)[:500]}})
+        # What earlier messages put off is told; what the failing one added is not, as the next
+        # instance handles that message again.
+        for key, before in self.held_before.items():
+            del self.held_tells[key][before:]
+        try:
+            self.tell_held()     # only tells, through the directory
+        except Exception:  # noqa: BLE001
+            log.exception("messages put off until idle could not be told")
         if self.ctx.supervisor is not None:
             # Out of the directory first: from now on messages for this stage wait there, so that
             # none lands in this inbox after it was emptied.

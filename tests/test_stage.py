@@ -5,11 +5,17 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
 import pytest
 
+from aitp.config import Settings
+from aitp.timers import Scheduler
 from aitp.transport.task_api import PatchOutcome, PatchResult
+from actors.directory import StageDirectory
+from actors.stage import PipelineContext, Stage
 from actors.patch_sender import MAX_GROUP, PatchSender
 from aitp.transport.chunking import chunk_sizes
+from conftest import wait_until
 
 
 @pytest.mark.parametrize("items, pace, sizes", [
@@ -155,3 +161,77 @@ def test_a_stop_drops_what_waits_and_answers_what_is_on_the_wire():
     assert api.groups == [["sent"]]
     assert [item for item, _ in answers.get(timeout=10)] == ["sent"]
     assert answers.empty()
+
+
+class Gate(msgspec.Struct, frozen=True):
+    """Holds the coalescing stage until the test has filled its inbox."""
+
+
+class Item(msgspec.Struct, frozen=True):
+    number: int
+    fail: bool = False
+
+
+class Joined(msgspec.Struct, frozen=True):
+    numbers: list
+
+
+class Coalescing(Stage):
+    """Tells the sink, through tell_soon, each number it is given."""
+
+    name = "coalescing"
+    gate = threading.Event()
+
+    def receive(self, message) -> None:
+        if isinstance(message, Gate):
+            assert Coalescing.gate.wait(10)
+        elif isinstance(message, Item):
+            self.tell_soon("sink", Joined, [message.number])
+            if message.fail:
+                raise RuntimeError("injected fault after a tell_soon")
+
+
+class Sink(Stage):
+    name = "sink"
+    told: list = []
+
+    def receive(self, message) -> None:
+        Sink.told.append(message)
+
+
+@pytest.fixture
+def coalescing():
+    Coalescing.gate, Sink.told = threading.Event(), []
+    scheduler, directory = Scheduler(), StageDirectory()
+    ctx = PipelineContext(settings=Settings(), directory=directory, scheduler=scheduler)
+    refs = [Sink.start(ctx), Coalescing.start(ctx)]
+    directory.put("sink", refs[0])
+    directory.put("coalescing", refs[1])
+    yield directory
+    for ref in refs:
+        ref.stop()
+    scheduler.stop()
+
+
+def test_what_waiting_messages_tell_soon_goes_out_as_one_message_once_the_inbox_is_empty(coalescing):
+    coalescing.tell("coalescing", Gate())
+    for number in range(5):
+        coalescing.tell("coalescing", Item(number))
+    Coalescing.gate.set()
+    wait_until(lambda: Sink.told, message="the sink to be told")
+    assert Sink.told == [Joined([0, 1, 2, 3, 4])]
+    coalescing.tell("coalescing", Item(5))       # alone in the inbox: told at once, by itself
+    wait_until(lambda: len(Sink.told) == 2, message="the second message")
+    assert Sink.told[1] == Joined([5])
+
+
+def test_what_tell_soon_holds_is_told_when_the_stage_fails(coalescing):
+    """A failure must not lose what earlier messages put off: their tells go out before the stage
+    goes. The failing message's own are not (the next instance handles it again)."""
+    coalescing.tell("coalescing", Gate())
+    coalescing.tell("coalescing", Item(0))
+    coalescing.tell("coalescing", Item(1, fail=True))
+    coalescing.tell("coalescing", Item(2))
+    Coalescing.gate.set()
+    wait_until(lambda: Sink.told, message="the sink to be told")
+    assert Sink.told[0] == Joined([0])
