@@ -11,8 +11,8 @@ import pytest
 from aitp.config import Settings
 from aitp.coordination.lease_keeper import LeaseKeeper
 from aitp.coordination.leases import Adopted
-from aitp.errors import CoordinationError
-from aitp.intake import Admission, PendingCursor, Rejection, TakenTask, TaskReader
+from aitp.errors import CoordinationError, TaskApiError
+from aitp.intake import Admission, PendingCursor, Rejection, TakenTask, TaskReader, fetch_list
 from aitp.intake.admission import COORDINATION, CREDIT, PROVIDERS, RATE_LIMIT, SHARED_LIMITS, TOKEN
 from aitp.intake.cursor import NO_HANDLER, PREFETCH_WORTH_SECONDS
 from aitp.storage.journal import OutboxEntry
@@ -194,6 +194,40 @@ def test_a_near_api_never_fetches_ahead():
     pending, poll = listed(cursor, [task_json("a")])
     cursor.fetched(pending, poll, 0.0, seconds=PREFETCH_WORTH_SECONDS / 2)
     assert not cursor.should_prefetch(cursor.fresh(0.0), 100, 0.0, now=4.99)
+
+
+def test_a_take_waits_for_an_eighth_of_the_window_while_a_list_is_held_and_half_when_it_needs_a_poll():
+    cursor = PendingCursor(handlers(), reuse_seconds=5.0)
+    assert cursor.refill_at(256, now=0.0) == 128
+    pending, poll = listed(cursor, [task_json("a"), task_json("b")])
+    cursor.fetched(pending, poll, fetched_at=0.0, seconds=0.01)
+    assert cursor.refill_at(256, now=1.0) == 32
+    assert cursor.refill_at(4, now=1.0) == 1
+
+
+class FetchingApi:
+    def __init__(self, body: bytes = b"", error: Exception | None = None) -> None:
+        self.body, self.error = body, error
+
+    def fetch_pending(self, feed) -> None:
+        if self.error is not None:
+            raise self.error
+        feed(self.body)
+
+
+def test_a_fetch_brings_the_screened_list_or_the_error_and_never_raises():
+    cursor = PendingCursor(handlers(), reuse_seconds=5.0)
+    poll, splitter = cursor.begin_fetch(100)
+    fetched = fetch_list(FetchingApi(b"[" + task_json("a") + b"," + task_json("b", kind="translating") + b"]")
+                         .fetch_pending, splitter)
+    assert fetched.error is None and len(fetched.pending) == 1 and fetched.fetched_at > 0
+    assert cursor.left_alone == {NO_HANDLER: 1}
+    assert cursor.fetched(fetched.pending, poll, fetched.fetched_at, fetched.seconds)
+    for error in (TaskApiError("503"), KeyError("a bug")):
+        _, splitter = cursor.begin_fetch(100)
+        fetched = fetch_list(FetchingApi(error=error).fetch_pending, splitter)
+        assert fetched.pending is None and isinstance(fetched.error, TaskApiError)
+        cursor.fetch_failed()
 
 
 def test_screening_leaves_alone_unknown_types_and_unusable_ids_once_each():
