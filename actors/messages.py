@@ -37,7 +37,8 @@ from aitp.vectors.jobs import TaskVector
 __all__ = ["BatchEmbedded", "CallFailed", "CallFinished", "ChatTaskDone", "ClaimsAnswered", "EmbedBatch",
            "ListFetched", "PatchesAnswered", "ProviderHungry", "Rejection", "ResultsAdopted", "RunChatTasks",
            "SlowStartChanged", "StageFailed", "TakenTask", "TasksClaimed", "TasksComputed", "TasksRejected",
-           "TasksReleased", "TasksSettled", "TasksTaken", "TokenArrived", "tasks_carried"]
+           "TasksReleased", "TasksSettled", "TasksTaken", "TokenArrived", "computed_in_all", "released_to_pending",
+           "tasks_carried"]
 
 
 # --- the flow of a task ---
@@ -190,12 +191,22 @@ class TasksSettled(msgspec.Struct, frozen=True):
     released: bool = False       # pending again on the API (another service may take them at once)
 
 
+def released_to_pending(task_ids: list[str]) -> TasksSettled:
+    """TasksSettled for tasks put back to pending (Stage.tell_soon)."""
+    return TasksSettled(task_ids, released=True)
+
+
 class TasksComputed(msgspec.Struct, frozen=True):
     """Reporter to Poller: a provider computed this many tasks' results (their credit is still held
     until the API takes them). The earliest sign of the pace, which the window's slow start follows;
     sent only while it lasts (SlowStartChanged)."""
 
     count: int
+
+
+def computed_in_all(counts: list[int]) -> TasksComputed:
+    """The TasksComputed of several batches (Stage.tell_soon)."""
+    return TasksComputed(sum(counts))
 
 
 class SlowStartChanged(msgspec.Struct, frozen=True):

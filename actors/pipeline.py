@@ -17,6 +17,7 @@ from aitp.observability.metrics import Metrics
 from aitp.observability.monitoring import MonitoringServer
 from aitp.providers import providers_for
 from aitp.providers.startup import prepare_providers
+from aitp.storage.journal import result_entry
 from aitp.storage.recovery import recover, release_claims
 from aitp.tasks import HANDLERS
 from aitp.timers import Scheduler
@@ -29,7 +30,7 @@ from actors.parts import Parts, build_parts
 from actors.poller import Poller
 from actors.provider_workers import ProviderWorkers
 from actors.rate_limiter import RateLimiter
-from actors.reporter import Reporter, result_entry
+from actors.reporter import Reporter
 from actors.stage import PipelineContext, Stage
 from actors.supervisor import ChildSpec, Supervisor
 

@@ -23,15 +23,16 @@ import msgspec
 from aitp.contract import RELEASE_BODY, state_body
 from aitp.errors import CoordinationError
 from aitp.coordination.leases import LeaseBook
-from aitp.storage.journal import Journal, OutboxEntry
+from aitp.storage.journal import Journal, OutboxEntry, result_entry
 from aitp.vectors.jobs import TaskVector
 from aitp.transport.task_api import PatchOutcome, PatchResult, TaskApiClient
-from actors.messages import (BatchEmbedded, PatchesAnswered, ResultsAdopted, SlowStartChanged, TasksComputed,
-                             TasksRejected, TasksReleased, TasksSettled)
+from actors.messages import (BatchEmbedded, PatchesAnswered, ResultsAdopted, SlowStartChanged, TasksRejected,
+                             TasksReleased, TasksSettled, computed_in_all, released_to_pending)
 from aitp.transport.outage_gate import OutageGate
 from actors.stage import PipelineContext, Stage
 
 log = logging.getLogger("aitp.reporter")
+
 
 class ReportDue(msgspec.Struct, frozen=True):
     """The Reporter's timer: (re)send these journaled outbox entries, as the probe of an outage."""
@@ -44,21 +45,6 @@ class ReportDue(msgspec.Struct, frozen=True):
 
 
 BARE_FAILURE = state_body("failed")     # what a server that refuses a reason or a release still takes
-
-
-def result_entry(result: TaskVector) -> OutboxEntry:
-    """The outbox entry for one task's result: its success body, or a failure with the reason."""
-    if result.body is not None:
-        return OutboxEntry(result.task_id, result.body, "succeeded")
-    return OutboxEntry(result.task_id, state_body("failed", result.error or "no vector"), "failed")
-
-
-def computed(counts: list[int]) -> TasksComputed:
-    return TasksComputed(sum(counts))
-
-
-def released_to_pending(task_ids: list[str]) -> TasksSettled:
-    return TasksSettled(task_ids, released=True)
 
 
 # Results stored while more messages wait are sent together once the inbox is empty, or at this many.
@@ -107,7 +93,7 @@ class Reporter(Stage):
                          for r in message.results],
                         journaled=message.paid or self.settings.storage.journal_unpaid_results)
             if self.window_starting:
-                self.tell_soon("poller", computed, [len(message.results)])
+                self.tell_soon("poller", computed_in_all, [len(message.results)])
         elif isinstance(message, SlowStartChanged):
             self.window_starting = message.starting
         elif isinstance(message, ResultsAdopted):

@@ -13,11 +13,15 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import msgspec
 
+from aitp.contract import state_body
 from aitp.storage.sqlite import open_database
+
+if TYPE_CHECKING:
+    from aitp.vectors.jobs import TaskVector
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -51,6 +55,13 @@ class OutboxEntry(msgspec.Struct, frozen=True):
     task_id: str
     body: bytes
     state: str
+
+
+def result_entry(result: TaskVector) -> OutboxEntry:
+    """The outbox entry for one task's result: its success body, or a failure with the reason."""
+    if result.body is not None:
+        return OutboxEntry(result.task_id, result.body, "succeeded")
+    return OutboxEntry(result.task_id, state_body("failed", result.error or "no vector"), "failed")
 
 
 class Journal:
