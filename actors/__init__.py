@@ -5,5 +5,5 @@ authenticator beside them; `stage` is their base, `directory` how they reach eac
 what each is built with, `pipeline` composes them and `app` is the `aitp` command's entry point.
 """
 
-__all__ = ["app", "authenticator", "directory", "dispatcher", "llm_workers", "messages", "parts", "patch_sender",
-           "pipeline", "poller", "provider_workers", "rate_limiter", "reporter", "stage", "supervisor"]
+__all__ = ["app", "authenticator", "directory", "dispatcher", "held_tells", "llm_workers", "messages", "parts",
+           "patch_sender", "pipeline", "poller", "provider_workers", "rate_limiter", "reporter", "stage", "supervisor"]

@@ -94,6 +94,8 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
 
     breakers = {name: breaker(name, provider.endpoint) for name, provider in providers.items()}
     private_directory(settings.data_dir)     # 0700: task texts and vectors live there
+    journal = Journal(settings.journal_path)   # first: a bad data directory stops startup before any process
+    wikidata = wikidata_client_for(settings, breaker("wikidata"))
     cell, tls = TokenCell(), client_context(settings)    # one TLS policy for every client (aitp/transport/tls.py)
     token_client = _token_client(settings, tls)
     workers = settings.workers
@@ -103,16 +105,17 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
         else NoCredentials(),
         observer=metrics.api_request, pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
         pipelining=settings.api.pipelining, max_answer_bytes=settings.api.max_answer_bytes, ssl_context=tls)
-    vector_pool = VectorPool(workers.process_workers, workers.process_answer_timeout)
-    vector_pool.warm_up()
     rate_limits = (redis_client and shared_rate_limits_for(settings, redis_client)) or rate_limits_for(settings)
-    return Parts(journal=Journal(settings.journal_path), task_api=task_api,
+    leases = lease_book_for(settings, redis_client)
+    handlers = {name: handler(settings) for name, handler in HANDLERS.items()}
+    vector_pool = VectorPool(workers.process_workers, workers.process_answer_timeout)
+    vector_pool.warm_up()     # last: nothing after it can fail and leave its processes running
+    return Parts(journal=journal, task_api=task_api,
                  router=Router(settings.processing.mode, providers, breakers),
                  chat_router=ChatRouter(providers, breakers, settings.models.chat), vector_pool=vector_pool,
-                 handlers={name: handler(settings) for name, handler in HANDLERS.items()},
+                 handlers=handlers,
                  rate_limits=rate_limits, cell=cell, token_client=token_client,
-                 wikidata=wikidata_client_for(settings, breaker("wikidata")),
-                 leases=lease_book_for(settings, redis_client))
+                 wikidata=wikidata, leases=leases)
 
 
 def _token_client(settings: Settings, tls) -> TokenClient | None:

@@ -93,7 +93,7 @@ class Reporter(Stage):
                          for r in message.results],
                         journaled=message.paid or self.settings.storage.journal_unpaid_results)
             if self.window_starting:
-                self.tell_soon("poller", computed_in_all, [len(message.results)])
+                self.tell_soon("poller", computed_in_all, [len(message.results)], repeat_safe=True)
         elif isinstance(message, SlowStartChanged):
             self.window_starting = message.starting
         elif isinstance(message, ResultsAdopted):
@@ -172,9 +172,9 @@ class Reporter(Stage):
         if settled or released:
             self.journal.acknowledge(settled + released)   # outbox rows, or claims of unjournaled ones
         if settled:
-            self.tell_soon("poller", TasksSettled, settled)
+            self.tell_soon("poller", TasksSettled, settled, repeat_safe=True)   # its entries are gone
         if released:
-            self.tell_soon("poller", released_to_pending, released)
+            self.tell_soon("poller", released_to_pending, released, repeat_safe=True)
         if waiting:
             log.info("task API answers again; sending parked results", extra={"fields": {"results": len(waiting)}})
             self._send([self.entries[task_id] for task_id in waiting if task_id in self.entries], 1)

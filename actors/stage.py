@@ -19,6 +19,7 @@ from aitp.transport.chunking import chunk_sizes
 from aitp.transport.task_api import PatchResult, TaskApiClient
 from aitp.timers import Scheduler, backoff_delay
 from actors.directory import StageDirectory
+from actors.held_tells import HeldTells
 from actors.messages import StageFailed
 from actors.patch_sender import PatchSender
 
@@ -65,8 +66,7 @@ class Stage(pykka.ThreadingActor):
         self.handing_over = False
         self.handling: Any = None     # the told message being handled: a failure hands it on
         self.idle_work: dict[str, Callable[[], None]] = {}   # when_idle: by name, in order
-        self.held_tells: dict[tuple[str, Callable[[list], Any]], list] = {}   # tell_soon
-        self.held_before: dict[tuple[str, Callable[[list], Any]], int] = {}   # as the message began
+        self.held = HeldTells()                            # tell_soon
 
     @staticmethod
     def _create_actor_inbox() -> queue.SimpleQueue:
@@ -124,43 +124,51 @@ class Stage(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         self.handling = message
-        self.held_before = {key: len(items) for key, items in self.held_tells.items()}
+        self.held.begin()
         hook = self.ctx.before_message
         if hook is not None:
             hook(self, message)
         self.receive(message)
+        self.held.end()
         self.handling = None
 
     def receive(self, message: Any) -> None:
         """Handle one told message (override instead of on_receive)."""
 
     def when_idle(self, work: Callable[[], None]) -> None:
-        """Run `work` once the inbox is empty (after this message, or after those already waiting):
-        what several waiting messages cause goes out together, as one send and one answer, where
-        one each would cost a hand-off and a message apiece. Once per name until it ran. Work
-        deferred here must be safe to lose with the instance (it is not run after a failure)."""
+        """Run `work` (a bound method: once per name until it ran) once the inbox is empty, after
+        this message or after those already waiting: what several waiting messages cause goes out
+        together, one send and one answer where each would have cost its own. Work put off here
+        must be safe to lose with the instance: it does not run after a failure."""
         self.idle_work.setdefault(work.__name__, work)
 
-    def tell_soon(self, stage: str, make: Callable[[list], Any], items: list) -> None:
+    def tell_soon(self, stage: str, make: Callable[[list], Any], items: list, repeat_safe: bool = False) -> None:
         """Tell `stage` make(items) once the inbox is empty, joined with the items of every other
-        tell_soon(stage, make) until then: one message where each waiting message would have
-        caused one. Told before the instance goes, whatever the reason (a failure, a hand-over,
-        a stop), so that nothing held here is lost."""
-        self.held_tells.setdefault((stage, make), []).extend(items)
-        self.when_idle(self.tell_held)
+        tell_soon(stage, make) until then (actors/held_tells.py). Told before the instance goes,
+        whatever the reason, so nothing held is lost; `repeat_safe` says whether a failing
+        message's own items are told too (or left to its replay)."""
+        if self.held.hold(stage, make, items, repeat_safe):
+            self.tell_held()
+        else:
+            self.when_idle(self.tell_held)
 
     def tell_held(self) -> None:
-        held, self.held_tells, self.held_before = self.held_tells, {}, {}
-        for (stage, make), items in held.items():
-            if items:
-                self.tell(stage, make(items))
+        for stage, message in self.held.take():
+            self.tell(stage, message)
 
     def _handle_receive(self, message: Any) -> Any:
         # pykka's dispatch of every envelope, told or asked (an ask may be the last one waiting):
-        # after it, with the inbox empty, the work put off until then runs.
+        # after it, with the inbox empty, the work put off until then runs. Work that fails there
+        # fails the stage as a told message would, even behind an ask (whose caller pykka would
+        # hand the error to, leaving the stage running without the work done).
         answer = super()._handle_receive(message)
-        while self.idle_work and self.actor_inbox.empty() and not self.actor_stopped.is_set():
-            self.idle_work.pop(next(iter(self.idle_work)))()
+        try:
+            while self.idle_work and self.actor_inbox.empty() and not self.actor_stopped.is_set():
+                self.idle_work.pop(next(iter(self.idle_work)))()
+        except Exception:
+            self.idle_work.clear()
+            self._handle_failure(*sys.exc_info())   # pykka's: log, stop, unregister
+            self.on_failure(*sys.exc_info())
         return answer
 
     def tell(self, stage: str, message: Any) -> None:
@@ -187,10 +195,7 @@ class Stage(pykka.ThreadingActor):
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("stage failed", extra={"fields": {"stage": self.name, "error": repr(exception_value)[:500]}})
-        # What earlier messages put off is told; what the failing one added is not, as the next
-        # instance handles that message again.
-        for key, before in self.held_before.items():
-            del self.held_tells[key][before:]
+        self.held.failed()       # what the failing message added, its replay tells again
         try:
             self.tell_held()     # only tells, through the directory
         except Exception:  # noqa: BLE001

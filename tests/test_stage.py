@@ -12,6 +12,7 @@ from aitp.config import Settings
 from aitp.timers import Scheduler
 from aitp.transport.task_api import PatchOutcome, PatchResult
 from actors.directory import StageDirectory
+from actors.held_tells import HeldTells
 from actors.stage import PipelineContext, Stage
 from actors.patch_sender import MAX_GROUP, PatchSender
 from aitp.transport.chunking import chunk_sizes
@@ -163,6 +164,38 @@ def test_a_stop_drops_what_waits_and_answers_what_is_on_the_wire():
     assert answers.empty()
 
 
+def test_held_tells_join_by_receiver_and_kind_in_the_order_first_held():
+    held = HeldTells(at_most=10)
+    assert not held.hold("dispatcher", list, [1], repeat_safe=False)
+    assert not held.hold("poller", tuple, ["a"], repeat_safe=True)
+    assert not held.hold("dispatcher", list, [2, 3], repeat_safe=False)
+    assert held.take() == [("dispatcher", [1, 2, 3]), ("poller", ("a",))]
+    assert held.take() == []
+    assert held.hold("poller", tuple, list(range(10)), repeat_safe=True)     # full: to go out now
+
+
+def test_a_failing_message_leaves_to_its_replay_only_what_is_not_safe_to_tell_twice():
+    held = HeldTells()
+    held.begin()
+    held.hold("dispatcher", list, ["claimed before"], repeat_safe=False)
+    held.end()
+    held.begin()
+    held.hold("dispatcher", list, ["claimed by the failing message"], repeat_safe=False)
+    held.hold("dispatcher", tuple, ["a kind the failing message began"], repeat_safe=False)
+    held.hold("poller", tuple, ["settled by the failing message"], repeat_safe=True)
+    held.failed()
+    assert held.take() == [("dispatcher", ["claimed before"]), ("poller", ("settled by the failing message",))]
+
+
+def test_a_failure_between_messages_drops_nothing():
+    held = HeldTells()
+    held.begin()
+    held.hold("dispatcher", list, [1], repeat_safe=False)
+    held.end()
+    held.failed()          # idle work failed after the message was handled
+    assert held.take() == [("dispatcher", [1])]
+
+
 class Gate(msgspec.Struct, frozen=True):
     """Holds the coalescing stage until the test has filled its inbox."""
 
@@ -170,6 +203,7 @@ class Gate(msgspec.Struct, frozen=True):
 class Item(msgspec.Struct, frozen=True):
     number: int
     fail: bool = False
+    fail_when_idle: bool = False
 
 
 class Joined(msgspec.Struct, frozen=True):
@@ -181,14 +215,27 @@ class Coalescing(Stage):
 
     name = "coalescing"
     gate = threading.Event()
+    failed = threading.Event()       # set once on_failure has done all it does
 
     def receive(self, message) -> None:
         if isinstance(message, Gate):
             assert Coalescing.gate.wait(10)
         elif isinstance(message, Item):
             self.tell_soon("sink", Joined, [message.number])
+            if message.fail_when_idle:
+                self.when_idle(self.fail_now)
             if message.fail:
                 raise RuntimeError("injected fault after a tell_soon")
+
+    def fail_now(self) -> None:
+        raise RuntimeError("injected fault in idle work")
+
+    def status(self) -> dict:
+        return {}
+
+    def on_failure(self, *exc_info) -> None:
+        super().on_failure(*exc_info)
+        Coalescing.failed.set()
 
 
 class Sink(Stage):
@@ -201,7 +248,7 @@ class Sink(Stage):
 
 @pytest.fixture
 def coalescing():
-    Coalescing.gate, Sink.told = threading.Event(), []
+    Coalescing.gate, Coalescing.failed, Sink.told = threading.Event(), threading.Event(), []
     scheduler, directory = Scheduler(), StageDirectory()
     ctx = PipelineContext(settings=Settings(), directory=directory, scheduler=scheduler)
     refs = [Sink.start(ctx), Coalescing.start(ctx)]
@@ -223,6 +270,26 @@ def test_what_waiting_messages_tell_soon_goes_out_as_one_message_once_the_inbox_
     coalescing.tell("coalescing", Item(5))       # alone in the inbox: told at once, by itself
     wait_until(lambda: len(Sink.told) == 2, message="the second message")
     assert Sink.told[1] == Joined([5])
+
+
+def test_a_lone_failing_message_tells_nothing_its_replay_would_tell_again(coalescing):
+    coalescing.tell("coalescing", Item(0, fail=True))
+    assert Coalescing.failed.wait(10)
+    coalescing.tell("sink", Item(99))     # after anything the failure told: the sink handles in order
+    wait_until(lambda: Sink.told, message="the sink to be told")
+    assert Sink.told == [Item(99)]
+
+
+def test_idle_work_that_fails_behind_an_ask_fails_the_stage_and_keeps_what_was_held(coalescing):
+    coalescing.tell("coalescing", Gate())
+    coalescing.tell("coalescing", Item(0))
+    coalescing.tell("coalescing", Item(1, fail_when_idle=True))
+    answer = coalescing.ref("coalescing").proxy().status()    # the last envelope: an ask
+    Coalescing.gate.set()
+    assert answer.get(timeout=10) == {}
+    wait_until(lambda: not coalescing.ref("coalescing").is_alive(), message="the stage to stop")
+    wait_until(lambda: Sink.told, message="the sink to be told")
+    assert Joined([0, 1]) in Sink.told
 
 
 def test_what_tell_soon_holds_is_told_when_the_stage_fails(coalescing):
