@@ -96,7 +96,7 @@ class Authenticator(Stage):
         except AuthError as exc:
             self.failures += 1
             self.last_error = str(exc)
-            delay = self.ctx.backoff(self.failures)
+            delay = self.ctx.probe_backoff(self.failures)
             log.error("no token", extra={"fields": {"token_url": self.client.token_url, "error": str(exc),
                                                      "retry_in_s": round(delay, 2)}})
             self._retry_in(delay)
@@ -156,7 +156,7 @@ class Authenticator(Stage):
         if now < self.next_fetch_allowed:
             return current.access_token
         self.refusals += 1
-        delay = self.ctx.backoff(self.refusals)
+        delay = self.ctx.probe_backoff(self.refusals)
         self.next_fetch_allowed = now + delay
         self.last_error = "the task API refused a token it never accepted"
         log.error("the task API refuses a freshly issued token", extra={"fields": {

@@ -228,7 +228,7 @@ class Poller(Stage):
             if self.stopped:
                 return
             self.failures_in_a_row += 1
-            delay = self.ctx.backoff(self.failures_in_a_row, getattr(message.error, "retry_after", None))
+            delay = self.ctx.probe_backoff(self.failures_in_a_row, getattr(message.error, "retry_after", None))
             log.warning("poll failed", extra={"fields": {"error": str(message.error), "retry_in_s": round(delay, 2)}})
             if nothing_held:
                 self._schedule(delay)

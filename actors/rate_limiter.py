@@ -41,7 +41,7 @@ class RateLimiter(Stage):
         self.journal, self.backend = journal, rate_limits
         self.claiming = self.settings.api.claim_tasks
         self.claims_sent = 0
-        self.gate: OutageGate[TakenTask] = OutageGate(ctx.backoff)   # API down: park, probe, then resend
+        self.gate: OutageGate[TakenTask] = OutageGate(ctx.probe_backoff)   # API down: park, probe, then resend
 
     def setup(self) -> None:
         # Claims in flight when an earlier instance died still answer through the directory; the

@@ -61,7 +61,7 @@ class Reporter(Stage):
         self.entries: dict[str, OutboxEntry] = {}   # results the API has not taken yet (journaled or not)
         self.unjournaled: set[str] = set()          # entries held only here (their claims are journaled)
         self.batch_of: dict[str, str] = {}          # task id -> batch id, for the log lines of its report
-        self.gate: OutageGate[str] = OutageGate(ctx.backoff)   # API down: park task ids, probe, resend
+        self.gate: OutageGate[str] = OutageGate(ctx.probe_backoff)   # API down: park task ids, probe, resend
         self.outcomes: Counter[tuple[str, PatchOutcome]] = Counter()   # (state sent, outcome)
         # While the Poller's window is in its slow start (SlowStartChanged), which sizes it from the
         # pace of results computed, each batch is told to it (TasksComputed).

@@ -47,6 +47,15 @@ class PipelineContext:
                               self.rng.random)
         return max(delay, retry_after or 0.0)
 
+    def probe_backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        """The wait before asking again a dependency everything waits for (the task API, the token
+        endpoint): capped at a few seconds, so its return is seen at once (a Retry-After it sends
+        is still honoured)."""
+        processing = self.settings.processing
+        ceiling = min(processing.retry_backoff_max_seconds, self.settings.resilience.outage_backoff_max_seconds)
+        delay = backoff_delay(attempt, processing.retry_backoff_factor, ceiling, self.rng.random)
+        return max(delay, retry_after or 0.0)
+
 
 class Stage(pykka.ThreadingActor):
     """Base of every pipeline stage."""
