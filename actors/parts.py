@@ -13,7 +13,7 @@ from aitp.coordination.leases import LeaseBook, connect, key_prefix, lease_book_
 from aitp.coordination.rate_limits import shared_rate_limits_for
 from aitp.observability.metrics import Metrics
 from aitp.providers import Provider
-from aitp.routing import ChatRouter, Router
+from aitp.routing import ChatRouter, Router, chat_breaker_name
 from aitp.storage.files import private_directory
 from aitp.storage.journal import Journal
 from aitp.storage.rate_limits import RateLimitBackend, rate_limits_for
@@ -59,7 +59,8 @@ class Parts:
         """The shared objects' part of /health and /metrics. Results waiting for the API: the
         Reporter holds them all (`outbox`, unpaid ones in memory only), else the journal says."""
         wikidata = self.wikidata.status() if self.wikidata is not None else {}
-        breakers = {**self.router.status(), **({"wikidata": wikidata.pop("breaker")} if "breaker" in wikidata else {})}
+        breakers = {**self.router.status(), **self.chat_router.status(),
+                    **({"wikidata": wikidata.pop("breaker")} if "breaker" in wikidata else {})}
         out: dict = {"breakers": breakers, "outbox": self.journal.counts()["outbox"] if outbox is None else outbox,
                      "wikidata": wikidata, "process_worker_restarts": self.vector_pool.restarts}
         if self.leases is not None:
@@ -92,7 +93,11 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
         return ProviderBreaker(name, resilience.circuit_breaker_threshold, resilience.circuit_breaker_reset_seconds,
                                storage=storage)
 
+    # A breaker per endpoint and kind: a chat endpoint that fails opens only the chat breaker, and
+    # embeddings through the same base URL go on (a bulkhead; issue 28).
     breakers = {name: breaker(name, provider.endpoint) for name, provider in providers.items()}
+    chat_breakers = {name: breaker(chat_breaker_name(name), f"{provider.endpoint} chat")
+                     for name, provider in providers.items()}
     private_directory(settings.data_dir)     # 0700: task texts and vectors live there
     journal = Journal(settings.journal_path)   # first: a bad data directory stops startup before any process
     wikidata = wikidata_client_for(settings, breaker("wikidata"))
@@ -112,7 +117,7 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
     vector_pool.warm_up()     # last: nothing after it can fail and leave its processes running
     return Parts(journal=journal, task_api=task_api,
                  router=Router(settings.processing.mode, providers, breakers),
-                 chat_router=ChatRouter(providers, breakers, settings.models.chat), vector_pool=vector_pool,
+                 chat_router=ChatRouter(providers, chat_breakers, settings.models.chat), vector_pool=vector_pool,
                  handlers=handlers,
                  rate_limits=rate_limits, cell=cell, token_client=token_client,
                  wikidata=wikidata, leases=leases)

@@ -19,6 +19,11 @@ from aitp.errors import ProviderError
 from aitp.providers import Provider
 
 
+def chat_breaker_name(provider: str) -> str:
+    """The name of a provider's chat breaker (its embeddings breaker is named as the provider)."""
+    return f"{provider}:chat"
+
+
 def is_local(name: str) -> bool:
     """An Ollama host: "ollama", or "ollama@2" and on when OLLAMA_BASE_URL names several."""
     return name == "ollama" or name.startswith("ollama@")
@@ -115,6 +120,9 @@ class ChatRouter:
             order += [(name, self.local_models[model]) for name in hosts]
         order += [(name, model) for name in self.providers if not is_local(name)]
         return order
+
+    def status(self) -> dict:
+        return {breaker.name: breaker.status() for breaker in self.breakers.values()}
 
     def refusal(self, model: str) -> str | None:
         if self.candidates(model):

@@ -1,6 +1,6 @@
 """Issue 28: one dependency's fault reaches only the tasks that need it, and its return is seen at once."""
 
-from aitp.sandbox.seed import generated_tasks
+from aitp.sandbox.seed import generated_tasks, llm_tasks
 from conftest import drained, settings_for, wait_until
 
 
@@ -21,3 +21,32 @@ def test_a_task_api_outage_is_probed_every_few_seconds_however_many_patches_it_p
     server.end_outage()
     wait_until(lambda: drained(server), timeout=60, message="the drain to end once the API answers")
     assert server.counts() == {"succeeded": 1500}
+
+
+def test_a_chat_endpoint_that_fails_leaves_embeddings_through_the_same_base_url_alone(sandbox, openai_stub,
+                                                                                      run_pipeline, tmp_path):
+    """OpenAI chat answering 503 for the whole run (issue 28: its failures opened the breaker the
+    embeddings shared, and 56 of 200 embeddings succeeded in 40 s): every embedding succeeds, the
+    LLM tasks go back to pending, and the chat breaker alone is open."""
+    from aitp.sandbox.openai_stub import STUB_KEY, Injected
+    from aitp.sandbox.wikidata_stub import WikidataStub
+    stub = openai_stub(models={"text-embedding-3-small": 8})
+    stub.chat_outage = Injected(503)
+    wikidata = WikidataStub()
+    wikidata.start()
+    try:
+        llm = llm_tasks(10)
+        embeddings = generated_tasks(200, models=("text-embedding-3-small",))
+        server = sandbox(llm + embeddings)
+        settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
+                                AITP_MODELS__DIMENSIONS='{"text-embedding-3-small": 8}', **wikidata.settings_env())
+        pipeline = run_pipeline(settings)
+        wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in embeddings), timeout=60,
+                   message="every embedding to succeed")
+        wait_until(lambda: stub.chat_requests, message="a chat call")
+        breakers = pipeline.status()["breakers"]
+    finally:
+        wikidata.stop()
+    assert breakers["openai"]["state"] == "closed"
+    assert not any(server.state_of(t["_id"]) == "succeeded" for t in llm)
+    assert all(server.state_of(t["_id"]) in ("pending", "in_progress") for t in llm)

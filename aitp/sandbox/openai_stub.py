@@ -49,6 +49,7 @@ class OpenAIStub(StandIn):
         self.chat_requests: list[dict] = []  # each chat completions request as it came
         self.chats_at_gate = 0
         self.fail_next: list[Injected] = []
+        self.chat_outage: Injected | None = None    # every chat call answered so (embeddings unaffected)
         self.in_flight = 0
         self.most_in_flight = 0
         self.gate = threading.Event()       # cleared: calls wait at the gate until it is set
@@ -63,6 +64,8 @@ class OpenAIStub(StandIn):
         from aitp.providers.mock import schema_answer
         with self.lock:
             self.chat_requests.append(request)
+            if self.chat_outage is not None:
+                return self.chat_outage.status, self.chat_outage.body, self.chat_outage.headers
             if self.fail_next:
                 injected = self.fail_next.pop(0)
                 return injected.status, injected.body, injected.headers
