@@ -23,6 +23,7 @@ from aitp.routing import ChatRouter
 from aitp.storage.journal import Journal
 from aitp.storage.rate_limits import RateLimitBackend
 from aitp.tasks import ChatJob, LlmHandler, TaskHandler, TaskRejected
+from aitp.tasks.answers import AnswerBook
 from aitp.transport.wikidata import WikidataClient
 from aitp.vectors.jobs import TaskVector
 from actors.messages import (BatchEmbedded, ChatTaskDone, Rejection, RunChatTasks, TasksRejected,
@@ -47,8 +48,9 @@ class LlmWorkers(Stage):
 
     def __init__(self, ctx: PipelineContext, orphans: list | None = None, *, handlers: dict[str, TaskHandler],
                  chat_router: ChatRouter | None, journal: Journal, rate_limits: RateLimitBackend,
-                 wikidata: WikidataClient | None = None) -> None:
+                 answers: AnswerBook, wikidata: WikidataClient | None = None) -> None:
         super().__init__(ctx, orphans)
+        self.answers = answers      # chat answers kept until their results exist (aitp/tasks/answers.py)
         self.handlers, self.chat_router, self.wikidata = handlers, chat_router, wikidata
         self.journal, self.rate_limits = journal, rate_limits
         self.queue: deque[tuple[ChatJob, int]] = deque()   # (job, attempt) waiting for a slot
@@ -79,13 +81,10 @@ class LlmWorkers(Stage):
 
     # --- on a pool thread: no stage state touched here ---
     def _run(self, job: ChatJob, attempt: int) -> None:
-        ctx, started = self.ctx, time.perf_counter()
         handler = self.handlers[job.task_type]
         assert isinstance(handler, LlmHandler)
         try:
-            if self.rate_limits.refunds_units:     # its rate-limit unit is spent now: no refund at a release
-                self.journal.mark_sent([job.task_id])
-            result = handler.run(job, self.chat_router.chat, self.wikidata)
+            result = handler.run(job, self._chat_for(job), self.wikidata, self.answers)
         except TaskRejected as exc:
             self._failed(job, str(exc))
         except ProviderError as exc:
@@ -94,13 +93,26 @@ class LlmWorkers(Stage):
             log.exception("LLM task handler failed", extra={"fields": {"task_id": job.task_id}})
             self._failed(job, f"internal error: {exc!r}"[:300])
         else:
-            seconds = time.perf_counter() - started
-            ctx.metrics.provider_call(result.provider, job.model, "success", 1, seconds, result.tokens, job.task_type)
-            ctx.metrics.task_decided(job.task_type, "succeeded", time.time() - job.taken_at if job.taken_at else None)
+            self.answers.done(job.task_id)
+            self.ctx.metrics.task_decided(job.task_type, "succeeded",
+                                          time.time() - job.taken_at if job.taken_at else None)
             self.tell("reporter", BatchEmbedded(uuid.uuid4().hex[:12], job.model,
                                                 [TaskVector(job.task_id, result.body)], paid=result.paid))
         finally:
             self.tell(self.name, ChatTaskDone(job.task_id))
+
+    def _chat_for(self, job: ChatJob):
+        """The chat call for `job`'s handler: each call is counted (and its tokens) when it is
+        paid for, whatever fails after it; its rate-limit unit is spent then, not refunded."""
+        def chat(model: str, system: str, user: str, schema_name: str, schema: dict):
+            if self.rate_limits.refunds_units:
+                self.journal.mark_sent([job.task_id])
+            started = time.perf_counter()
+            reply, provider, paid = self.chat_router.chat(model, system, user, schema_name, schema)
+            self.ctx.metrics.provider_call(provider, job.model, "success", 1, time.perf_counter() - started,
+                                           reply.tokens, job.task_type)
+            return reply, provider, paid
+        return chat
 
     def _provider_failed(self, job: ChatJob, attempt: int, error: ProviderError) -> None:
         """The chat model or Wikidata failed: what happens next is aitp/failures.py's decision, as
@@ -121,6 +133,7 @@ class LlmWorkers(Stage):
             self._failed(job, f"{error.provider}: {error}")
 
     def _failed(self, job: ChatJob, reason: str) -> None:
+        self.answers.done(job.task_id)
         self.ctx.metrics.task_decided(job.task_type, "failed", time.time() - job.taken_at if job.taken_at else None)
         self.tell("reporter", TasksRejected([Rejection(job.task_id, reason)]))
 

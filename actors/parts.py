@@ -18,6 +18,7 @@ from aitp.storage.files import private_directory
 from aitp.storage.journal import Journal
 from aitp.storage.rate_limits import RateLimitBackend, rate_limits_for
 from aitp.tasks import HANDLERS, TaskHandler
+from aitp.tasks.answers import AnswerBook
 from aitp.transport.auth import TokenClient
 from aitp.transport.task_api import NoCredentials, TaskApiClient
 from aitp.transport.tls import client_context
@@ -31,7 +32,7 @@ STAGE_PARTS: dict[str, tuple[str, ...]] = {
     "authenticator": ("token_client", "cell"),
     "reporter": ("task_api", "journal", "leases"),
     "provider_workers": ("router", "journal", "vector_pool", "rate_limits"),
-    "llm_workers": ("handlers", "chat_router", "wikidata", "journal", "rate_limits"),
+    "llm_workers": ("handlers", "chat_router", "wikidata", "journal", "rate_limits", "answers"),
     "dispatcher": ("router",),
     "rate_limiter": ("task_api", "journal", "rate_limits"),
     "poller": ("task_api", "journal", "handlers", "router", "chat_router", "rate_limits", "leases"),
@@ -48,6 +49,7 @@ class Parts:
     handlers: dict[str, TaskHandler]
     rate_limits: RateLimitBackend
     cell: TokenCell
+    answers: AnswerBook
     token_client: TokenClient | None = None
     wikidata: WikidataClient | None = None
     leases: LeaseBook | None = None     # several services on one API (aitp/coordination/leases.py)
@@ -119,7 +121,7 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
                  router=Router(settings.processing.mode, providers, breakers),
                  chat_router=ChatRouter(providers, chat_breakers, settings.models.chat), vector_pool=vector_pool,
                  handlers=handlers,
-                 rate_limits=rate_limits, cell=cell, token_client=token_client,
+                 rate_limits=rate_limits, cell=cell, answers=AnswerBook(journal), token_client=token_client,
                  wikidata=wikidata, leases=leases)
 
 

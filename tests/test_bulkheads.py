@@ -50,3 +50,35 @@ def test_a_chat_endpoint_that_fails_leaves_embeddings_through_the_same_base_url_
     assert breakers["openai"]["state"] == "closed"
     assert not any(server.state_of(t["_id"]) == "succeeded" for t in llm)
     assert all(server.state_of(t["_id"]) in ("pending", "in_progress") for t in llm)
+
+
+def test_while_wikidata_is_down_a_paid_chat_answer_is_kept_and_never_asked_for_again(sandbox, openai_stub,
+                                                                                    run_pipeline, tmp_path):
+    """Issue 28: at every retry each LLM task asked the chat model again, then failed on the look-up
+    (2,632 paid answers for 160 tasks in 40 s). Now the answer is kept until its task is reported:
+    every embedding succeeds, the LLM tasks stay pending, and the chat model is asked at most once
+    per task (an answer that fails the schema is asked once more), however often they are tried."""
+    from aitp.sandbox.openai_stub import STUB_KEY
+    from aitp.sandbox.wikidata_stub import WikidataStub
+    stub = openai_stub(models={"text-embedding-3-small": 8})
+    wikidata = WikidataStub()
+    wikidata.outage = 503
+    wikidata.start()
+    try:
+        llm = llm_tasks(5)
+        embeddings = generated_tasks(100, models=("text-embedding-3-small",))
+        server = sandbox(llm + embeddings)
+        settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
+                                AITP_MODELS__DIMENSIONS='{"text-embedding-3-small": 8}',
+                                AITP_RESILIENCE__CIRCUIT_BREAKER_RESET_SECONDS="0.2", **wikidata.settings_env())
+        pipeline = run_pipeline(settings)
+        wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in embeddings), timeout=60,
+                   message="every embedding to succeed")
+        tried_thrice = lambda: all(server.history(t["_id"]).count("in_progress") >= 3 for t in llm)  # noqa: E731
+        wait_until(tried_thrice, timeout=60, message="every LLM task taken three times")
+        kept = pipeline.parts.journal.answers_kept()
+    finally:
+        wikidata.stop()
+    assert not any(server.state_of(t["_id"]) == "succeeded" for t in llm)
+    assert len(stub.chat_requests) <= 2 * len(llm)
+    assert kept > 0       # the paid answers wait in the journal for Wikidata

@@ -58,3 +58,28 @@ def test_the_data_directory_is_0700_and_every_file_in_it_0600_whatever_the_umask
     assert {path.name for path in files} >= {"journal.sqlite3", "rate_limits.sqlite3"}
     assert {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in files} == \
         {path.name: oct(0o600) for path in files}
+
+
+def test_a_kept_chat_answer_outlives_a_release_and_goes_with_the_result_made_from_it(tmp_path):
+    from aitp.tasks.answers import AnswerBook, KeptAnswer
+    journal = Journal(tmp_path / "journal.sqlite3")
+    book = AnswerBook(journal)
+    paid, unpaid = KeptAnswer('{"a": 1}', "openai", True, 7), KeptAnswer('{"a": 2}', "ollama", False)
+    book.keep("t1", "k", paid)
+    book.keep("t2", "k", unpaid)
+    assert book.get("t1", "k") == paid and book.get("t2", "k") == unpaid
+    assert book.get("t1", "another question") is None
+    journal.add_results([OutboxEntry("t1", b'{"state":"pending"}', "pending")])      # released: still kept
+    reopened = AnswerBook(Journal(tmp_path / "journal.sqlite3"))
+    assert reopened.get("t1", "k") == paid and reopened.get("t2", "k") is None          # unpaid: memory only
+    journal.add_results([OutboxEntry("t1", b'{"state":"succeeded"}', "succeeded")])  # its result replaces it
+    book.done("t2")
+    assert book.get("t1", "k") is None and book.get("t2", "k") is None
+    assert journal.answers_kept() == 0
+
+
+def test_answers_kept_for_tasks_never_finished_here_are_purged_by_age(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.keep_answer("t1", "k", b"{}")
+    assert journal.purge_answers(older_than_seconds=3600) == 0
+    assert journal.purge_answers(older_than_seconds=-1) == 1 and journal.answers_kept() == 0

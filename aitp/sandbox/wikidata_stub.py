@@ -50,6 +50,7 @@ class WikidataStub(StandIn):
         self.requests: list[dict] = []       # path, params and User-Agent of every request
         self.fail_next: list[tuple[int, dict[str, str]]] = []    # (status, headers) for the next calls
         self.maxlag_next = 0                 # answer the next N API calls with a maxlag error
+        self.outage: int | None = None       # answer every call with this status until set back to None
         super().__init__(host, port, _handler(self))
 
     def settings_env(self) -> dict[str, str]:
@@ -101,7 +102,8 @@ def _handler(stub: WikidataStub) -> type[JsonHandler]:
             with stub.lock:
                 stub.requests.append({"path": parts.path, "params": params,
                                       "user_agent": self.headers.get("User-Agent", "")})
-                injected = stub.fail_next.pop(0) if stub.fail_next else None
+                injected = (stub.outage, {}) if stub.outage is not None else \
+                    stub.fail_next.pop(0) if stub.fail_next else None
                 lagging = injected is None and parts.path == "/w/api.php" and stub.maxlag_next > 0
                 if lagging:
                     stub.maxlag_next -= 1

@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     state      TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS answers (
+    task_id    TEXT PRIMARY KEY,
+    key        TEXT NOT NULL,
+    answer     BLOB NOT NULL,
+    kept_at    REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS model_dimensions (
     model      TEXT PRIMARY KEY,
     dimension  INTEGER NOT NULL
@@ -76,6 +82,9 @@ class Journal:
         for column in ("reservation", "sent"):   # a journal written before rate-limit refunds existed
             if column not in columns:
                 self._db.execute(f"ALTER TABLE claims ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        # Whether any chat answer is kept: add_results, on the embeddings' hot path, skips their
+        # table while none is.
+        self._answers_kept = self._db.execute("SELECT 1 FROM answers LIMIT 1").fetchone() is not None
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -130,6 +139,9 @@ class Journal:
             db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?)",
                            [(e.task_id, e.body, e.state, now) for e in entries])
             db.executemany("DELETE FROM claims WHERE task_id = ?", [(e.task_id,) for e in entries])
+            if self._answers_kept:     # a result stands for the chat answer it was made from (a release does not)
+                db.executemany("DELETE FROM answers WHERE task_id = ?",
+                               [(e.task_id,) for e in entries if e.state != "pending"])
 
     def acknowledge(self, task_ids: list[str]) -> None:
         """The API took these results: forget them, whether they were in the outbox or (results
@@ -141,6 +153,28 @@ class Journal:
             db.executemany("DELETE FROM outbox WHERE task_id = ?", rows)
             db.executemany("DELETE FROM claims WHERE task_id = ?", rows)
 
+    # --- paid chat answers, kept until the result made from them is journaled (aitp/tasks/answers.py) ---
+    def keep_answer(self, task_id: str, key: str, answer: bytes) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (task_id, key, answer, time.time()))
+            self._answers_kept = True
+
+    def kept_answer(self, task_id: str, key: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT answer FROM answers WHERE task_id = ? AND key = ?",
+                                   (task_id, key)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def drop_answers(self, task_ids: list[str]) -> None:
+        self._write("DELETE FROM answers WHERE task_id = ?", [(task_id,) for task_id in task_ids])
+
+    def purge_answers(self, older_than_seconds: float) -> int:
+        """Answers kept for tasks this service never finished (another took them): dropped by age."""
+        with self._transaction() as db:
+            purged = db.execute("DELETE FROM answers WHERE kept_at < ?", (time.time() - older_than_seconds,)).rowcount
+            self._answers_kept = db.execute("SELECT 1 FROM answers LIMIT 1").fetchone() is not None
+        return purged
+
     def outbox(self) -> list[OutboxEntry]:
         with self._lock:
             rows = self._db.execute("SELECT task_id, body, state FROM outbox ORDER BY created_at").fetchall()
@@ -151,6 +185,10 @@ class Journal:
             claims = self._db.execute("SELECT count(*) FROM claims").fetchone()[0]
             outbox = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         return {"claims": claims, "outbox": outbox}
+
+    def answers_kept(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM answers").fetchone()[0]
 
     # --- model dimensions learned from the first vector ---
     def pin_dimension(self, model: str, dimension: int) -> int:

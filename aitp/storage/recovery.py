@@ -10,6 +10,7 @@ from aitp.errors import CoordinationError
 from aitp.storage.journal import Claim, Journal, OutboxEntry
 from aitp.storage.rate_limits import RateLimitBackend
 from aitp.tasks import TaskHandler
+from aitp.tasks.answers import ANSWERS_KEPT_SECONDS
 from aitp.tasks.resume import resume
 from aitp.transport.task_api import PatchOutcome, TaskApiClient
 
@@ -24,6 +25,7 @@ def recover(journal: Journal, handlers: dict[str, TaskHandler], claiming: bool,
     an answer through the outbox, since its task is `in_progress` on the server: `failed` with the
     reason when it is malformed, `pending` when no handler takes its type any more."""
     resumed, answered = [], []
+    journal.purge_answers(ANSWERS_KEPT_SECONDS)
     claims = journal.claims()
     if not claiming:
         journal.drop_claims([claim.task_id for claim in claims])

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import msgspec
 
 from aitp.providers.base import ChatAnswer
+from aitp.tasks.answers import AnswerBook, KeptAnswer, answer_key
 from aitp.tasks.base import TaskHandler, TaskRejected
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
@@ -117,11 +118,23 @@ class LlmHandler(TaskHandler):
         raise NotImplementedError
 
     # --- shared ---
-    def run(self, job: ChatJob, chat: Callable[..., tuple[ChatAnswer, str, bool]], wikidata) -> LlmResult:
-        """Ask the model (twice at most: an answer that fails the schema twice fails the task),
-        enrich the answer, and encode the PATCH body. Outages raise ProviderError."""
+    def run(self, job: ChatJob, chat: Callable[..., tuple[ChatAnswer, str, bool]], wikidata,
+            answers: AnswerBook | None = None) -> LlmResult:
+        """Ask the model (or take the answer kept from an earlier try), enrich the answer, and encode
+        the PATCH body. Outages raise ProviderError."""
+        answer, kept = self.ask(job, chat, wikidata, answers)
+        return self.finish(job, answer, kept, wikidata)
+
+    def ask(self, job: ChatJob, chat: Callable[..., tuple[ChatAnswer, str, bool]], wikidata,
+            answers: AnswerBook | None = None) -> tuple[msgspec.Struct, KeptAnswer]:
+        """The model's answer, twice at most (an answer that fails the schema twice fails the task),
+        kept in `answers` once it passes; an answer kept for the same question is used instead."""
         answer_type, schema = self.schema_for(job)
         system, user = prompt(self.prompt_name), self.question(job, wikidata)
+        key = answer_key(job.model, self.type_name, system, user, schema)
+        kept = answers.get(job.task_id, key) if answers is not None else None
+        if kept is not None:
+            return msgspec.json.decode(kept.content, type=answer_type), kept
         tokens, problems = 0, []
         for _ in range(2):
             reply, provider, paid = chat(job.model, system, user, self.type_name, schema)
@@ -134,11 +147,18 @@ class LlmHandler(TaskHandler):
                 problems.append(str(exc)[:200])
         else:
             raise TaskRejected(f"the model's answer failed the schema twice: {problems[-1]}")
+        kept = KeptAnswer(content=reply.content, provider=provider, paid=paid, tokens=tokens)
+        if answers is not None:
+            answers.keep(job.task_id, key, kept)
+        return answer, kept
+
+    def finish(self, job: ChatJob, answer: msgspec.Struct, kept: KeptAnswer, wikidata) -> LlmResult:
+        """The PATCH body from a checked answer, enriched from Wikidata."""
         body = _encoder.encode({"state": "succeeded", "result": self.result(job, answer, wikidata)})
         if len(body) > self.settings.api.max_body_bytes:
             raise TaskRejected(f"the result is {len(body)} bytes, over the API's limit of "
                                f"{self.settings.api.max_body_bytes}")
-        return LlmResult(body=body, provider=provider, paid=paid, tokens=tokens)
+        return LlmResult(body=body, provider=kept.provider, paid=kept.paid, tokens=kept.tokens)
 
     def check_answer(self, job: ChatJob, answer: msgspec.Struct) -> None:
         """Checks a schema cannot say; raise ValueError (the model is asked again once)."""
