@@ -35,7 +35,7 @@ STAGE_PARTS: dict[str, tuple[str, ...]] = {
     "llm_workers": ("handlers", "chat_router", "wikidata", "journal", "rate_limits", "answers"),
     "dispatcher": ("router",),
     "rate_limiter": ("task_api", "journal", "rate_limits"),
-    "poller": ("task_api", "journal", "handlers", "router", "chat_router", "rate_limits", "leases"),
+    "poller": ("task_api", "journal", "handlers", "router", "chat_router", "rate_limits", "leases", "wikidata"),
 }
 
 

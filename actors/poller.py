@@ -14,15 +14,16 @@ import time
 
 import msgspec
 
-from aitp.coordination.lease_keeper import Adoption, LeaseKeeper
+from aitp.coordination.lease_keeper import Adoption
 from aitp.coordination.leases import LeaseBook
-from aitp.intake import Admission, FlowWindow, HeldList, PendingCursor, TaskReader, fetch_list
+from aitp.intake import HeldList, build_intake, fetch_list
 from aitp.intake.admission import COORDINATION, CREDIT, PROVIDERS, RATE_LIMIT, TOKEN
 from aitp.routing import ChatRouter, Router
 from aitp.storage.journal import Journal
 from aitp.storage.rate_limits import RateLimitBackend
 from aitp.tasks import TaskHandler
 from aitp.transport.task_api import TaskApiClient
+from aitp.transport.wikidata import WikidataClient
 from actors.messages import (ListFetched, ResultsAdopted, SlowStartChanged, TasksClaimed, TasksComputed,
                              TasksRejected, TasksSettled, TasksTaken, TokenArrived)
 from actors.stage import PipelineContext, Stage
@@ -54,20 +55,13 @@ class Poller(Stage):
     def __init__(self, ctx: PipelineContext, orphans: list | None = None, *, task_api: TaskApiClient,
                  journal: Journal, handlers: dict[str, TaskHandler], router: Router,
                  rate_limits: RateLimitBackend, chat_router: ChatRouter | None = None,
-                 leases: LeaseBook | None = None) -> None:
+                 leases: LeaseBook | None = None, wikidata: WikidataClient | None = None) -> None:
         super().__init__(ctx, orphans, task_api)
         self.journal = journal
-        settings = self.settings
-        processing, polling = settings.processing, settings.polling
-        # Tasks in flight at most: grows with the API's distance (aitp/intake/window.py).
-        self.window = FlowWindow(processing.min_in_flight, processing.max_in_flight, time.monotonic())
-        self.cursor = PendingCursor(handlers, polling.list_reuse_seconds, self.inherited)
-        self.reader = TaskReader(handlers, router, chat_router)
-        lease_seconds = settings.coordination.lease_seconds
-        self.keeper = LeaseKeeper(leases, handlers, lease_seconds) if leases is not None else None
-        self.admission = Admission(credentials=task_api.credentials, needs_token=settings.uses_oauth2,
-                                   leases=leases, router=router, rate_limits=rate_limits,
-                                   interval_seconds=polling.interval_seconds, coordination_seconds=lease_seconds / 3)
+        self.window, self.cursor, self.reader, self.admission, self.keeper = build_intake(
+            self.settings, handlers=handlers, router=router, chat_router=chat_router, rate_limits=rate_limits,
+            credentials=task_api.credentials, leases=leases, wikidata=wikidata, in_flight=self.inherited,
+            now=time.monotonic())
         self.poll_scheduled = False
         self.waiting_for_credit = False
         self.waiting_for_token = False
@@ -247,7 +241,8 @@ class Poller(Stage):
 
     def status(self) -> dict:
         return {"in_flight": len(self.cursor.in_flight), "window": self.window.size, "credit": self.credit,
-                "start_pace": round(self.window.start_pace, 1), **self.cursor.status(),
+                "start_pace": round(self.window.start_pace, 1), "held_back": self.reader.held_back,
+                **self.cursor.status(),
                 **(self.keeper.status() if self.keeper else {"leased_elsewhere": 0, "adopted": 0})}
 
     def orphans(self) -> list:

@@ -124,6 +124,12 @@ class ChatRouter:
     def status(self) -> dict:
         return {breaker.name: breaker.status() for breaker in self.breakers.values()}
 
+    def seconds_until_available(self, model: str | None = None) -> float:
+        """How long until some chat provider (for `model`, or for any) lets a call through."""
+        names = [name for name, _ in self.candidates(model)] if model is not None else list(self.providers)
+        return min((self.breakers[name].seconds_until_trial() for name in names if name in self.breakers),
+                   default=0.0)
+
     def refusal(self, model: str) -> str | None:
         if self.candidates(model):
             return None

@@ -113,6 +113,8 @@ def admission(**overrides) -> Admission:
     ({"credentials": Credentials(None), "needs_token": False}, 50, (50, None, "")),
     ({"leases": Leases(available=False)}, 50, (0, 10.0, COORDINATION)),
     ({"router": Router(outage=3.5)}, 50, (0, 3.5, PROVIDERS)),
+    ({"router": Router(outage=3.5), "chat_router": Router(outage=1.0)}, 50, (0, 1.0, PROVIDERS)),
+    ({"router": Router(outage=3.5), "chat_router": Router()}, 50, (50, None, "")),   # LLM tasks go on
     ({"rate_limits": Limits(room=7)}, 50, (7, None, "")),
     ({"rate_limits": Limits(room=0, until=1_000.25)}, 50, (0, 0.25, RATE_LIMIT)),
     ({"rate_limits": Limits(room=0, until=1_000.01)}, 50, (0, 0.05, RATE_LIMIT)),     # never a spin
@@ -194,6 +196,53 @@ def test_a_near_api_never_fetches_ahead():
     pending, poll = listed(cursor, [task_json("a")])
     cursor.fetched(pending, poll, 0.0, seconds=PREFETCH_WORTH_SECONDS / 2)
     assert not cursor.should_prefetch(cursor.fresh(0.0), 100, 0.0, now=4.99)
+
+
+class Wikidata:
+    def __init__(self, up: bool) -> None:
+        self.up = up
+
+    def available(self) -> bool:
+        return self.up
+
+
+def llm_json(name: str) -> bytes:
+    return task_json(name, model="o3", kind="defining_topics")
+
+
+@pytest.mark.parametrize("embed_down, chat_down, wikidata_up, taken", [
+    (False, False, True, {"e1", "e2", "l1", "l2"}),
+    (True, False, True, {"l1", "l2"}),          # the embedding endpoint is down: the LLM tasks go on
+    (False, True, True, {"e1", "e2"}),          # the chat endpoint is down: the embeddings go on
+    (False, False, False, {"e1", "e2"}),        # Wikidata is down: so are the LLM tasks, not the others
+])
+def test_a_task_whose_dependency_is_down_is_left_pending_and_holds_no_credit(embed_down, chat_down, wikidata_up,
+                                                                           taken):
+    """Issue 28's bulkhead: tasks waiting on Wikidata filled the window and the embeddings starved."""
+    cursor = PendingCursor(handlers(), reuse_seconds=5.0)
+    reader = TaskReader(handlers(), Router(outage=5.0 if embed_down else 0.0),
+                        Router(outage=5.0 if chat_down else 0.0), Wikidata(wikidata_up))
+    pending, poll = listed(cursor, [task_json("e1"), llm_json("l1"), task_json("e2"), llm_json("l2")])
+    cursor.fetched(pending, poll, fetched_at=0.0, seconds=0.01)
+    take = cursor.take(cursor.fresh(0.0), 10, 100, reader, 0.0)
+    assert {task.job.task_id for task in take.taken} == set(ids(*taken))
+    assert cursor.in_flight == set(ids(*taken))
+    assert reader.held_back == 4 - len(taken)
+
+
+def test_llm_tasks_hold_at_most_half_the_window():
+    cursor = PendingCursor(handlers(), reuse_seconds=5.0)
+    reader = TaskReader(handlers(), Router(), Router(), Wikidata(True))
+    names = [f"l{number}" for number in range(6)]
+    pending, poll = listed(cursor, [llm_json(name) for name in names] + [task_json("e")])
+    cursor.fetched(pending, poll, fetched_at=0.0, seconds=0.01)
+    take = cursor.take(cursor.fresh(0.0), 10, 4, reader, 0.0)
+    assert [task.job.task_id for task in take.taken] == ids("l0", "l1", "e")
+    cursor.settle(ids("l0"))
+    pending, poll = listed(cursor, [llm_json(name) for name in names])
+    cursor.fetched(pending, poll, fetched_at=1.0, seconds=0.01)
+    again = cursor.take(cursor.fresh(1.0), 10, 4, reader, 1.0)
+    assert [task.job.task_id for task in again.taken] == ids("l0")      # one place came free
 
 
 def test_a_take_waits_for_an_eighth_of_the_window_while_a_list_is_held_and_half_when_it_needs_a_poll():

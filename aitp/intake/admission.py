@@ -26,9 +26,10 @@ class Verdict(NamedTuple):
 
 class Admission:
     def __init__(self, *, credentials, needs_token: bool, leases, router, rate_limits,
-                 interval_seconds: float, coordination_seconds: float) -> None:
+                 interval_seconds: float, coordination_seconds: float, chat_router=None) -> None:
         self.credentials, self.needs_token = credentials, needs_token
         self.leases, self.router, self.rate_limits = leases, router, rate_limits
+        self.chat_router = chat_router
         self.interval_seconds = interval_seconds            # a full tier that names no moment: poll then
         self.coordination_seconds = coordination_seconds    # how often Redis is asked again
 
@@ -40,7 +41,11 @@ class Admission:
             return Verdict(0, None, TOKEN)
         if self.leases is not None and not self.leases.available:
             return Verdict(0, self.coordination_seconds, COORDINATION)
+        # Paused only when no kind of work has a provider: a task whose own providers are all
+        # down is held back alone (TaskReader.waits).
         outage = self.router.seconds_until_available()
+        if outage > 0 and self.chat_router is not None:
+            outage = min(outage, self.chat_router.seconds_until_available())
         if outage > 0:
             return Verdict(0, outage, PROVIDERS)
         try:

@@ -20,6 +20,7 @@ import msgspec
 from aitp.contract import PendingList, PendingSplitter, Task, Unusable, read_entry
 from aitp.errors import ContractError, TaskApiError
 from aitp.intake.reader import Rejection, TakenTask, TaskReader
+from aitp.tasks import CHAT_TYPES
 
 log = logging.getLogger("aitp.poller")
 
@@ -61,6 +62,7 @@ class PendingCursor:
         # In flight: taken and not yet settled. Orphans (what a previous instance or the last run
         # had in flight) start here.
         self.in_flight: set[str] = set(in_flight or ())
+        self.chat_in_flight: set[str] = set()     # the LLM tasks among them (taken by this instance)
         self.settled_at: dict[str, int] = {}      # id -> number of the last poll begun before it settled
         self._pruned_before = 0                   # settled_at holds nothing older than this poll
         self.polls_begun = 0
@@ -113,7 +115,8 @@ class PendingCursor:
         return max(1, window // (8 if self.fresh(now) is not None else 2))
 
     def status(self) -> dict:
-        return {"polls": self.polls_begun, "prefetched": self.prefetched, "taken": self.taken_total,
+        return {"polls": self.polls_begun, "llm_in_flight": len(self.chat_in_flight), "prefetched": self.prefetched,
+                "taken": self.taken_total,
                 "left_alone": dict(self.left_alone)}
 
     def fresh(self, now: float) -> HeldList | None:
@@ -148,6 +151,8 @@ class PendingCursor:
         last take from this list stopped; the malformed ones come back as rejections."""
         taken, rejected, rejected_types = [], [], []
         pending, in_flight = held.pending, self.in_flight
+        chat_share = max(1, capacity // 2)     # LLM tasks hold at most half the window
+        reader.new_take()
         debug = log.isEnabledFor(logging.DEBUG)   # a line per task: its fields only built when shown
         stopped = False
         while held.cursor < len(pending):
@@ -159,12 +164,19 @@ class PendingCursor:
             # Taken or settled since the list arrived (a list is reused for a few seconds).
             if task.id in in_flight or self.settled_at.get(task.id, -1) >= held.poll_number:
                 continue
+            if task.type in CHAT_TYPES and len(self.chat_in_flight) >= chat_share:
+                continue          # left pending: the embeddings behind it keep their share
             in_flight.add(task.id)
             outcome = reader.read(task, now)
+            if outcome is None:   # what it needs is down: left pending
+                in_flight.discard(task.id)
+                continue
             if isinstance(outcome, Rejection):
                 rejected.append(outcome)
                 rejected_types.append(task.type)
                 continue
+            if task.type in CHAT_TYPES:
+                self.chat_in_flight.add(task.id)
             taken.append(outcome)
             if debug:
                 log.debug("task taken", extra={"fields": {"task_id": task.id, "model": outcome.job.model}})
@@ -195,6 +207,7 @@ class PendingCursor:
         for task_id in task_ids:
             if task_id in self.in_flight:
                 self.in_flight.discard(task_id)
+                self.chat_in_flight.discard(task_id)
                 count += 1
                 # A poll already under way may still list it as pending: ignore it there.
                 self.settled_at[task_id] = self.polls_begun
@@ -205,6 +218,7 @@ class PendingCursor:
         from this list."""
         for task_id in task_ids:
             self.in_flight.discard(task_id)
+            self.chat_in_flight.discard(task_id)
             self.settled_at[task_id] = self.polls_begun
         self.taken_total -= len(task_ids)
 

@@ -28,23 +28,46 @@ class Rejection(msgspec.Struct, frozen=True):
 
 
 class TaskReader:
-    """Parses a task with its type's handler and asks the routers whether anything can compute it."""
+    """Parses a task with its type's handler and asks the routers whether anything can compute it,
+    now or at all."""
 
-    def __init__(self, handlers: dict[str, TaskHandler], router, chat_router) -> None:
-        self.handlers, self.router, self.chat_router = handlers, router, chat_router
+    def __init__(self, handlers: dict[str, TaskHandler], router, chat_router, wikidata=None) -> None:
+        self.handlers, self.router, self.chat_router, self.wikidata = handlers, router, chat_router, wikidata
+        self._down: dict[tuple[bool, str], bool] = {}    # (chat?, model) -> its providers are down, this take
+        self.held_back = 0                                # tasks left pending while what they need was down
 
-    def read(self, task: Task, now: float) -> TakenTask | Rejection:
-        """The task as a job stamped `taken_at=now`, or why it is reported `failed`. Entries were
-        screened on arrival (`PendingCursor.screen`): their type has a handler."""
+    def new_take(self) -> None:
+        """Breakers are read once a take per model (not once a task)."""
+        self._down.clear()
+
+    def read(self, task: Task, now: float) -> TakenTask | Rejection | None:
+        """The task as a job stamped `taken_at=now`, why it is reported `failed`, or None when what it
+        needs is down now (every provider of its model, or Wikidata for an LLM task): it is left
+        pending, so that it holds no credit the others could use. Entries were screened on arrival
+        (`PendingCursor.screen`): their type has a handler."""
         try:
             job = self.handlers[task.type].parse(task.id, task.raw)
             refusal = self.chat_router.refusal(job.model) if isinstance(job, ChatJob) \
                 else self.router.refusal(job.model, job.text)
             if refusal:
                 raise TaskRejected(refusal)
+            if self.waits(job):
+                self.held_back += 1
+                return None
             return TakenTask(job=msgspec.structs.replace(job, taken_at=now), raw=task.raw)
         except TaskRejected as exc:
             return Rejection(task.id, str(exc))
         except Exception as exc:  # noqa: BLE001 - a handler's bug fails its task, not the Poller
             log.exception("handler failed on a task", extra={"fields": {"task_id": task.id}})
             return Rejection(task.id, f"could not read the task: {exc!r}"[:300])
+
+    def waits(self, job: EmbeddingJob | ChatJob) -> bool:
+        """Is what `job` needs down now (a bulkhead: issue 28)?"""
+        chat = isinstance(job, ChatJob)
+        key = (chat, job.model)
+        down = self._down.get(key)
+        if down is None:
+            router = self.chat_router if chat else self.router
+            down = self._down[key] = router.seconds_until_available(job.model) > 0 or (
+                chat and self.wikidata is not None and not self.wikidata.available())
+        return down

@@ -16,5 +16,8 @@ from aitp.tasks.text_embedding import TextEmbeddingHandler
 HANDLERS: dict[str, type[TaskHandler]] = {handler.type_name: handler for handler in (
     TextEmbeddingHandler, IdentifyingDataHandler, DefiningTopicsHandler, DefiningImpactAreaHandler,
     DefiningSeverityHandler)}
+# The types whose tasks ask a chat model (LlmHandler): their share of the Poller's window is bounded.
+CHAT_TYPES = frozenset(name for name, handler in HANDLERS.items() if issubclass(handler, LlmHandler))
 
-__all__ = ["HANDLERS", "ChatJob", "EmbeddingJob", "LlmHandler", "LlmResult", "TaskHandler", "TaskRejected"]
+__all__ = ["CHAT_TYPES", "HANDLERS", "ChatJob", "EmbeddingJob", "LlmHandler", "LlmResult", "TaskHandler",
+           "TaskRejected"]

@@ -72,6 +72,10 @@ class WikidataClient:
         self._lock = threading.Lock()
         self.calls = 0
 
+    def available(self) -> bool:
+        """False while its breaker is open: the tasks that need it wait (aitp/intake/reader.py)."""
+        return self._breaker is None or self._breaker.available()
+
     # --- what the task types ask ---
     def search(self, name: str, language: str, limit: int) -> list[str]:
         """Item ids for `name`, best match first (wbsearchentities)."""
