@@ -7,6 +7,7 @@ from aitp.errors import ProviderError
 from aitp.sandbox.wikidata_stub import HUMAN, WikidataStub
 from aitp.storage.cache import TtlCache
 from aitp.transport.wikidata import WikidataClient
+from conftest import wait_until
 
 USER_AGENT = "aitp-tests/1.0 (https://example.org/aitp; ops@example.org)"
 
@@ -113,3 +114,54 @@ def test_the_shipped_user_agent_is_warned_about_at_the_first_look_up_only(tmp_pa
         client.close()
     said = [r for r in caplog.records if "user_agent" in r.getMessage()]
     assert len(said) == (1 if warned else 0)
+
+
+def test_an_id_wikidata_does_not_have_and_a_name_with_no_hit_are_asked_again_only_after_the_negative_ttl(
+        stub, tmp_path):
+    """Issue 28: an id Wikidata does not have was never cached, so it was looked up at every task."""
+    now = [1000.0]
+    client, _, _ = client_for(stub, tmp_path, clock=lambda: now[0], negative_ttl_seconds=60.0)
+    for _ in range(3):
+        assert client.entities(["Q999999999"]) == {}
+        assert client.search("no such name at all", "en", 5) == []
+    assert len(stub.calls("wbgetentities")) == 1 and len(stub.calls("wbsearchentities")) == 1
+    now[0] += 61.0                       # past the negative TTL, well inside the cache's hour
+    client.entities(["Q999999999", "Q37181"])
+    client.search("no such name at all", "en", 5)
+    assert len(stub.calls("wbgetentities")) == 2 and len(stub.calls("wbsearchentities")) == 2
+    now[0] += 61.0
+    assert "Q37181" in client.entities(["Q37181"])           # a found item keeps the full TTL: no call
+    assert len(stub.calls("wbgetentities")) == 2
+
+
+def test_concurrent_look_ups_of_one_key_share_one_call(stub, tmp_path):
+    import threading
+    client, _, _ = client_for(stub, tmp_path)
+    stub.gate.clear()
+    answers: list = []
+    threads = [threading.Thread(target=lambda: answers.append(client.search("Lula", "en", 5))) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: stub.calls("wbsearchentities") and client._flights.shared == 4,
+               message="one call under way and four look-ups waiting for it")
+    stub.gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(answers) == 5 and all(answer == answers[0] and answer for answer in answers)
+    assert len(stub.calls("wbsearchentities")) == 1
+
+
+def test_expired_rows_are_purged_so_the_cache_file_does_not_grow_without_bound(tmp_path):
+    import sqlite3
+    now = [1000.0]
+    cache = TtlCache(tmp_path / "cache.sqlite3", 3600.0, clock=lambda: now[0])
+    for number in range(10):
+        cache.put(f"name {number}", b"[]", ttl_seconds=60.0 if number % 2 else None)
+    cache.close()
+    now[0] += 120.0                  # the five negative rows have expired
+    cache = TtlCache(tmp_path / "cache.sqlite3", 3600.0, clock=lambda: now[0])
+    assert cache.get("name 0") == b"[]" and cache.get("name 1") is None
+    assert cache.purged == 5
+    cache.close()
+    rows = sqlite3.connect(tmp_path / "cache.sqlite3").execute("SELECT count(*) FROM cache").fetchone()[0]
+    assert rows == 5

@@ -97,6 +97,7 @@ class WikidataSettings(_Section):
     user_agent: str = "aitp/0.1 (AI Task Processor; https://github.com/aitp/aitp) python-requests"
     timeout: Seconds = 10.0
     cache_ttl_seconds: Seconds = 604_800.0
+    negative_ttl_seconds: Seconds = 86_400.0
     max_attempts: Positive = 4
     max_wait_seconds: NonNegativeSeconds = 30.0
     concurrency: Positive = 2

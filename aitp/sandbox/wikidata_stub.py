@@ -51,6 +51,8 @@ class WikidataStub(StandIn):
         self.fail_next: list[tuple[int, dict[str, str]]] = []    # (status, headers) for the next calls
         self.maxlag_next = 0                 # answer the next N API calls with a maxlag error
         self.outage: int | None = None       # answer every call with this status until set back to None
+        self.gate = threading.Event()        # cleared: calls wait here (after being recorded) until it is set
+        self.gate.set()
         super().__init__(host, port, _handler(self))
 
     def settings_env(self) -> dict[str, str]:
@@ -107,6 +109,7 @@ def _handler(stub: WikidataStub) -> type[JsonHandler]:
                 lagging = injected is None and parts.path == "/w/api.php" and stub.maxlag_next > 0
                 if lagging:
                     stub.maxlag_next -= 1
+            stub.gate.wait(30)
             if injected is not None:
                 return self._answer(injected[0], {"error": "injected"}, injected[1])
             if lagging:

@@ -23,6 +23,7 @@ from aitp.breakers import ProviderBreaker
 from aitp.errors import ProviderError
 from aitp.storage.cache import TtlCache
 from aitp.transport.retry_after import retry_after_seconds
+from aitp.transport.single_flight import SingleFlight
 from aitp.transport.tls import client_context, requests_session
 
 log = logging.getLogger("aitp.wikidata")
@@ -51,6 +52,7 @@ class Entity(msgspec.Struct, frozen=True):
 _entity_decoder = msgspec.json.Decoder(Entity)
 _ids_decoder = msgspec.json.Decoder(list[str])
 _encoder = msgspec.json.Encoder()
+_NOT_THERE = b'"not there"'     # cached for an id Wikidata does not have
 
 
 class WikidataClient:
@@ -58,7 +60,7 @@ class WikidataClient:
                  cache: TtlCache | None = None, breaker: ProviderBreaker | None = None, max_attempts: int = 4,
                  max_wait_seconds: float = 30.0, concurrency: int = 2,
                  sleep: Callable[[float], None] = time.sleep, ssl_context: ssl.SSLContext | None = None,
-                 default_agent: bool = False) -> None:
+                 default_agent: bool = False, negative_ttl_seconds: float | None = None) -> None:
         # requests, not http1: these few calls are not hot. The TLS policy is aitp/transport/tls.py's.
         # Made on the first look-up: a service that never runs an LLM task never imports requests
         # (about 70 ms and some MB at start-up).
@@ -70,6 +72,8 @@ class WikidataClient:
         self._attempts, self._max_wait, self._sleep = max_attempts, max_wait_seconds, sleep
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
+        self._flights = SingleFlight()       # concurrent misses of one key make one call
+        self._negative_ttl = negative_ttl_seconds
         self.calls = 0
 
     def available(self) -> bool:
@@ -80,68 +84,84 @@ class WikidataClient:
     def search(self, name: str, language: str, limit: int) -> list[str]:
         """Item ids for `name`, best match first (wbsearchentities)."""
         key = f"search\0{language}\0{limit}\0{name}"
-        if (cached := self._cached(key)) is not None:
-            return _ids_decoder.decode(cached)
-        answer = self._get(self._api, {"action": "wbsearchentities", "search": name, "language": language,
-                                       "uselang": language, "type": "item", "limit": limit, "format": "json"})
-        hits = answer.get("search") or []
-        ids = [hit["id"] for hit in hits if isinstance(hit, dict) and isinstance(hit.get("id"), str)]
-        self._store(key, _encoder.encode(ids))
-        return ids
+
+        def call() -> bytes:
+            answer = self._get(self._api, {"action": "wbsearchentities", "search": name, "language": language,
+                                           "uselang": language, "type": "item", "limit": limit, "format": "json"})
+            hits = answer.get("search") or []
+            ids = [hit["id"] for hit in hits if isinstance(hit, dict) and isinstance(hit.get("id"), str)]
+            return self._store(key, _encoder.encode(ids), negative=not ids)
+        return _ids_decoder.decode(self._looked_up(key, call))
 
     def entities(self, ids: list[str]) -> dict[str, Entity]:
-        """The items for `ids` (each looked up once a TTL; the rest in calls of at most 50 ids)."""
+        """The items for `ids` (each looked up once a TTL, an id Wikidata does not have once a
+        negative TTL; the rest in calls of at most 50 ids)."""
         found: dict[str, Entity] = {}
         missing = []
         for entity_id in dict.fromkeys(ids):
-            if (cached := self._cached(f"entity\0{entity_id}")) is not None:
-                found[entity_id] = _entity_decoder.decode(cached)
-            else:
+            if (cached := self._cached(f"entity\0{entity_id}")) is None:
                 missing.append(entity_id)
+            elif cached != _NOT_THERE:
+                found[entity_id] = _entity_decoder.decode(cached)
         for start in range(0, len(missing), BATCH_IDS):
             batch = missing[start:start + BATCH_IDS]
-            answer = self._get(self._api, {"action": "wbgetentities", "ids": "|".join(batch), "props": _PROPS,
-                                           "languages": "en", "format": "json"})
-            for entity_id, raw in (answer.get("entities") or {}).items():
-                if isinstance(raw, dict) and "missing" not in raw:
-                    entity = entity_from_wikidata(entity_id, raw)
-                    found[entity_id] = entity
-                    self._store(f"entity\0{entity_id}", _encoder.encode(entity))
+            fetched = self._flights.do("entities\0" + "|".join(sorted(batch)), lambda batch=batch: self._fetch(batch))
+            found.update(fetched)
+        return found
+
+    def _fetch(self, batch: list[str]) -> dict[str, Entity]:
+        answer = self._get(self._api, {"action": "wbgetentities", "ids": "|".join(batch), "props": _PROPS,
+                                       "languages": "en", "format": "json"})
+        found = {}
+        for entity_id, raw in (answer.get("entities") or {}).items():
+            if isinstance(raw, dict) and "missing" not in raw:
+                entity = entity_from_wikidata(entity_id, raw)
+                found[entity_id] = entity
+                self._store(f"entity\0{entity_id}", _encoder.encode(entity))
+        for entity_id in batch:
+            if entity_id not in found:       # no such item: not asked again for a negative TTL
+                self._store(f"entity\0{entity_id}", _NOT_THERE, negative=True)
         return found
 
     def inbound_links(self, entity_id: str) -> int | None:
         """How many items point at `entity_id` (a SPARQL count)."""
         key = f"inbound\0{entity_id}"
-        if (cached := self._cached(key)) is not None:
-            return msgspec.json.decode(cached)
-        query = f"SELECT (COUNT(?s) AS ?count) WHERE {{ ?s ?p wd:{entity_id} }}"
-        answer = self._get(self._sparql, {"query": query, "format": "json"}, maxlag=False)
-        try:
-            count = int(answer["results"]["bindings"][0]["count"]["value"])
-        except (KeyError, IndexError, TypeError, ValueError):
-            count = None
-        self._store(key, _encoder.encode(count))
-        return count
+
+        def call() -> bytes:
+            query = f"SELECT (COUNT(?s) AS ?count) WHERE {{ ?s ?p wd:{entity_id} }}"
+            answer = self._get(self._sparql, {"query": query, "format": "json"}, maxlag=False)
+            try:
+                count = int(answer["results"]["bindings"][0]["count"]["value"])
+            except (KeyError, IndexError, TypeError, ValueError):
+                count = None
+            return self._store(key, _encoder.encode(count), negative=count is None)
+        return msgspec.json.decode(self._looked_up(key, call))
 
     def page_views(self, enwiki_title: str, days: int = 30) -> int | None:
         """English Wikipedia page views of the last `days` days (Wikimedia REST)."""
         key = f"views\0{days}\0{enwiki_title}"
+
+        def call() -> bytes:
+            end = date.today() - timedelta(days=1)
+            start = end - timedelta(days=days - 1)
+            url = (f"{self._pageviews}/en.wikipedia/all-access/all-agents/"
+                   f"{quote(enwiki_title.replace(' ', '_'), safe='')}/daily/{start:%Y%m%d}/{end:%Y%m%d}")
+            answer = self._get(url, {}, maxlag=False, missing_ok=True)
+            items = answer.get("items") if isinstance(answer, dict) else None
+            views = sum(int(item.get("views", 0)) for item in items if isinstance(item, dict)) if items else None
+            return self._store(key, _encoder.encode(views), negative=views is None)
+        return msgspec.json.decode(self._looked_up(key, call))
+
+    def _looked_up(self, key: str, call: Callable[[], bytes]) -> bytes:
+        """The cached answer for `key`, or call()'s, made once for every look-up of it meanwhile."""
         if (cached := self._cached(key)) is not None:
-            return msgspec.json.decode(cached)
-        end = date.today() - timedelta(days=1)
-        start = end - timedelta(days=days - 1)
-        url = (f"{self._pageviews}/en.wikipedia/all-access/all-agents/{quote(enwiki_title.replace(' ', '_'), safe='')}"
-               f"/daily/{start:%Y%m%d}/{end:%Y%m%d}")
-        answer = self._get(url, {}, maxlag=False, missing_ok=True)
-        items = answer.get("items") if isinstance(answer, dict) else None
-        views = sum(int(item.get("views", 0)) for item in items if isinstance(item, dict)) if items else None
-        self._store(key, _encoder.encode(views))
-        return views
+            return cached
+        return self._flights.do(key, call)
 
     def status(self) -> dict:
         cache = self._cache
         out = {"calls": self.calls, "cache_hits": cache.hits if cache else 0,
-               "cache_misses": cache.misses if cache else 0}
+               "cache_misses": cache.misses if cache else 0, "shared_lookups": self._flights.shared}
         if self._breaker is not None:
             out["breaker"] = self._breaker.status()
         return out
@@ -169,9 +189,11 @@ class WikidataClient:
     def _cached(self, key: str) -> bytes | None:
         return self._cache.get(key) if self._cache is not None else None
 
-    def _store(self, key: str, value: bytes) -> None:
+    def _store(self, key: str, value: bytes, negative: bool = False) -> bytes:
+        """Cache `value` (a negative answer, nothing found, for the shorter negative TTL)."""
         if self._cache is not None:
-            self._cache.put(key, value)
+            self._cache.put(key, value, self._negative_ttl if negative else None)
+        return value
 
     def _get(self, url: str, params: dict[str, Any], *, maxlag: bool = True, missing_ok: bool = False) -> dict:
         import requests
@@ -265,6 +287,7 @@ def wikidata_client_for(settings, breaker: ProviderBreaker | None = None) -> Wik
     return WikidataClient(api_url=config.api_url, sparql_url=config.sparql_url, pageviews_url=config.pageviews_url,
                           user_agent=config.user_agent, timeout=config.timeout,
                           cache=TtlCache(settings.wikidata_cache_path, config.cache_ttl_seconds), breaker=breaker,
+                          negative_ttl_seconds=config.negative_ttl_seconds,
                           max_attempts=config.max_attempts, max_wait_seconds=config.max_wait_seconds,
                           concurrency=config.concurrency, ssl_context=client_context(settings),
                           default_agent=config.user_agent == type(config)().user_agent)
