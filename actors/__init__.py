@@ -6,4 +6,5 @@ what each is built with, `pipeline` composes them and `app` is the `aitp` comman
 """
 
 __all__ = ["app", "authenticator", "directory", "dispatcher", "held_tells", "llm_workers", "messages", "parts",
-           "patch_sender", "pipeline", "poller", "provider_workers", "rate_limiter", "reporter", "stage", "supervisor"]
+           "patch_sender", "pipeline", "poller", "provider_workers", "rate_limiter", "reporter", "stage", "supervisor",
+           "watch"]

@@ -16,6 +16,7 @@ import time
 import msgspec
 import pykka
 
+from aitp.observability.dependencies import TOKEN_ENDPOINT, Dependencies
 from aitp.transport.auth import AuthStatus, Token, TokenClient, write_auth_status
 from aitp.errors import AuthError
 from aitp.observability.logs import add_secret
@@ -61,9 +62,11 @@ class Authenticator(Stage):
     name = "authenticator"
 
     def __init__(self, ctx: PipelineContext, orphans: list | None = None, *,
-                 token_client: TokenClient | None = None, cell: TokenCell | None = None) -> None:
+                 token_client: TokenClient | None = None, cell: TokenCell | None = None,
+                 dependencies: Dependencies | None = None) -> None:
         super().__init__(ctx, orphans)
         self.client, self.cell = token_client, cell or TokenCell()
+        self.dependencies = dependencies or Dependencies()
         self.failures = 0              # failed fetches in a row
         self.refusals = 0              # fresh tokens refused in a row
         self.fetches = 0
@@ -96,6 +99,7 @@ class Authenticator(Stage):
         except AuthError as exc:
             self.failures += 1
             self.last_error = str(exc)
+            self.dependencies.failed(TOKEN_ENDPOINT, str(exc))     # retried all the same, a refused secret too
             delay = self.ctx.probe_backoff(self.failures)
             log.error("no token", extra={"fields": {"token_url": self.client.token_url, "error": str(exc),
                                                      "retry_in_s": round(delay, 2)}})
@@ -104,6 +108,7 @@ class Authenticator(Stage):
             return None
         self.failures = 0
         self.last_error = None
+        self.dependencies.succeeded(TOKEN_ENDPOINT)
         self.fetches += 1
         self.generation += 1
         add_secret(token.access_token)

@@ -11,6 +11,7 @@ from aitp.config import Settings
 from aitp.coordination.breakers import shared_breaker_storage
 from aitp.coordination.leases import LeaseBook, connect, key_prefix, lease_book_for
 from aitp.coordination.rate_limits import shared_rate_limits_for
+from aitp.observability.dependencies import DOWN, OK, REDIS, Dependencies, api_observer, breaker_state
 from aitp.observability.metrics import Metrics
 from aitp.providers import Provider
 from aitp.routing import ChatRouter, Router, chat_breaker_name
@@ -29,7 +30,7 @@ from actors.directory import StageDirectory
 
 # Which parts each stage is built with (the names of its constructor's keyword arguments).
 STAGE_PARTS: dict[str, tuple[str, ...]] = {
-    "authenticator": ("token_client", "cell"),
+    "authenticator": ("token_client", "cell", "dependencies"),
     "reporter": ("task_api", "journal", "leases"),
     "provider_workers": ("router", "journal", "vector_pool", "rate_limits"),
     "llm_workers": ("handlers", "chat_router", "wikidata", "journal", "rate_limits", "answers"),
@@ -50,6 +51,7 @@ class Parts:
     rate_limits: RateLimitBackend
     cell: TokenCell
     answers: AnswerBook
+    dependencies: Dependencies
     token_client: TokenClient | None = None
     wikidata: WikidataClient | None = None
     leases: LeaseBook | None = None     # several services on one API (aitp/coordination/leases.py)
@@ -68,6 +70,17 @@ class Parts:
         if self.leases is not None:
             out["coordination"] = self.leases.status()
         return out
+
+    def refresh_dependencies(self) -> None:
+        """What the breakers and Redis say now, into `dependencies` (the calls feed the rest)."""
+        breakers = [*self.router.breakers.values(), *self.chat_router.breakers.values()]
+        for breaker in breakers:
+            self.dependencies.set(breaker.name, *breaker_state(breaker.status()))
+        wikidata = self.wikidata.status().get("breaker") if self.wikidata is not None else None
+        if wikidata is not None:
+            self.dependencies.set("wikidata", *breaker_state(wikidata))
+        if self.leases is not None:
+            self.dependencies.set(REDIS, *((OK, None) if self.leases.available else (DOWN, "does not answer")))
 
     def close(self) -> None:
         self.task_api.close()
@@ -104,13 +117,20 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
     journal = Journal(settings.journal_path)   # first: a bad data directory stops startup before any process
     wikidata = wikidata_client_for(settings, breaker("wikidata"))
     cell, tls = TokenCell(), client_context(settings)    # one TLS policy for every client (aitp/transport/tls.py)
+    dependencies, api_metrics = Dependencies(), metrics.api_request
+    api_dependency = api_observer(dependencies)
+
+    def observe_api(endpoint: str, method: str, status: str, seconds: float) -> None:
+        api_metrics(endpoint, method, status, seconds)
+        api_dependency(endpoint, method, status, seconds)
+
     token_client = _token_client(settings, tls)
     workers = settings.workers
     task_api = TaskApiClient(
         settings.api.base_url, timeout=settings.api.request_timeout,
         credentials=ActorCredentials(cell, directory, settings.api.request_timeout) if token_client
         else NoCredentials(),
-        observer=metrics.api_request, pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
+        observer=observe_api, pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
         pipelining=settings.api.pipelining, max_answer_bytes=settings.api.max_answer_bytes, ssl_context=tls)
     rate_limits = (redis_client and shared_rate_limits_for(settings, redis_client)) or rate_limits_for(settings)
     leases = lease_book_for(settings, redis_client)
@@ -121,7 +141,8 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
                  router=Router(settings.processing.mode, providers, breakers),
                  chat_router=ChatRouter(providers, chat_breakers, settings.models.chat), vector_pool=vector_pool,
                  handlers=handlers,
-                 rate_limits=rate_limits, cell=cell, answers=AnswerBook(journal), token_client=token_client,
+                 rate_limits=rate_limits, cell=cell, answers=AnswerBook(journal), dependencies=dependencies,
+                 token_client=token_client,
                  wikidata=wikidata, leases=leases)
 
 

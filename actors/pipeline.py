@@ -33,14 +33,13 @@ from actors.rate_limiter import RateLimiter
 from actors.reporter import Reporter
 from actors.stage import PipelineContext, Stage
 from actors.supervisor import ChildSpec, Supervisor
+from actors.watch import Watch
 
 log = logging.getLogger("aitp.pipeline")
 
 # How long /health and /metrics wait for the stages' answers together; a stage that takes longer is
 # shown as busy with its last answer (Docker's health check gives a probe 4 s, the first poll 5 s).
 _STATUS_SECONDS = 1.0
-
-_MOCK_WARNING_SECONDS = 600.0     # how often the mock provider's warning is repeated
 
 # Started downstream first, so that nothing a stage sends has to wait for its receiver.
 STAGES = (("authenticator", Authenticator), ("reporter", Reporter), ("provider_workers", ProviderWorkers),
@@ -98,8 +97,9 @@ class Pipeline:
         self.phase = "running"
         log.info("pipeline started", extra={"fields": {"mode": settings.processing.mode, "providers": list(providers),
                                                         "api": settings.api.base_url}})
-        if settings.uses_mock_provider:
-            self._warn_mock()
+        self.watch = Watch(settings, parts, self.metrics, ctx.scheduler, running=lambda: self.phase == "running",
+                           poller_status=lambda: self.stage("poller").status().get(timeout=5))
+        self.watch.start()
         return True
 
     def _start_monitoring(self) -> None:
@@ -113,15 +113,6 @@ class Pipeline:
                               self.sources.get("monitoring.metrics_port", "default")) from None
         self.metrics.watch(self.status)
         self.monitor.start()
-
-    def _warn_mock(self) -> None:
-        """Said at start and every few minutes while it lasts: the mock's vectors are not embeddings."""
-        if self.phase in ("stopping", "stopped") or self.ctx is None:
-            return
-        log.warning("the mock provider is in use: its vectors are deterministic stand-ins, not embeddings; "
-                    "never point this service at a production task API",
-                    extra={"fields": {"mode": self.settings.processing.mode}})
-        self.ctx.scheduler.call_later(_MOCK_WARNING_SECONDS, self._warn_mock)
 
     def _keep_late_results(self, stage: str, message: object) -> None:
         """A batch's paid results that reached the Reporter after it stopped (a provider call that
@@ -175,7 +166,7 @@ class Pipeline:
 
     def health(self) -> tuple[int, dict]:
         return health_body(self.status(), self.settings, self.phase, time.monotonic() - self.created_at,
-                           self.fatal_reason)
+                           self.fatal_reason, self.parts.dependencies.snapshot() if self.parts else None)
 
     def in_flight(self) -> int:
         poller = self.stage("poller")

@@ -18,9 +18,12 @@ def test_a_task_api_outage_is_probed_every_few_seconds_however_many_patches_it_p
     seen = sum(server.store.requests.values())
     wait_until(lambda: sum(server.store.requests.values()) >= seen + 10, timeout=30,
                message=f"ten more probes with {parked} results parked")
+    code, health = pipeline.health()
+    assert (code, health["status"], health["dependencies"]["task API"]["state"]) == (200, "degraded", "down")
     server.end_outage()
     wait_until(lambda: drained(server), timeout=60, message="the drain to end once the API answers")
     assert server.counts() == {"succeeded": 1500}
+    assert pipeline.health()[1]["dependencies"]["task API"]["state"] == "ok"
 
 
 def test_a_chat_endpoint_that_fails_leaves_embeddings_through_the_same_base_url_alone(sandbox, openai_stub,

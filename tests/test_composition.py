@@ -153,3 +153,56 @@ def test_each_stage_is_built_with_exactly_the_parts_its_constructor_names(name, 
                     if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
     assert sorted(keyword_only) == sorted(STAGE_PARTS[name])
     assert set(STAGE_PARTS[name]) <= PART_NAMES
+
+
+def test_a_dependency_is_degraded_then_down_and_ok_again_with_one_log_line_per_change(caplog):
+    from aitp.observability.dependencies import Dependencies, api_observer, breaker_state
+    now = [1_000.0]
+    dependencies = Dependencies(clock=lambda: now[0])
+    observe = api_observer(dependencies)
+    with caplog.at_level("INFO", logger="aitp.dependencies"):
+        observe("/api/ai-tasks/pending", "GET", "200", 0.01)
+        for status in ("503", "error", "429", "503"):
+            now[0] += 1
+            observe("/api/ai-tasks/:id", "PATCH", status, 0.01)
+        down = dependencies.snapshot()["task API"]
+        now[0] += 5
+        observe("/api/ai-tasks/:id", "PATCH", "404", 0.01)       # an answer: the API is up
+    assert (down["state"], down["last_error"]) == ("down", "PATCH /api/ai-tasks/:id: 503")
+    assert down["since"] == "1970-01-01T00:16:43+00:00" and down["last_success"] == "1970-01-01T00:16:40+00:00"
+    assert dependencies.snapshot()["task API"]["state"] == "ok" and dependencies.not_ok() == []
+    assert [record.getMessage() for record in caplog.records] == [
+        "dependency failing", "dependency failing", "dependency answers again"]      # degraded, down, ok
+    assert breaker_state({"state": "open", "failures": 5})[0] == "down"
+    assert breaker_state({"state": "closed", "failures": 2})[0] == "degraded"
+    assert breaker_state({"state": "closed", "failures": 0}) == ("ok", None)
+
+
+def test_health_is_degraded_with_200_while_a_dependency_is_not_ok():
+    status = {"stages": {}}
+    dependencies = {"task API": {"state": "down", "since": None, "last_error": "x", "last_success": None}}
+    code, body = health_body(status, Settings(), "running", 1.0, None, dependencies)
+    assert (code, body["status"], body["dependencies"]) == (200, "degraded", dependencies)
+    assert health_body(status, Settings(), "running", 1.0, None, {})[1]["status"] == "ok"
+
+
+def test_the_heartbeat_says_what_was_done_since_the_last_one_and_what_is_not_ok(caplog):
+    from types import SimpleNamespace
+
+    from aitp.observability.dependencies import Dependencies
+    from aitp.observability.metrics import Metrics
+    from actors.watch import Watch
+    metrics, dependencies = Metrics(known_types=set(HANDLERS)), Dependencies()
+    dependencies.failed("wikidata", "answered 503")
+    watch = Watch(Settings(), SimpleNamespace(dependencies=dependencies), metrics, scheduler=None,
+                  running=lambda: True, poller_status=lambda: {"in_flight": 7, "window": 256})
+    for state in ("succeeded", "succeeded", "failed"):
+        metrics.task_decided("text_embedding", state)
+    with caplog.at_level("INFO", logger="aitp.pipeline"):
+        watch.heartbeat()
+        metrics.task_decided("defining_topics", "succeeded")
+        watch.heartbeat()
+    first, second = (record.fields for record in caplog.records if record.getMessage() == "heartbeat")
+    assert first == {"done": {"text_embedding": {"failed": 1, "succeeded": 2}}, "in_flight": 7, "window": 256,
+                     "not_ok": ["wikidata"]}
+    assert second["done"] == {"defining_topics": {"succeeded": 1}}

@@ -10,12 +10,13 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+import requests
 
 from aitp.transport.auth import TokenClient
 from aitp.errors import AuthError
 from aitp.transport.httpserver import QuietServer
 from aitp.sandbox.seed import embedding_task, generated_tasks, object_id
-from conftest import drained, wait_until
+from conftest import drained, monitoring_port, wait_until
 
 SECRET = "s3cret-for-tests"
 
@@ -168,6 +169,11 @@ def test_a_wrong_secret_pauses_polling_and_backs_off(oauth2_server, sandbox, ser
     assert lines and all(peer.token_url in line["error"] and "invalid_client" in line["error"] for line in lines)
     assert server.request_counts().get("GET pending", 0) == 0      # no polling without a token
     assert all(server.history(task["_id"]) == ["pending"] for task in tasks)
+    health = requests.get(f"http://127.0.0.1:{wait_until(lambda: monitoring_port(process))}/health", timeout=10)
+    token_endpoint = health.json()["dependencies"]["token endpoint"]
+    assert (health.status_code, health.json()["status"]) == (200, "degraded")
+    assert token_endpoint["state"] == "down" and "invalid_client" in token_endpoint["last_error"]
+    assert "not-the-secret" not in health.text
     # Backing off: the waits double (0.2, 0.4, 0.8 s ... with jitter), so a few seconds see few fetches.
     wait_until(lambda: time.monotonic() - refused_at > 2, message="two more seconds")
     assert len(peer.token_requests(ok=False)) <= 9

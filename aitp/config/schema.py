@@ -155,6 +155,7 @@ class MonitoringSettings(_Section):
     metrics_port: Port = 8001
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    heartbeat_seconds: NonNegativeSeconds = 60.0
 
 
 class StorageSettings(_Section):

@@ -7,16 +7,20 @@ from aitp.config import Settings
 
 
 def health_body(status: dict, settings: Settings, phase: str, uptime_s: float,
-                fatal_reason: str | None) -> tuple[int, dict]:
+                fatal_reason: str | None, dependencies: dict | None = None) -> tuple[int, dict]:
+    """The body and code of /health: 503 once failing or stopping; 200 otherwise, `degraded` while
+    a dependency is not ok (a restart would not mend it; /ready says whether to send work)."""
+    dependencies = dependencies or {}
     restarts = status.get("restarts", {})
     stages = {name: {"state": stage.get("state") if stage.get("state") in ("down", "busy") else "running",
                      "restarts": restarts.get(name, 0)} for name, stage in status["stages"].items()}
     authenticator = status["stages"].get("authenticator", {})
     poller = status["stages"].get("poller", {})
     failing = fatal_reason is not None
+    running = "degraded" if any(d["state"] != "ok" for d in dependencies.values()) else "ok"
     body = {
         "status": "failing" if failing else ("stopping" if phase == "stopping" else
-                                             "ok" if phase == "running" else "starting"),
+                                             running if phase == "running" else "starting"),
         "version": __version__, "mode": settings.processing.mode, "phase": phase,
         "mock": settings.uses_mock_provider,
         "uptime_s": round(uptime_s, 1),
@@ -31,6 +35,7 @@ def health_body(status: dict, settings: Settings, phase: str, uptime_s: float,
         "outbox": status.get("outbox", 0),
         "coordination": status.get("coordination"),
         "process_worker_restarts": status.get("process_worker_restarts", 0),
+        "dependencies": dependencies,
     }
     if failing:
         body["reason"] = fatal_reason

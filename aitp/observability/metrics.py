@@ -9,6 +9,7 @@ no multiprocess mode is needed.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -58,6 +59,7 @@ class Metrics:
                                      "Time a process worker spent decoding, checking and encoding one batch",
                                      buckets=_LATENCY, registry=registry)
         self._task_children: dict[tuple, tuple] = {}
+        self.decided: Tally[tuple[str, str]] = Tally()   # (type, state) -> tasks decided
         self._request_children: dict[tuple, tuple] = {}
         self.rate_limit_check = Histogram("rate_limit_check_duration_seconds", "Time to reserve rate-limit units",
                                           buckets=_LATENCY, registry=registry)
@@ -68,6 +70,7 @@ class Metrics:
     def task_decided(self, task_type: str, status: str, seconds: float | None = None) -> None:
         task_type = task_type if task_type in self.known_types else OTHER
         key = (task_type, status)
+        self.decided[key] += 1          # for the heartbeat (actors/watch.py)
         if (children := self._task_children.get(key)) is None:
             children = self._task_children[key] = (self.tasks_processed.labels(task_type, status),
                                                    self.task_duration.labels(task_type))
