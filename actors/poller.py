@@ -176,8 +176,8 @@ class Poller(Stage):
             self.tell("reporter", TasksRejected(take.rejected))
         if self.cursor.should_prefetch(held, self.window.size, self.window.settle_rate, time.monotonic()):
             self._fetch()
-        if not more_left:
-            self._schedule(self.settings.polling.interval_seconds)
+        if not more_left:     # tasks held back for a dependency are taken as soon as it may answer
+            self._schedule(min(self.settings.polling.interval_seconds, self.reader.retry_in or float("inf")))
         elif self._credit_enough():   # a full take: poll again as soon as credit returns
             self._schedule(0)
         else:

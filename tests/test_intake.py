@@ -205,6 +205,9 @@ class Wikidata:
     def available(self) -> bool:
         return self.up
 
+    def seconds_until_available(self) -> float:
+        return 0.0 if self.up else 7.0
+
 
 def llm_json(name: str) -> bytes:
     return task_json(name, model="o3", kind="defining_topics")
@@ -228,6 +231,7 @@ def test_a_task_whose_dependency_is_down_is_left_pending_and_holds_no_credit(emb
     assert {task.job.task_id for task in take.taken} == set(ids(*taken))
     assert cursor.in_flight == set(ids(*taken))
     assert reader.held_back == 4 - len(taken)
+    assert reader.retry_in == (None if len(taken) == 4 else 5.0 if embed_down or chat_down else 7.0)
 
 
 def test_llm_tasks_hold_at_most_half_the_window():

@@ -35,10 +35,12 @@ class TaskReader:
         self.handlers, self.router, self.chat_router, self.wikidata = handlers, router, chat_router, wikidata
         self._down: dict[tuple[bool, str], bool] = {}    # (chat?, model) -> its providers are down, this take
         self.held_back = 0                                # tasks left pending while what they need was down
+        self.retry_in: float | None = None
 
     def new_take(self) -> None:
         """Breakers are read once a take per model (not once a task)."""
         self._down.clear()
+        self.retry_in: float | None = None     # the soonest a task held back in this take can go
 
     def read(self, task: Task, now: float) -> TakenTask | Rejection | None:
         """The task as a job stamped `taken_at=now`, why it is reported `failed`, or None when what it
@@ -68,6 +70,10 @@ class TaskReader:
         down = self._down.get(key)
         if down is None:
             router = self.chat_router if chat else self.router
-            down = self._down[key] = router.seconds_until_available(job.model) > 0 or (
-                chat and self.wikidata is not None and not self.wikidata.available())
+            wait = router.seconds_until_available(job.model)
+            if chat and self.wikidata is not None:
+                wait = max(wait, self.wikidata.seconds_until_available())
+            down = self._down[key] = wait > 0
+            if down:
+                self.retry_in = wait if self.retry_in is None else min(self.retry_in, wait)
         return down

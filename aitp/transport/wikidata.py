@@ -78,7 +78,10 @@ class WikidataClient:
 
     def available(self) -> bool:
         """False while its breaker is open: the tasks that need it wait (aitp/intake/reader.py)."""
-        return self._breaker is None or self._breaker.available()
+        return self.seconds_until_available() == 0
+
+    def seconds_until_available(self) -> float:
+        return self._breaker.seconds_until_trial() if self._breaker is not None else 0.0
 
     # --- what the task types ask ---
     def search(self, name: str, language: str, limit: int) -> list[str]:
