@@ -7,6 +7,7 @@
 - `example`: the text of `.env.example`.
 """
 
+from aitp.errors import ConfigError   # raised by load_config; importable from here, as before the split
 from aitp.config.env_names import ENV_NAMES, GENERIC_ONLY_NAMES, KEY_TO_ENV, LEAF_TYPES, generic_env_name, leaf_types
 from aitp.config.example import env_example
 from aitp.config.loading import LoadedConfig, is_loopback, load_config, parse_dotenv
@@ -41,6 +42,7 @@ from aitp.config.schema import (
 )
 
 __all__ = [
+    "ConfigError",
     # schema
     "Settings", "ChildPolicy", "PLACEHOLDER_OPENAI_KEY",
     "ApiSettings", "AuthSettings", "BatchingSettings", "CoordinationSettings", "ModelSettings", "MonitoringSettings",
