@@ -8,9 +8,8 @@ vector to SQLite was the largest CPU cost per task left (benchmarks/README.md). 
 in the journal until the API takes the result, so a crash has them computed again; a restarted
 Reporter inherits them from the one that failed, and a graceful stop journals them.
 
-While the API is down, results are parked and one of them is sent as a probe per backoff period
-(aitp/transport/outage_gate.py), so an outage costs a request every few seconds, not one per result; the
-first answer sends every parked result again.
+While the API is down, results are parked and one is sent as a probe per backoff period (aitp/transport/
+outage_gate.py): an outage costs a request every few seconds; the first answer sends every parked result again.
 """
 
 from __future__ import annotations
@@ -187,10 +186,14 @@ class Reporter(Stage):
         entry = self.entries.get(task_id)
         if entry is None:
             return False   # answered twice (sent again after a restart): already settled
-        if result.outcome is PatchOutcome.INVALID and entry.state != "succeeded" and entry.body != BARE_FAILURE:
-            log.error("task API refused the report; sending a bare failure instead", extra={"fields": {
+        if result.outcome is PatchOutcome.INVALID and entry.body != BARE_FAILURE:
+            # A refused result (413, 422: not the contract's 400 after success) fails its task with
+            # the reason; a refused failure or release goes as the barest failure. Never in_progress.
+            log.error("task API refused the report; sending a failure instead", extra={"fields": {
                 **self._fields(entry, result), "detail": result.detail}})
-            fallback = OutboxEntry(task_id, BARE_FAILURE, "failed")
+            fallback = OutboxEntry(task_id, state_body("failed", f"the task API refused the result: "
+                                                        f"{result.status} {result.detail}"[:500]), "failed") \
+                if entry.state == "succeeded" else OutboxEntry(task_id, BARE_FAILURE, "failed")
             if task_id not in self.unjournaled:
                 self.journal.add_results([fallback])
             self.entries[task_id] = fallback

@@ -1,5 +1,7 @@
 """Issue 28: one dependency's fault reaches only the tasks that need it, and its return is seen at once."""
 
+import pytest
+
 from aitp.sandbox.seed import generated_tasks, llm_tasks
 from conftest import drained, settings_for, wait_until
 
@@ -85,3 +87,19 @@ def test_while_wikidata_is_down_a_paid_chat_answer_is_kept_and_never_asked_for_a
     assert not any(server.state_of(t["_id"]) == "succeeded" for t in llm)
     assert len(stub.chat_requests) <= 2 * len(llm)
     assert kept > 0       # the paid answers wait in the journal for Wikidata
+
+
+@pytest.mark.parametrize("status", [413, 422])
+def test_a_refused_success_report_fails_the_task_with_the_reason_and_never_leaves_it_in_progress(
+        status, sandbox, run_pipeline, tmp_path):
+    """Issue 29: a success PATCH answered with a 4xx other than the contract's 400 was logged and
+    dropped, and the task stayed in_progress for good."""
+    tasks = generated_tasks(20)
+    server = sandbox(tasks)
+    refused = tasks[3]["_id"]
+    server.refuse_results_with[refused] = status
+    pipeline = run_pipeline(settings_for(server, tmp_path))
+    wait_until(lambda: drained(server), message="every task settled")
+    assert server.state_of(refused) == "failed" and str(status) in str(server.error_of(refused))
+    assert server.counts() == {"succeeded": 19, "failed": 1}
+    wait_until(lambda: pipeline.parts.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")

@@ -145,6 +145,7 @@ class SandboxServer(StandIn):
         self.strict_bodies = False               # 400 for a body with fields besides state and result (a
                                                  # ValidationPipe with forbidNonWhitelisted)
         self.reject_results_of: set[str] = set() # store `succeeded`, then answer 400 (a callback that refused it)
+        self.refuse_results_with: dict[str, int] = {}   # task id -> a 4xx for its success report, not stored
         self.outage_over = threading.Event()
         super().__init__(host, port, _make_handler(self))
 
@@ -391,6 +392,8 @@ def _make_handler(sandbox: SandboxServer) -> type[JsonHandler]:
                 if self.headers.get("X-Api-Request") == "true":
                     return self._error(404, "Task not found", "Not Found")
                 return self._reply(302, b"", {"Location": "/404"})
+            if state == "succeeded" and task_id in sandbox.refuse_results_with:
+                return self._error(sandbox.refuse_results_with[task_id], "result refused", "Unprocessable Entity")
             result = update.get("result")
             sandbox.store.set_state(task_id, state, result, update.get("error"))
             if state == "succeeded" and (task_id in sandbox.reject_results_of or not result_fits(
