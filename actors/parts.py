@@ -8,7 +8,7 @@ from typing import Any
 
 from aitp.breakers import ProviderBreaker
 from aitp.config import Settings
-from aitp.coordination.breakers import shared_breaker_storage
+from aitp.coordination.breakers import SYNC_TIMEOUT_SECONDS, BreakerMirror, shared_breaker_storage
 from aitp.coordination.leases import LeaseBook, connect, key_prefix, lease_book_for
 from aitp.coordination.rate_limits import shared_rate_limits_for
 from aitp.observability.dependencies import DOWN, OK, REDIS, Dependencies, api_observer, breaker_state
@@ -55,6 +55,7 @@ class Parts:
     token_client: TokenClient | None = None
     wikidata: WikidataClient | None = None
     leases: LeaseBook | None = None     # several services on one API (aitp/coordination/leases.py)
+    breaker_mirror: BreakerMirror | None = None
 
     def for_stage(self, name: str) -> dict[str, Any]:
         return {part: getattr(self, part) for part in STAGE_PARTS.get(name, ())}
@@ -83,6 +84,8 @@ class Parts:
             self.dependencies.set(REDIS, *((OK, None) if self.leases.available else (DOWN, "does not answer")))
 
     def close(self) -> None:
+        if self.breaker_mirror is not None:
+            self.breaker_mirror.stop()
         self.task_api.close()
         self.router.close()
         if self.wikidata is not None:
@@ -102,9 +105,12 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
     redis_client = connect(settings.coordination.redis_url) if settings.coordination.redis_url else None
     prefix = key_prefix(settings.coordination.key_prefix, settings.api.base_url)
 
+    # The breakers meet Redis from one thread, with a short timeout (aitp/coordination/breakers.py).
+    mirror = BreakerMirror(connect(settings.coordination.redis_url, SYNC_TIMEOUT_SECONDS)) if redis_client else None
+
     def breaker(name: str, endpoint: str | None = None) -> ProviderBreaker:
-        storage = shared_breaker_storage(redis_client, prefix, name, endpoint) \
-            if redis_client is not None and endpoint is not None else None
+        storage = shared_breaker_storage(mirror, prefix, name, endpoint) \
+            if mirror is not None and endpoint is not None else None
         return ProviderBreaker(name, resilience.circuit_breaker_threshold, resilience.circuit_breaker_reset_seconds,
                                storage=storage)
 
@@ -137,13 +143,15 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
     handlers = {name: handler(settings) for name, handler in HANDLERS.items()}
     vector_pool = VectorPool(workers.process_workers, workers.process_answer_timeout)
     vector_pool.warm_up()     # last: nothing after it can fail and leave its processes running
+    if mirror is not None:
+        mirror.start()
     return Parts(journal=journal, task_api=task_api,
                  router=Router(settings.processing.mode, providers, breakers),
                  chat_router=ChatRouter(providers, chat_breakers, settings.models.chat), vector_pool=vector_pool,
                  handlers=handlers,
                  rate_limits=rate_limits, cell=cell, answers=AnswerBook(journal), dependencies=dependencies,
                  token_client=token_client,
-                 wikidata=wikidata, leases=leases)
+                 wikidata=wikidata, leases=leases, breaker_mirror=mirror)
 
 
 def _token_client(settings: Settings, tls) -> TokenClient | None:

@@ -119,22 +119,54 @@ def test_rate_limits_hold_exactly_across_services(sandbox, service, redis_server
 
 def test_a_breaker_opened_by_one_service_spares_the_others(redis_server):
     from aitp.breakers import ProviderBreaker
-    from aitp.coordination.breakers import shared_breaker_storage
+    from aitp.coordination.breakers import BreakerMirror, shared_breaker_storage
 
     redis = redis_server()
+    mirrors = [BreakerMirror(redis.client()) for _ in range(3)]      # three services
 
-    def breaker():
-        storage = shared_breaker_storage(redis.client(), "test:", "openai", "https://api.openai.com/v1")
+    def breaker(mirror, endpoint="https://api.openai.com/v1"):
+        storage = shared_breaker_storage(mirror, "test:", "openai", endpoint)
         return ProviderBreaker("openai", threshold=3, reset_seconds=60, storage=storage)
 
-    one, other = breaker(), breaker()
+    one, other, elsewhere = breaker(mirrors[0]), breaker(mirrors[1]), breaker(mirrors[2], "http://gpu-2:11434")
     for _ in range(3):
         one.end(one.begin(), failed=True)
     assert one.state == "open"
+    assert all(mirror.sync() for mirror in mirrors)                  # what the mirrors' thread does
     assert other.state == "open" and other.begin() is None         # learnt from the first: no call made
-    elsewhere = ProviderBreaker("openai", 3, 60, storage=shared_breaker_storage(
-        redis.client(), "test:", "openai", "http://gpu-2:11434"))
     assert elsewhere.state == "closed"                              # another endpoint keeps its own
+
+
+def test_a_redis_that_hangs_costs_a_breaker_nothing(redis_server):
+    """Issue 29: each breaker read waited out the socket timeout while holding the breaker's lock
+    (one begin and end took 14 s). Now a breaker never waits on Redis: the mirror meets Redis with
+    a short timeout from its own thread, and gives up on it meanwhile."""
+    import os
+    import signal as signals
+    import threading
+
+    from aitp.breakers import ProviderBreaker
+    from aitp.coordination.breakers import SYNC_TIMEOUT_SECONDS, BreakerMirror, shared_breaker_storage
+    from aitp.coordination.leases import connect
+
+    redis = redis_server()
+    mirror = BreakerMirror(connect(redis.url, SYNC_TIMEOUT_SECONDS))
+    breaker = ProviderBreaker("openai", 3, 60, storage=shared_breaker_storage(mirror, "test:", "openai", "x"))
+    assert mirror.sync()
+    os.kill(redis.process.pid, signals.SIGSTOP)                      # a paused VM: no answer, no error
+    try:
+        syncing = threading.Thread(target=mirror.sync)
+        syncing.start()                                              # the mirror waits on Redis...
+        for _ in range(3):                                           # ...and the breaker does not
+            breaker.end(breaker.begin(), failed=True)
+        assert breaker.state == "open" and breaker.status()["state"] == "open"
+        syncing.join(10)
+        assert not mirror.available
+    finally:
+        os.kill(redis.process.pid, signals.SIGCONT)
+    wait_until(mirror.sync, message="Redis to answer again")
+    assert redis.client().get("test:breaker:openai:" + __import__("hashlib").sha1(b"x").hexdigest()[:8]
+                              + ":pybreaker:state") == b"open"       # what waited went to Redis
 
 
 def test_a_service_stopped_with_sigterm_gives_its_leases_back_with_its_claims(sandbox, ollama, service,
