@@ -44,3 +44,13 @@ def test_the_wan_case_compares_a_far_task_api_with_loopback():
     for label in ("aitp run, loopback", "aitp run, 20 ms away"):
         assert any(line.startswith(label) and "tasks/s" in line for line in out.splitlines()), label
     assert re.search(r"WAN: with the task API 20 ms away, aitp drains at \d+% of its loopback rate", out)
+
+
+def test_the_fault_benchmark_measures_each_case_against_the_same_run_without_it():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--small"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"the outage cost [+-]\d+\.\d s beyond its own 2 s", done.stdout), done.stdout
+    for fault in ("wikidata", "chat"):
+        assert re.search(rf"with {fault} failing the embeddings drained at \d+% of their rate", done.stdout)
+        assert re.search(rf"{fault}: \d+ embeddings in .* chat calls \d+ for 32 LLM tasks", done.stdout)

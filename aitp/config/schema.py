@@ -136,7 +136,7 @@ class WorkerSettings(_Section):
 class ResilienceSettings(_Section):
     circuit_breaker_threshold: Positive = 5
     circuit_breaker_reset_seconds: Seconds = 10.0
-    outage_backoff_max_seconds: Seconds = 5.0
+    outage_backoff_max_seconds: Seconds = 2.0
 
 
 class RateLimitSettings(_Section):
