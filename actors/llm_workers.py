@@ -24,7 +24,7 @@ from aitp.storage.journal import Journal
 from aitp.storage.rate_limits import RateLimitBackend
 from aitp.tasks import ChatJob, LlmHandler, TaskHandler, TaskRejected
 from aitp.tasks.answers import AnswerBook
-from aitp.transport.wikidata import WikidataClient
+from aitp.transport.wikidata import NoWikidata, WikidataClient
 from aitp.vectors.jobs import TaskVector
 from actors.messages import (BatchEmbedded, ChatTaskDone, Rejection, RunChatTasks, TasksRejected,
                              TasksReleased)
@@ -84,7 +84,9 @@ class LlmWorkers(Stage):
         handler = self.handlers[job.task_type]
         assert isinstance(handler, LlmHandler)
         try:
-            result = handler.run(job, self._chat_for(job), self.wikidata, self.answers)
+            wikidata = self.wikidata if job.enrich or self.wikidata is None or self.wikidata.available() \
+                else NoWikidata()        # held past wikidata.hold_seconds: reported without it
+            result = handler.run(job, self._chat_for(job), wikidata, self.answers)
         except TaskRejected as exc:
             self._failed(job, str(exc))
         except ProviderError as exc:

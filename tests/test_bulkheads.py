@@ -103,3 +103,35 @@ def test_a_refused_success_report_fails_the_task_with_the_reason_and_never_leave
     assert server.state_of(refused) == "failed" and str(status) in str(server.error_of(refused))
     assert server.counts() == {"succeeded": 19, "failed": 1}
     wait_until(lambda: pipeline.parts.journal.counts() == {"claims": 0, "outbox": 0}, message="a clean journal")
+
+
+def test_with_wikidata_down_and_when_down_unenriched_the_tasks_that_can_go_without_it_are_reported(
+        sandbox, openai_stub, run_pipeline, tmp_path):
+    """wikidata.when_down = "unenriched": after hold_seconds, topics, impact areas and severities are
+    reported with null ids (the severity asked with the names alone); identifying_data, whose people
+    are kept only when Wikidata knows them, stays pending."""
+    from aitp.sandbox.openai_stub import STUB_KEY
+    from aitp.sandbox.wikidata_stub import WikidataStub
+    stub = openai_stub()
+    wikidata = WikidataStub()
+    wikidata.outage = 503
+    wikidata.start()
+    try:
+        llm = llm_tasks(2)
+        server = sandbox(llm)
+        settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
+                                AITP_WIKIDATA__WHEN_DOWN="unenriched", AITP_WIKIDATA__HOLD_SECONDS="0.5",
+                                AITP_WIKIDATA__MAX_ATTEMPTS="1", **wikidata.settings_env())
+        run_pipeline(settings)
+        others = [t for t in llm if t["type"] != "identifying_data"]
+        wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in others), timeout=60,
+                   message="the tasks that can go without Wikidata reported")
+    finally:
+        wikidata.stop()
+    for task in others:
+        result = server.result(task["_id"])
+        if task["type"] == "defining_topics":
+            assert result and all(topic["wikidataId"] is None for topic in result)
+        elif task["type"] == "defining_impact_area":
+            assert result["wikidataId"] is None
+    assert all(server.state_of(t["_id"]) != "succeeded" for t in llm if t["type"] == "identifying_data")

@@ -234,6 +234,22 @@ def test_a_task_whose_dependency_is_down_is_left_pending_and_holds_no_credit(emb
     assert reader.retry_in == (None if len(taken) == 4 else 5.0 if embed_down or chat_down else 7.0)
 
 
+def test_with_unenriched_an_llm_task_held_for_wikidata_past_the_bounded_wait_goes_without_it():
+    cursor = PendingCursor(handlers(), reuse_seconds=0.0)
+    reader = TaskReader(handlers(), Router(), Router(), Wikidata(False), unenriched_after=60.0)
+    entries = [llm_json("topics"), task_json("people", model="o3", kind="identifying_data")]
+
+    def take(now: float):
+        pending, poll = listed(cursor, entries)
+        cursor.fetched(pending, poll, fetched_at=now, seconds=0.01)
+        return cursor.take(cursor.fresh(now), 10, 100, reader, now).taken
+
+    assert take(0.0) == [] and take(59.0) == []                   # held while the wait lasts
+    taken = take(60.0)
+    assert [(t.job.task_id, t.job.enrich) for t in taken] == [(oid("topics"), False)]   # not identifying_data
+    assert reader.held_back == 5
+
+
 def test_llm_tasks_hold_at_most_half_the_window():
     cursor = PendingCursor(handlers(), reuse_seconds=5.0)
     reader = TaskReader(handlers(), Router(), Router(), Wikidata(True))

@@ -98,6 +98,8 @@ class WikidataSettings(_Section):
     timeout: Seconds = 10.0
     cache_ttl_seconds: Seconds = 604_800.0
     negative_ttl_seconds: Seconds = 86_400.0
+    when_down: Literal["hold", "unenriched"] = "hold"
+    hold_seconds: Seconds = 600.0
     max_attempts: Positive = 4
     max_wait_seconds: NonNegativeSeconds = 30.0
     concurrency: Positive = 2

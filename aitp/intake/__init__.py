@@ -34,5 +34,7 @@ def build_intake(settings, *, handlers, router, chat_router, rate_limits, creden
     # Tasks in flight at most: grows with the API's distance (aitp/intake/window.py).
     return Intake(FlowWindow(processing.min_in_flight, processing.max_in_flight, now),
                   PendingCursor(handlers, polling.list_reuse_seconds, list(in_flight)),
-                  TaskReader(handlers, router, chat_router, wikidata), admission,
+                  TaskReader(handlers, router, chat_router, wikidata,
+                             settings.wikidata.hold_seconds if settings.wikidata.when_down == "unenriched" else None),
+                  admission,
                   LeaseKeeper(leases, handlers, lease_seconds) if leases is not None else None)

@@ -5,6 +5,7 @@ stops the others."""
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import msgspec
 
@@ -12,6 +13,8 @@ from aitp.contract import Task
 from aitp.tasks import ChatJob, EmbeddingJob, TaskHandler, TaskRejected
 
 log = logging.getLogger("aitp.poller")
+
+_HELD_AT_MOST = 100_000      # tasks whose first hold for Wikidata is remembered
 
 
 class TakenTask(msgspec.Struct, frozen=True):
@@ -31,8 +34,12 @@ class TaskReader:
     """Parses a task with its type's handler and asks the routers whether anything can compute it,
     now or at all."""
 
-    def __init__(self, handlers: dict[str, TaskHandler], router, chat_router, wikidata=None) -> None:
+    def __init__(self, handlers: dict[str, TaskHandler], router, chat_router, wikidata=None,
+                 unenriched_after: float | None = None) -> None:
         self.handlers, self.router, self.chat_router, self.wikidata = handlers, router, chat_router, wikidata
+        # wikidata.when_down = "unenriched": an LLM task held this long for Wikidata goes without it.
+        self.unenriched_after = unenriched_after
+        self._held_since: OrderedDict[str, float] = OrderedDict()      # task id -> first held back for Wikidata
         self._down: dict[tuple[bool, str], bool] = {}    # (chat?, model) -> its providers are down, this take
         self.held_back = 0                                # tasks left pending while what they need was down
         self.retry_in: float | None = None
@@ -54,14 +61,30 @@ class TaskReader:
             if refusal:
                 raise TaskRejected(refusal)
             if self.waits(job):
-                self.held_back += 1
-                return None
+                if not self._goes_unenriched(job, now):
+                    self.held_back += 1
+                    return None
+                job = msgspec.structs.replace(job, enrich=False)
             return TakenTask(job=msgspec.structs.replace(job, taken_at=now), raw=task.raw)
         except TaskRejected as exc:
             return Rejection(task.id, str(exc))
         except Exception as exc:  # noqa: BLE001 - a handler's bug fails its task, not the Poller
             log.exception("handler failed on a task", extra={"fields": {"task_id": task.id}})
             return Rejection(task.id, f"could not read the task: {exc!r}"[:300])
+
+    def _goes_unenriched(self, job: EmbeddingJob | ChatJob, now: float) -> bool:
+        """Held for Wikidata alone past `unenriched_after`, and its type means something without it."""
+        if self.unenriched_after is None or not isinstance(job, ChatJob) or \
+                not getattr(self.handlers[job.task_type], "reportable_without_wikidata", False) or \
+                self.chat_router.seconds_until_available(job.model) > 0:
+            return False
+        since = self._held_since.setdefault(job.task_id, now)
+        while len(self._held_since) > _HELD_AT_MOST:
+            self._held_since.popitem(last=False)
+        if now - since < self.unenriched_after:
+            return False
+        del self._held_since[job.task_id]
+        return True
 
     def waits(self, job: EmbeddingJob | ChatJob) -> bool:
         """Is what `job` needs down now (a bulkhead: issue 28)?"""

@@ -32,6 +32,7 @@ class ChatJob(msgspec.Struct, frozen=True):
     text: str
     content: bytes = b"{}"
     taken_at: float = 0.0
+    enrich: bool = True          # False: Wikidata stayed down past wikidata.hold_seconds, report without it
 
 
 class LlmResult(msgspec.Struct, frozen=True):
@@ -80,6 +81,9 @@ class LlmHandler(TaskHandler):
     answer_type: type[msgspec.Struct]
     prompt_name: str
     bare_text_allowed = True          # `content` may be the text itself (the first three types)
+    # Whether a result without Wikidata means anything (ids null, a context of names only): not for
+    # identifying_data, whose people are kept only when Wikidata knows them.
+    reportable_without_wikidata = True
 
     def parse(self, task_id: str, raw: bytes) -> ChatJob:
         try:

@@ -27,6 +27,7 @@ class IdentifyingDataHandler(LlmHandler):
     type_name = "identifying_data"
     answer_type = People
     prompt_name = "identifying_data.v1.txt"
+    reportable_without_wikidata = False     # without Wikidata every person would be dropped
 
     def result(self, job: ChatJob, answer: People, wikidata) -> dict:
         candidates = {person.name: wikidata.search(person.name, "en", 5) for person in answer.people}

@@ -249,6 +249,27 @@ class WikidataClient:
                 self._breaker.end(permit, failed=failed)
 
 
+class NoWikidata:
+    """What a task reported without enrichment asks instead of Wikidata (wikidata.when_down =
+    "unenriched"): nothing is found, so each id is null and the severity context names only."""
+
+    @staticmethod
+    def search(name: str, language: str, limit: int) -> list[str]:
+        return []
+
+    @staticmethod
+    def entities(ids: list[str]) -> dict[str, Entity]:
+        return {}
+
+    @staticmethod
+    def inbound_links(entity_id: str) -> int | None:
+        return None
+
+    @staticmethod
+    def page_views(enwiki_title: str, days: int = 30) -> int | None:
+        return None
+
+
 def entity_from_wikidata(entity_id: str, raw: dict) -> Entity:
     """One item of a wbgetentities answer, as the task types read it."""
     claims = raw.get("claims") or {}
