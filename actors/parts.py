@@ -123,21 +123,12 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
     journal = Journal(settings.journal_path)   # first: a bad data directory stops startup before any process
     wikidata = wikidata_client_for(settings, breaker("wikidata"))
     cell, tls = TokenCell(), client_context(settings)    # one TLS policy for every client (aitp/transport/tls.py)
-    dependencies, api_metrics = Dependencies(), metrics.api_request
-    api_dependency = api_observer(dependencies)
-
-    def observe_api(endpoint: str, method: str, status: str, seconds: float) -> None:
-        api_metrics(endpoint, method, status, seconds)
-        api_dependency(endpoint, method, status, seconds)
-
+    dependencies = Dependencies()
     token_client = _token_client(settings, tls)
+    task_api = _task_api(settings, metrics, dependencies, tls,
+                         ActorCredentials(cell, directory, settings.api.request_timeout) if token_client
+                         else NoCredentials())
     workers = settings.workers
-    task_api = TaskApiClient(
-        settings.api.base_url, timeout=settings.api.request_timeout,
-        credentials=ActorCredentials(cell, directory, settings.api.request_timeout) if token_client
-        else NoCredentials(),
-        observer=observe_api, pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
-        pipelining=settings.api.pipelining, max_answer_bytes=settings.api.max_answer_bytes, ssl_context=tls)
     rate_limits = (redis_client and shared_rate_limits_for(settings, redis_client)) or rate_limits_for(settings)
     leases = lease_book_for(settings, redis_client)
     handlers = {name: handler(settings) for name, handler in HANDLERS.items()}
@@ -152,6 +143,21 @@ def build_parts(settings: Settings, providers: dict[str, Provider], metrics: Met
                  rate_limits=rate_limits, cell=cell, answers=AnswerBook(journal), dependencies=dependencies,
                  token_client=token_client,
                  wikidata=wikidata, leases=leases, breaker_mirror=mirror)
+
+
+def _task_api(settings: Settings, metrics: Metrics, dependencies: Dependencies, tls, credentials) -> TaskApiClient:
+    """The task API's client; each answer (or its absence) is counted and tells `dependencies`."""
+    api_metrics, api_dependency = metrics.api_request, api_observer(dependencies)
+
+    def observe(endpoint: str, method: str, status: str, seconds: float) -> None:
+        api_metrics(endpoint, method, status, seconds)
+        api_dependency(endpoint, method, status, seconds)
+
+    workers = settings.workers
+    return TaskApiClient(settings.api.base_url, timeout=settings.api.request_timeout, credentials=credentials,
+                         observer=observe, pool_size=workers.reporter_concurrency + workers.claim_concurrency + 2,
+                         pipelining=settings.api.pipelining, max_answer_bytes=settings.api.max_answer_bytes,
+                         ssl_context=tls)
 
 
 def _token_client(settings: Settings, tls) -> TokenClient | None:
