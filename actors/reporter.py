@@ -20,7 +20,6 @@ from collections import Counter
 import msgspec
 
 from aitp.contract import RELEASE_BODY, state_body
-from aitp.errors import CoordinationError
 from aitp.coordination.leases import LeaseBook
 from aitp.storage.journal import Journal, OutboxEntry, result_entry
 from aitp.vectors.jobs import TaskVector
@@ -113,15 +112,9 @@ class Reporter(Stage):
 
     def _share_paid(self, results: list[TaskVector]) -> None:
         """Paid results go to Redis before they are reported: should this service die for good, the
-        one taking its tasks over sends them instead of paying again (aitp/coordination/leases.py)."""
-        try:
-            if not self.leases.available:    # not waiting on it for every batch while it is away
-                raise CoordinationError("Redis does not answer")
-            self.leases.keep_results([(entry.task_id, entry.body, entry.state)
-                                          for entry in map(result_entry, results)])
-        except CoordinationError as exc:
-            log.warning("paid results not shared: Redis does not answer; the journal keeps them",
-                        extra={"fields": {"error": str(exc), "results": len(results)}})
+        one taking its tasks over sends them instead of paying again. While Redis is away they wait
+        in the LeaseBook and go before anything else when it answers (aitp/coordination/leases.py)."""
+        self.leases.keep_results([(entry.task_id, entry.body, entry.state) for entry in map(result_entry, results)])
 
     def _failure(self, task_id: str, reason: str, batch_id: str) -> OutboxEntry:
         # The server keeps no error text, so the reason is logged here as well as sent.

@@ -32,8 +32,13 @@ def claim(number: int, reservation: int = 0, sent: bool = False, raw: bytes | No
 class Leases:
     """What recovery asks of aitp/coordination/leases.py's LeaseBook."""
 
-    def __init__(self, ours=None, down=False) -> None:
-        self.ours, self.down, self.finished = ours, down, []
+    def __init__(self, ours=None, down=False, done=()) -> None:
+        self.ours, self.down, self.finished, self.done = ours, down, [], set(done)
+
+    def finished_elsewhere(self, task_ids):
+        if self.down:
+            raise CoordinationError("Redis does not answer")
+        return self.done & set(task_ids)
 
     def acquire(self, tasks):
         if self.down:
@@ -76,6 +81,15 @@ def test_claims_another_service_took_over_are_left_to_it_and_resumed_when_redis_
     assert [c.task_id for c in journal.claims()] == [object_id(2)]
     resumed, _ = recover(journal, HANDLERS_NOW, claiming=True, leases=Leases(down=True))
     assert [job.task_id for job in resumed] == [object_id(2)]
+
+
+def test_claims_another_service_reported_since_leave_the_journal_without_a_provider_call(journal):
+    """Issue 29: a service restarted after the settled marks ran out resumed 256 claims another
+    service had finished, and paid for them again."""
+    journal.record_claims([claim(1), claim(2)])
+    resumed, in_flight = recover(journal, HANDLERS_NOW, claiming=True, leases=Leases(done={object_id(1)}))
+    assert [job.task_id for job in resumed] == [object_id(2)] and in_flight == [object_id(2)]
+    assert [c.task_id for c in journal.claims()] == [object_id(2)]
 
 
 class Api:

@@ -11,8 +11,8 @@ from conftest import wait_until
 pytestmark = pytest.mark.timeout(60)
 
 
-def _book(redis, owner, lease_seconds=30.0, settled_seconds=120.0):
-    return LeaseBook(connect(redis.url), "test:", owner, lease_seconds, settled_seconds)
+def _book(redis, owner, lease_seconds=30.0, settled_seconds=120.0, **options):
+    return LeaseBook(connect(redis.url), "test:", owner, lease_seconds, settled_seconds, **options)
 
 
 def test_a_task_is_leased_to_one_service_only(redis_server):
@@ -36,7 +36,7 @@ def test_a_finished_task_is_not_taken_again_while_settled_but_a_released_one_is(
 
 def test_a_lease_that_runs_out_is_taken_over_with_the_task_and_its_paid_result(redis_server):
     redis = redis_server()
-    dead, live = _book(redis, "dead", lease_seconds=0.2), _book(redis, "live")
+    dead, live = _book(redis, "dead", lease_seconds=0.2), _book(redis, "live", lease_seconds=0.2)
     dead.acquire([("paid", b'{"_id":"paid"}'), ("unpaid", b'{"_id":"unpaid"}')])
     dead.keep_results([("paid", b'{"state":"succeeded","result":[1]}', "succeeded")])
     assert live.take_over() == []                                      # not run out yet
@@ -62,7 +62,7 @@ def test_renewing_moves_a_lease_on(redis_server):
 
 def test_a_stalled_service_learns_which_leases_it_lost(redis_server):
     redis = redis_server()
-    slow, other = _book(redis, "slow", lease_seconds=0.2), _book(redis, "other")
+    slow, other = _book(redis, "slow", lease_seconds=0.2), _book(redis, "other", lease_seconds=0.2)
     slow.acquire([("t1", b'{"_id":"t1"}')])
     wait_until(lambda: [task.task_id for task in other.take_over()] == ["t1"], message="t1 to be taken over")
     assert slow.renew() == ["t1"] and "t1" not in slow.held and "t1" in other.held
@@ -99,6 +99,60 @@ def test_without_redis_nothing_is_leased_and_finishes_wait_for_it(redis_server):
     wait_until(lambda: _renewed(a), message="Redis to answer again")
     assert a.available and a.status()["unfinished"] == 0
     assert _book(redis, "b").acquire([("t1", b"{}")]) == set()         # settled: the finish got through
+
+
+def test_after_redis_was_away_no_lease_is_taken_over_before_a_whole_lease_period_of_answers(redis_server):
+    """Issue 29: leases ran out while Redis was stopped, and the service that saw it first took
+    them over from a holder that was about to renew."""
+    redis = redis_server()
+    now = [0.0]
+    holder = _book(redis, "holder", lease_seconds=0.3)
+    taker = _book(redis, "taker", lease_seconds=0.3, clock=lambda: now[0])
+    holder.acquire([("t1", b'{"_id":"t1"}')])
+    redis.stop()
+    with pytest.raises(CoordinationError):
+        taker.renew()
+    redis.start()
+    client = redis.client()
+    wait_until(lambda: client.zscore("test:leases", "t1") < _redis_ms(client), message="the lease to run out")
+    assert _renewed(taker)                          # answered again from now[0] = 0.0
+    now[0] = 0.29
+    assert taker.take_over() == []                  # within the grace: the holder may still renew
+    assert _renewed(holder)                         # and does
+    now[0] = 0.31
+    assert taker.take_over() == [] and "t1" in holder.held      # renewed: not run out any more
+
+
+def _redis_ms(client) -> float:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros / 1000
+
+
+def test_paid_results_kept_while_redis_is_away_go_to_it_first_when_it_answers(redis_server):
+    redis = redis_server()
+    a = _book(redis, "a")
+    a.acquire([("t1", b'{"_id":"t1"}')])
+    redis.stop()
+    with pytest.raises(CoordinationError):
+        a.renew()
+    a.keep_results([("t1", b'{"state":"succeeded"}', "succeeded")])     # never raises: it waits
+    assert a.status()["unshared"] == 1
+    redis.start()
+    wait_until(lambda: _renewed(a), message="Redis to answer again")
+    assert a.status()["unshared"] == 0
+    assert redis.client().hget("test:lease:t1", "result") == b'{"state":"succeeded"}'
+
+
+def test_a_reported_task_is_remembered_for_days_after_its_settled_mark_ran_out(redis_server):
+    redis = redis_server()
+    a = _book(redis, "a", settled_seconds=0.05)
+    a.acquire([("t1", b"{}"), ("t2", b"{}")])
+    a.finish(["t1"], final=True)
+    a.finish(["t2"], final=False)                   # released: not done
+    client = redis.client()
+    wait_until(lambda: not client.exists("test:settled:t1"), message="the settled mark to run out")
+    assert _book(redis, "b").finished_elsewhere(["t1", "t2", "t3"]) == {"t1"}
+    assert 0 < client.pttl("test:done:t1") <= 7 * 86400 * 1000
 
 
 def test_the_key_prefix_belongs_to_the_task_api():

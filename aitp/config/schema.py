@@ -188,6 +188,7 @@ class CoordinationSettings(_Section):
     redis_url: str = ""
     lease_seconds: Seconds = 30.0
     settled_seconds: Seconds = 120.0
+    done_seconds: Seconds = 604_800.0
     key_prefix: str = ""
 
 

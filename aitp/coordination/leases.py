@@ -9,6 +9,12 @@ Keys, under a prefix of the API's own (two APIs can share one Redis):
   result (`result`, `state`) that is written here before it is reported.
 - `settled:<id>`: set for `settled_seconds` when a task's final state was reported, so that a service
   whose pending list is older than that report does not take the task again.
+- `done:<id>`: set for `done_seconds` (days) by the same report, so that a service resuming its
+  journal's claims after a long stop leaves those another service finished meanwhile.
+
+After Redis was away, no lease is taken over until this service has been answered for a whole
+lease period: the holders, back too, have had their renewals (issue 29: without it the other
+service took over and paid again for 256 tasks held through an 8-second outage).
 
 Each step is one Lua script, so it is atomic in Redis: two services can never both acquire a task.
 """
@@ -19,6 +25,7 @@ import hashlib
 import logging
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -102,7 +109,7 @@ return out
 # A task left the pipeline: its lease goes; a final report also marks it settled for a while.
 _FINISH = """
 local prefix, owner, settled, final = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local id = ARGV[i]
   local key = prefix .. 'lease:' .. id
   local holder = redis.call('HGET', key, 'owner')
@@ -110,7 +117,10 @@ for i = 5, #ARGV do
     redis.call('DEL', key)
     redis.call('ZREM', prefix .. 'leases', id)
   end
-  if final then redis.call('SET', prefix .. 'settled:' .. id, '1', 'PX', settled) end
+  if final then
+    redis.call('SET', prefix .. 'settled:' .. id, '1', 'PX', settled)
+    redis.call('SET', prefix .. 'done:' .. id, '1', 'PX', tonumber(ARGV[5]))
+  end
 end
 return 0
 """
@@ -181,10 +191,15 @@ class LeaseBook:
     """This service's side of the leases: what it holds (with each task's JSON, to write a lease
     again if Redis lost it), and the finishes Redis has not taken yet (sent again on the next renewal)."""
 
-    def __init__(self, client, prefix: str, owner: str, lease_seconds: float, settled_seconds: float) -> None:
+    def __init__(self, client, prefix: str, owner: str, lease_seconds: float, settled_seconds: float,
+                 done_seconds: float = 7 * 86400.0, clock=time.monotonic) -> None:
         self.client, self.prefix, self.owner = client, prefix, owner
         self.lease_ms = int(lease_seconds * 1000)
         self.settled_ms = int(settled_seconds * 1000)
+        self.done_ms = int(done_seconds * 1000)
+        self._clock = clock
+        self._answered_since: float | None = clock()     # answered without a break since (None: away)
+        self._unshared: dict[str, tuple[bytes, str]] = {}  # paid results Redis has not had yet
         self._errors = redis_errors()
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
@@ -206,6 +221,8 @@ class LeaseBook:
             raise CoordinationError(f"Redis did not answer: {type(exc).__name__}: {exc}"[:200]) from None
         if not self.available:
             log.info("Redis answers again")
+        if self._answered_since is None:
+            self._answered_since = self._clock()
         self.available, self.last_error = True, ""
         return answer
 
@@ -214,6 +231,7 @@ class LeaseBook:
             log.error("Redis does not answer: no new task is taken until it does",
                       extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:200]}})
         self.available, self.last_error = False, f"{type(exc).__name__}"
+        self._answered_since = None
 
     def acquire(self, tasks: list[tuple[str, bytes]]) -> set[str]:
         """Lease each (task id, task JSON) that nobody holds and nobody settled lately; the ids
@@ -236,10 +254,17 @@ class LeaseBook:
         with self._lock:
             unfinished = dict(self._unfinished)
             held = list(self.held.items())
+            unshared, self._unshared = self._unshared, {}
+        try:        # what waited while Redis was away goes first: paid results, then finishes
+            self._send_results([(task_id, body, state) for task_id, (body, state) in unshared.items()])
+        except CoordinationError:
+            with self._lock:
+                self._unshared = {**unshared, **self._unshared}
+            raise
         for final in (True, False):
             ids = [task_id for task_id, is_final in unfinished.items() if is_final is final]
             if ids:
-                self._call(self._finish, [self.settled_ms, "1" if final else "0", *ids])
+                self._call(self._finish, [self.settled_ms, "1" if final else "0", self.done_ms, *ids])
         with self._lock:
             for task_id in unfinished:
                 self._unfinished.pop(task_id, None)
@@ -258,7 +283,11 @@ class LeaseBook:
         return lost
 
     def take_over(self) -> list[Adopted]:
-        """Leases that ran out, now this service's, with what their holder left. Raises CoordinationError."""
+        """Leases that ran out, now this service's, with what their holder left. None until Redis has
+        answered this service for a whole lease period (the grace after an outage). Raises
+        CoordinationError."""
+        if self._answered_since is None or self._clock() - self._answered_since < self.lease_ms / 1000:
+            return []
         adopted = []
         answer = self._call(self._take_over, [self.lease_ms, TAKE_OVER_LIMIT])
         for task_id, previous, task_json, result, state in answer:
@@ -284,7 +313,7 @@ class LeaseBook:
                     self._unfinished[task_id] = final
                 return
         try:
-            self._call(self._finish, [self.settled_ms, "1" if final else "0", *task_ids])
+            self._call(self._finish, [self.settled_ms, "1" if final else "0", self.done_ms, *task_ids])
         except CoordinationError:
             with self._lock:
                 for task_id in task_ids:
@@ -292,8 +321,22 @@ class LeaseBook:
 
     def keep_results(self, results: list[tuple[str, bytes, str]]) -> None:
         """Write paid results (task id, body, state) to their tasks' leases before they are reported,
-        so that a service taking a task over sends its result instead of paying for it again.
-        Raises CoordinationError."""
+        so that a service taking a task over sends its result instead of paying for it again. Never
+        raises: while Redis does not answer they wait here, and go with the next renewal, before
+        anything else."""
+        if not results:
+            return
+        with self._lock:
+            if not self.available:
+                self._unshared.update((task_id, (body, state)) for task_id, body, state in results)
+                return
+        try:
+            self._send_results(results)
+        except CoordinationError:
+            with self._lock:
+                self._unshared.update((task_id, (body, state)) for task_id, body, state in results)
+
+    def _send_results(self, results: list[tuple[str, bytes, str]]) -> None:
         if not results:
             return
         args: list = []
@@ -302,10 +345,21 @@ class LeaseBook:
         # _call puts the prefix and the owner first; the script reads triples from the third on.
         self._call(self._keep_results, args)
 
+    def finished_elsewhere(self, task_ids: list[str]) -> set[str]:
+        """Which of these tasks some service reported in the last `done_seconds`. Raises CoordinationError."""
+        if not task_ids:
+            return set()
+        try:
+            marks = self.client.mget([f"{self.prefix}done:{task_id}" for task_id in task_ids])
+        except self._errors as exc:
+            self._failed(exc)
+            raise CoordinationError(f"Redis did not answer: {type(exc).__name__}"[:200]) from None
+        return {task_id for task_id, mark in zip(task_ids, marks) if mark is not None}
+
     def status(self) -> dict:
         with self._lock:
             return {"available": self.available, "held": len(self.held), "unfinished": len(self._unfinished),
-                    "owner": self.owner, "last_error": self.last_error}
+                    "unshared": len(self._unshared), "owner": self.owner, "last_error": self.last_error}
 
 
 def lease_book_for(settings, client) -> LeaseBook | None:
@@ -315,4 +369,5 @@ def lease_book_for(settings, client) -> LeaseBook | None:
     if client is None:
         return None
     return LeaseBook(client, key_prefix(coordination.key_prefix, settings.api.base_url),
-                     owner_id(settings.data_dir), coordination.lease_seconds, coordination.settled_seconds)
+                     owner_id(settings.data_dir), coordination.lease_seconds, coordination.settled_seconds,
+                     coordination.done_seconds)

@@ -48,6 +48,14 @@ def still_ours(claims: list[Claim], journal: Journal, leases: LeaseBook | None) 
     if leases is None or not claims:
         return claims
     try:
+        # Reported by another service since (it took them over while this one was down): gone from
+        # the journal without a provider call, however long ago the short settled mark ran out.
+        done = leases.finished_elsewhere([claim.task_id for claim in claims])
+        if done:
+            log.info("claims of the last run another service finished meanwhile: dropped",
+                     extra={"fields": {"claims": len(done)}})
+            journal.drop_claims(sorted(done))
+            claims = [claim for claim in claims if claim.task_id not in done]
         ours = leases.acquire([(claim.task_id, bytes(claim.task_json)) for claim in claims])
     except CoordinationError as exc:
         log.warning("Redis does not answer at start: resuming the last run's claims without leases",
