@@ -90,8 +90,10 @@ class Pipeline:
         self.specs = specs = [ChildSpec(name, starter(name, stage_class), getattr(policies, name))
                               for name, stage_class in STAGES]
         resumed, in_flight = recover(parts.journal, parts.handlers, settings.api.claim_tasks, parts.leases)
+        # The Poller stops after the stages whose calls may still run: it renews their leases (an
+        # Ollama call may outlast one) and finishes those of the tasks they report.
         self.supervisor = Supervisor.start(directory, specs, {"dispatcher": resumed, "poller": in_flight},
-                                           self._fatal, ctx.scheduler.call_later)
+                                           self._fatal, ctx.scheduler.call_later, stop_last=("poller",))
         ctx.supervisor = self.supervisor
         self.started_at = time.monotonic()
         self.phase = "running"

@@ -62,10 +62,15 @@ class _Restart:
 
 class Supervisor(pykka.ThreadingActor):
     def __init__(self, directory: StageDirectory, specs: list[ChildSpec], initial_work: dict[str, list],
-                 on_fatal: Callable[[str], None], schedule: Callable[[float, Callable[[], None]], None]) -> None:
+                 on_fatal: Callable[[str], None], schedule: Callable[[float, Callable[[], None]], None],
+                 stop_last: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.directory, self.specs = directory, {spec.name: spec for spec in specs}
         self.order = [spec.name for spec in specs]
+        # Stopped in the reverse of the start order, but for `stop_last`, stopped just before the
+        # first stage started (the Poller, which renews the leases while the calls finish).
+        reverse = [name for name in reversed(self.order) if name not in stop_last]
+        self.stop_order = reverse[:-1] + [name for name in stop_last if name in self.order] + reverse[-1:]
         self.initial_work, self.on_fatal, self.schedule = initial_work, on_fatal, schedule
         self.stopping = False
         self.stop_timeout = 10.0   # per stage; the pipeline sets it from the request timeout
@@ -193,7 +198,7 @@ class Supervisor(pykka.ThreadingActor):
     def stop_children(self) -> None:
         self.stopping = True
         self.directory.closed = True
-        for name in reversed(self.order):
+        for name in self.stop_order:
             # Out of the directory first: a message told after the stop message would be dropped by
             # pykka, so it goes to the directory's `undeliverable` instead.
             ref = self.directory.take_down(name)

@@ -136,3 +136,30 @@ def test_a_message_that_fails_a_stage_twice_is_quarantined_and_its_tasks_failed(
     directory.tell("recorder", "after")           # the stage carries on
     wait_until(lambda: Recorder.handled == ["after"], message="the stage to carry on")
     assert supervisor.proxy().restarts().get(timeout=10)["recorder"] == 2
+
+
+class Stopping(Stage):
+    stopped: list = []
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        Stopping.stopped.append(self.name)
+
+
+def test_stages_stop_in_the_reverse_of_their_start_but_the_ones_named_last(tmp_path):
+    """Issue 29: the Poller, which renews the leases, stopped first while provider calls still ran."""
+    Stopping.stopped = []
+    scheduler, directory = Scheduler(), StageDirectory()
+    ctx = PipelineContext(settings=Settings(), directory=directory, scheduler=scheduler)
+    names = ["authenticator", "reporter", "provider_workers", "dispatcher", "poller"]
+    stages = {name: type(name, (Stopping,), {"name": name}) for name in names}
+    specs = [ChildSpec(name, lambda work, stage=stages[name]: stage.start(ctx, work), ChildPolicy()) for name in names]
+    supervisor = Supervisor.start(directory, specs, {}, on_fatal=lambda reason: None, schedule=scheduler.call_later,
+                                  stop_last=("poller",))
+    try:
+        wait_until(lambda: all(directory.ref(name) for name in names), message="every stage started")
+        supervisor.proxy().stop_children().get(timeout=30)
+    finally:
+        supervisor.stop()
+        scheduler.stop()
+    assert Stopping.stopped == ["dispatcher", "provider_workers", "reporter", "poller", "authenticator"]
