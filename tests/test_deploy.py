@@ -131,7 +131,8 @@ def test_env_example_lists_every_setting_with_its_default(tmp_path):
     text = (ROOT / ".env.example").read_text()
     assert text == env_example(), "regenerate it: aitp config env-example > .env.example"
     values = parse_dotenv(ROOT / ".env.example")
-    assert set(values) - {"GRAFANA_ADMIN_PASSWORD"} == set(ENV_NAMES) and set(KEY_TO_ENV) == set(LEAF_TYPES)
+    assert set(values) - {"GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD"} == set(ENV_NAMES)
+    assert set(KEY_TO_ENV) == set(LEAF_TYPES)
     # Read back as a .env, it changes nothing: every line is the default.
     (tmp_path / ".env").write_text(text)
     assert load_config(environ={}, dotenv_dir=tmp_path).settings == load_config(environ={}, dotenv_dir="/x").settings
@@ -152,6 +153,7 @@ def _compose_project(tmp_path, password: str) -> Path:
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     env = (ROOT / ".env.example").read_text().replace("GRAFANA_ADMIN_PASSWORD=", f"GRAFANA_ADMIN_PASSWORD={password}")
+    env = env.replace("REDIS_PASSWORD=", "REDIS_PASSWORD=redispassword1" if password else "REDIS_PASSWORD=")
     (tmp_path / ".env").write_text(env)
     return tmp_path
 
@@ -184,7 +186,9 @@ def test_the_scale_out_file_adds_redis_with_aof_and_a_second_processor_with_its_
     assert redis[redis.index("--appendonly") + 1] == "yes" and redis[redis.index("--appendfsync") + 1] == "always"
     assert "redis-data:/data" in scale["redis"]["volumes"] and "ports" not in scale["redis"]   # unpublished
     second = scale["processor-2"]
-    assert scale["processor"]["environment"]["REDIS_URL"] == second["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    url = "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}@redis:6379/0"    # a password, required
+    assert scale["processor"]["environment"]["REDIS_URL"] == second["environment"]["REDIS_URL"] == url
+    assert redis[redis.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
     assert second["environment"]["OLLAMA_BASE_URL"] == "http://ollama-2:11434" != base["processor"]["environment"][
         "OLLAMA_BASE_URL"]
     assert second["volumes"] == ["aitp-data-2:/data"] and second["ports"] == ["127.0.0.1:8002:8001"]
@@ -201,9 +205,15 @@ def test_the_scale_out_file_loads_in_docker_compose_1_29(tmp_path):
                            "docker-compose.yml", "docker-compose.scale.yml")
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)["services"]
-    assert rendered["processor"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert rendered["processor"]["environment"]["REDIS_URL"] == "redis://:redispassword1@redis:6379/0"
+    assert rendered["redis"]["environment"]["REDISCLI_AUTH"] == "redispassword1"     # the health check's
     assert set(rendered["processor"]["depends_on"]) == {"ollama", "redis"}
     sources = [volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
                for volume in rendered["prometheus"]["volumes"]]
     assert any(source.endswith("prometheus.scale.yml") for source in sources)
     assert not any(source.endswith("prometheus/prometheus.yml") for source in sources)   # replaced, not added
+    project = _compose_project(tmp_path / "no-redis-password", "a-real-password")
+    (project / ".env").write_text((project / ".env").read_text().replace("REDIS_PASSWORD=redispassword1",
+                                                                          "REDIS_PASSWORD="))
+    refused = _compose_config(project, "docker-compose.yml", "docker-compose.scale.yml")
+    assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr

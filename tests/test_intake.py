@@ -345,16 +345,32 @@ def test_the_lease_keeper_keeps_only_the_tasks_leased_here():
 
 
 def test_the_lease_keeper_resumes_adopted_tasks_or_sends_their_paid_results():
-    adopted = [Adopted("paid", "dead", task_json("paid"), b'{"state":"succeeded"}', "succeeded"),
+    vector = b'{"state":"succeeded","result":[0.6,0.8]}'
+    adopted = [Adopted("paid", "dead", task_json("paid"), vector, "succeeded"),
                Adopted("todo", "dead", task_json("todo"), None, ""),
                Adopted("broken", "dead", b"{not json", None, "")]
-    keeper = LeaseKeeper(Leases(adopted=adopted), handlers(), lease_seconds=30)
+    keeper = LeaseKeeper(Leases(adopted=adopted), handlers(), lease_seconds=30, dimensions={"m": 2})
     adoption = keeper.keep(adopt=True)
     assert adoption.task_ids == ["paid", "todo", "broken"] and keeper.adopted_total == 3
     assert [job.task_id for job in adoption.jobs] == ["todo"]
     assert [(claim.task_id, claim.task_json) for claim in adoption.claims] == [("todo", task_json("todo"))]
-    assert adoption.entries[0] == OutboxEntry("paid", b'{"state":"succeeded"}', "succeeded")
+    assert adoption.entries[0] == OutboxEntry("paid", vector, "succeeded")
     assert adoption.entries[1].task_id == "broken" and adoption.entries[1].state == "failed"
+
+
+@pytest.mark.parametrize("body, state", [
+    (b'{"state":"succeeded","result":[0.6,0.8,0.0]}', "succeeded"),     # not the model's dimension
+    (b'{"state":"succeeded","result":[1e999,0.0]}', "succeeded"),       # not finite
+    (b'{"state":"succeeded","result":"x"}', "succeeded"),
+    (b'{"state":"failed","result":null}', "succeeded"),                 # not the state written beside it
+    (b"{garbage", "succeeded"),
+])
+def test_a_shared_result_that_fails_its_checks_is_computed_again_not_reported(body, state):
+    """Issue 29: Redis is trusted with paid results, so one read back is checked as a fresh one is."""
+    keeper = LeaseKeeper(Leases(adopted=[Adopted("paid", "dead", task_json("paid"), body, state)]), handlers(),
+                         lease_seconds=30, dimensions={"m": 2})
+    adoption = keeper.keep(adopt=True)
+    assert adoption.entries == [] and [job.task_id for job in adoption.jobs] == ["paid"]
     assert LeaseKeeper(Leases(fail=True), handlers(), 30).keep(adopt=True) is None
 
 

@@ -29,6 +29,7 @@ def env_example() -> str:
         if isinstance(value, (list, dict)):
             text = f"'{text}'"
         lines.append(f"{KEY_TO_ENV[key]}={text}")
-    lines += ["", "# [docker compose] not an aitp setting: the Grafana admin password docker-compose.yml requires",
-              "GRAFANA_ADMIN_PASSWORD="]
+    lines += ["", "# [docker compose] not aitp settings: the Grafana admin password docker-compose.yml requires,",
+              "# and the Redis password docker-compose.scale.yml requires (letters and digits)",
+              "GRAFANA_ADMIN_PASSWORD=", "REDIS_PASSWORD="]
     return "\n".join(lines) + "\n"

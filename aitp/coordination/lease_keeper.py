@@ -8,7 +8,10 @@ are resumed from the JSON the lease holds, or their paid results sent as they ar
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
+
+import msgspec
 
 from aitp.errors import CoordinationError
 from aitp.intake.reader import TakenTask
@@ -28,9 +31,42 @@ class Adoption(NamedTuple):
     entries: list[OutboxEntry]               # paid results (or answers) to report as they are
 
 
+class _Body(msgspec.Struct):
+    state: str
+    result: Any = None
+
+
+_body_decoder = msgspec.json.Decoder(_Body)
+
+
+def shared_result_problem(job: EmbeddingJob | ChatJob | OutboxEntry, body: bytes, state: str,
+                          dimensions: dict[str, int]) -> str | None:
+    """Why a paid result read back from Redis must not be reported as it is (None: it may). Redis is
+    trusted with results, so what comes back is checked as a fresh one would be: a report body of
+    the state it claims; for an embedding, a vector of finite numbers of the model's dimension."""
+    try:
+        decoded = _body_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return f"not a report body: {exc}"[:200]
+    if decoded.state != state or state not in ("succeeded", "failed"):
+        return f"state {decoded.state!r} where {state!r} was written"
+    if state == "failed" or not isinstance(job, EmbeddingJob):
+        return None if state == "failed" or decoded.result is not None else "a success without a result"
+    vector = decoded.result
+    if not isinstance(vector, list) or not vector or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vector):
+        return "not a vector of finite numbers"
+    wanted = dimensions.get(job.model)
+    if wanted is not None and len(vector) != wanted:
+        return f"{len(vector)} dimensions where {job.model} has {wanted}"
+    return None
+
+
 class LeaseKeeper:
-    def __init__(self, leases, handlers: dict[str, TaskHandler], lease_seconds: float) -> None:
+    def __init__(self, leases, handlers: dict[str, TaskHandler], lease_seconds: float,
+                 dimensions: dict[str, int] | None = None) -> None:
         self.leases, self.handlers = leases, handlers
+        self.dimensions = dimensions or {}        # [models.dimensions]: what a shared vector must have
         self.tick_seconds = lease_seconds / 3     # renewals per lease: two may be missed
         self.leased_elsewhere = 0                 # tasks another service held a lease for
         self.adopted_total = 0                    # tasks taken over from services whose leases ran out
@@ -68,10 +104,14 @@ class LeaseKeeper:
     def _adoption(self, adopted: list) -> Adoption:
         jobs, entries = [], []
         for task in adopted:
-            if task.result is not None:
-                entries.append(OutboxEntry(task.task_id, task.result, task.state or "succeeded"))
-                continue
             outcome = resume(self.handlers, task.task_id, task.task_json)
+            if task.result is not None:
+                problem = shared_result_problem(outcome, task.result, task.state or "succeeded", self.dimensions)
+                if problem is None:
+                    entries.append(OutboxEntry(task.task_id, task.result, task.state or "succeeded"))
+                    continue
+                log.warning("a paid result read back from Redis fails its checks: the task is computed again",
+                            extra={"fields": {"task_id": task.task_id, "problem": problem}})
             (entries if isinstance(outcome, OutboxEntry) else jobs).append(outcome)
         if adopted:
             log.warning("tasks taken over from a service whose leases ran out", extra={"fields": {

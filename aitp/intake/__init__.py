@@ -37,4 +37,5 @@ def build_intake(settings, *, handlers, router, chat_router, rate_limits, creden
                   TaskReader(handlers, router, chat_router, wikidata,
                              settings.wikidata.hold_seconds if settings.wikidata.when_down == "unenriched" else None),
                   admission,
-                  LeaseKeeper(leases, handlers, lease_seconds) if leases is not None else None)
+                  LeaseKeeper(leases, handlers, lease_seconds, settings.models.dimensions) if leases is not None
+                  else None)
