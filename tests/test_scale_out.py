@@ -4,6 +4,7 @@ Redis going away or restarting costs time, never a task."""
 
 import json
 import signal
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -88,6 +89,23 @@ def test_redis_restarted_mid_run_costs_time_not_tasks(sandbox, ollama, service, 
     assert _reports_per_task(server, tasks) == Counter({1: 2000})
     assert _embedded(stubs) <= 2000 + 30, _embedded(stubs)
     wait_until(lambda: "aitp_redis_available 1.0" in _metrics(port), message="/metrics to say Redis is back")
+
+
+def test_redis_away_for_twice_a_lease_mid_run_costs_no_task_twice(sandbox, ollama, service, redis_server, tmp_path):
+    """Issue 29: with Redis stopped 8 s against a 3 s lease, each service's leases had run out when
+    it came back, the other took them over, and 234 tasks were reported twice (Ollama mode). Now
+    no lease is taken over before a whole lease period of answers: the holders renew first."""
+    tasks = generated_tasks(1500)
+    redis = redis_server()
+    server, stubs, processes = _services(2, sandbox, ollama, service, redis, tmp_path, tasks,
+                                         AITP_COORDINATION__LEASE_SECONDS="1")
+    wait_until(lambda: server.counts().get("succeeded", 0) > 300, timeout=60, message="work under way")
+    redis.stop()
+    time.sleep(2.0)                 # the outage itself: twice the lease (not a wait for a condition)
+    redis.start()
+    wait_until(lambda: server.counts() == {"succeeded": 1500}, timeout=180, message="every task to succeed")
+    assert _reports_per_task(server, tasks) == Counter({1: 1500})
+    assert _embedded(stubs) <= 1500 + 30, _embedded(stubs)
 
 
 def _metrics(port: int) -> str:
