@@ -74,6 +74,35 @@ def test_a_service_killed_with_9_has_its_claimed_tasks_finished_by_the_other(san
     assert _reports_per_task(server, tasks)[0] == 0
 
 
+def test_a_service_back_after_its_tasks_were_finished_elsewhere_computes_none_again(sandbox, ollama, service,
+                                                                                    redis_server, tmp_path):
+    """Issue 29: service A killed holding claims, B finishing them, A restarted once the settled marks
+    (120 s) had run out: every claim left in A's journal was resumed, paid for and reported again."""
+    tasks = generated_tasks(600)
+    redis = redis_server()
+    server, stubs, (doomed, survivor) = _services(2, sandbox, ollama, service, redis, tmp_path, tasks,
+                                                  AITP_COORDINATION__LEASE_SECONDS="1",
+                                                  AITP_COORDINATION__SETTLED_SECONDS="0.5")
+    wait_until(lambda: len(stubs[0].embedded) > 30, timeout=60, message="the doomed service to be at work")
+    stubs[0].gate.clear()                      # its GPU stalls: what it claimed stays claimed at the kill
+    wait_until(lambda: stubs[0].waiting_at_gate, message="a call held in flight")
+    doomed.signal(signal.SIGKILL)
+    doomed.wait(timeout=10)
+    stubs[0].gate.set()                        # the dead service's call ends in the stub, unheard
+    wait_until(lambda: server.counts() == {"succeeded": 600}, timeout=180, message="the survivor to finish all")
+    client = redis.client()
+    wait_until(lambda: not client.keys("*settled:*"), message="every settled mark to run out")
+    reported = {task["_id"]: len(server.history(task["_id"])) for task in tasks}
+    back = service(_env(server, stubs[0], redis, tmp_path, "service-0"))      # the same journal
+    wait_until(lambda: "resuming the last run" in back.logs() or "another service finished" in back.logs(),
+               message="the restarted service to read its journal")
+    back.signal(signal.SIGTERM)
+    assert back.wait(timeout=30) == 0
+    assert max(Counter(stubs[0].embedded).values()) == 1                   # nothing computed again
+    assert {task["_id"]: len(server.history(task["_id"])) for task in tasks} == reported    # nor reported
+    assert "claims of the last run another service finished meanwhile" in back.logs()
+
+
 def test_redis_restarted_mid_run_costs_time_not_tasks(sandbox, ollama, service, redis_server, tmp_path):
     tasks = generated_tasks(2000)
     redis = redis_server()
