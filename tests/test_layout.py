@@ -43,3 +43,24 @@ def test_the_top_of_aitp_is_in_the_readme_table():
     named = set(re.findall(r"`(\w+)`", row))
     top = {path.stem for path in (ROOT / "aitp").glob("*.py") if not path.stem.startswith("__")}
     assert top <= named, f"not in the README's Layout: {sorted(top - named)}"
+
+
+def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
+    """An import cycle shows only when a module is imported first (a review found aitp.intake and
+    aitp.coordination.lease_keeper each other's; the service started only because aitp.cli
+    happened to import aitp.intake first)."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    modules = sorted(".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                     for folder in ("aitp", "actors") for path in (ROOT / folder).rglob("*.py")
+                     if "__main__" not in path.name)
+
+    def imports(module: str) -> tuple[str, str]:
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        return module, done.stderr.strip().splitlines()[-1] if done.returncode else ""
+
+    with ThreadPoolExecutor(4) as pool:
+        failed = {module: error for module, error in pool.map(imports, modules) if error}
+    assert not failed, failed

@@ -2,9 +2,8 @@
 take may happen now and how large (`admission`), which pending list to take from and where
 (`cursor`), and what each entry taken becomes (`reader`)."""
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from aitp.coordination.lease_keeper import LeaseKeeper
 from aitp.intake.admission import Admission, Verdict
 from aitp.intake.cursor import HeldList, PendingCursor, fetch_list
 from aitp.intake.reader import Rejection, TakenTask, TaskReader
@@ -14,6 +13,10 @@ __all__ = ["Admission", "FlowWindow", "HeldList", "Intake", "PendingCursor", "Re
            "Verdict", "build_intake", "fetch_list"]
 
 
+if TYPE_CHECKING:
+    from aitp.coordination.lease_keeper import LeaseKeeper
+
+
 class Intake(NamedTuple):
     """The Poller's plain objects, built from the settings."""
 
@@ -21,11 +24,13 @@ class Intake(NamedTuple):
     cursor: PendingCursor
     reader: TaskReader
     admission: Admission
-    keeper: LeaseKeeper | None
+    keeper: "LeaseKeeper | None"
 
 
 def build_intake(settings, *, handlers, router, chat_router, rate_limits, credentials, leases=None,
                  wikidata=None, in_flight=(), now: float) -> Intake:
+    from aitp.coordination.lease_keeper import LeaseKeeper   # here: it reads aitp.intake.reader itself
+
     processing, polling = settings.processing, settings.polling
     lease_seconds = settings.coordination.lease_seconds
     admission = Admission(credentials=credentials, needs_token=settings.uses_oauth2, leases=leases, router=router,
