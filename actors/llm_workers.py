@@ -55,6 +55,7 @@ class LlmWorkers(Stage):
         self.journal, self.rate_limits = journal, rate_limits
         self.queue: deque[tuple[ChatJob, int]] = deque()   # (job, attempt) waiting for a slot
         self.running: set[str] = set()
+        self.waiting: dict[str, ChatJob] = {}     # task id -> job whose retry timer runs (ChatRetryDue)
         self.finished = 0
 
     def setup(self) -> None:
@@ -66,10 +67,14 @@ class LlmWorkers(Stage):
         if isinstance(message, RunChatTasks):
             self.queue.extend((job, 1) for job in message.jobs)
         elif isinstance(message, ChatRetryDue):
-            self.queue.append((message.job, message.attempt))
+            if self.waiting.pop(message.job.task_id, None) is not None:   # else released meanwhile (a stop)
+                self.queue.append((message.job, message.attempt))
         elif isinstance(message, ChatTaskDone):
             self.running.discard(message.task_id)
             self.finished += 1
+            if message.retry_in is not None:
+                self.waiting[message.task_id] = message.job
+                self.later(message.retry_in, ChatRetryDue(message.job, message.attempt))
         self._pump()
 
     def _pump(self) -> None:
@@ -83,14 +88,13 @@ class LlmWorkers(Stage):
     def _run(self, job: ChatJob, attempt: int) -> None:
         handler = self.handlers[job.task_type]
         assert isinstance(handler, LlmHandler)
+        retry_in = None
         try:
-            wikidata = self.wikidata if job.enrich or self.wikidata is None or self.wikidata.available() \
-                else NoWikidata()        # held past wikidata.hold_seconds: reported without it
-            result = handler.run(job, self._chat_for(job), wikidata, self.answers)
+            result = handler.run(job, self._chat_for(job), self._wikidata_for(job, handler), self.answers)
         except TaskRejected as exc:
             self._failed(job, str(exc))
         except ProviderError as exc:
-            self._provider_failed(job, attempt, exc)
+            retry_in = self._provider_failed(job, attempt, exc)
         except Exception as exc:  # noqa: BLE001 - a handler's bug fails its task, not the stage
             log.exception("LLM task handler failed", extra={"fields": {"task_id": job.task_id}})
             self._failed(job, f"internal error: {exc!r}"[:300])
@@ -101,7 +105,18 @@ class LlmWorkers(Stage):
             self.tell("reporter", BatchEmbedded(uuid.uuid4().hex[:12], job.model,
                                                 [TaskVector(job.task_id, result.body)], paid=result.paid))
         finally:
-            self.tell(self.name, ChatTaskDone(job.task_id))
+            self.tell(self.name, ChatTaskDone(job.task_id, retry_in, job if retry_in is not None else None,
+                                              attempt + 1))
+
+    def _wikidata_for(self, job: ChatJob, handler: LlmHandler):
+        """Wikidata, or NoWikidata for a task held for it past wikidata.hold_seconds (when_down =
+        "unenriched", and a type that means something without it) while it is still down."""
+        config = self.settings.wikidata
+        late = not job.enrich or (config.when_down == "unenriched" and handler.reportable_without_wikidata
+                                  and job.taken_at and time.time() - job.taken_at >= config.hold_seconds)
+        if self.wikidata is None or not late or self.wikidata.available():
+            return self.wikidata
+        return NoWikidata()
 
     def _chat_for(self, job: ChatJob):
         """The chat call for `job`'s handler: each call is counted (and its tokens) when it is
@@ -116,23 +131,29 @@ class LlmWorkers(Stage):
             return reply, provider, paid
         return chat
 
-    def _provider_failed(self, job: ChatJob, attempt: int, error: ProviderError) -> None:
+    def _provider_failed(self, job: ChatJob, attempt: int, error: ProviderError) -> float | None:
         """The chat model or Wikidata failed: what happens next is aitp/failures.py's decision, as
-        for an embedding batch (the chat router has tried every provider of the route already)."""
+        for an embedding batch (the chat router has tried every provider of the route already).
+        The seconds until it is tried again, when it is to be."""
         action = decide(Attempt(1, attempt), error, self.settings.processing.max_retries)
+        if action == RELEASE and error.provider == "wikidata" and self.answers.holds(job.task_id):
+            action = BACK_OFF     # its answer is kept here: released, another service would pay again
         if action == BACK_OFF:
             delay = self.ctx.backoff(attempt, error.retry_after)
-            log.warning("LLM task retried after an outage", extra={"fields": {
+            # The first retry is a warning, the next ones debug: a dependency down says so once
+            # (aitp/observability/dependencies.py), not once per task per retry.
+            (log.warning if attempt == 1 else log.debug)("LLM task retried after an outage", extra={"fields": {
                 "task_id": job.task_id, "type": job.task_type, "error": str(error)[:300], "attempt": attempt,
                 "retry_in_s": round(delay, 2)}})
-            self.later(delay, ChatRetryDue(job, attempt + 1))
-        elif action == RELEASE:
+            return delay
+        if action == RELEASE:
             log.warning("no provider could run the LLM task; it goes back to pending",
                         extra={"fields": {"task_id": job.task_id, "error": str(error)[:300]}})
             self.ctx.metrics.tasks_released.inc()
             self.tell("reporter", TasksReleased([job.task_id], str(error)[:300]))
         else:
             self._failed(job, f"{error.provider}: {error}")
+        return None
 
     def _failed(self, job: ChatJob, reason: str) -> None:
         self.answers.done(job.task_id)
@@ -141,12 +162,15 @@ class LlmWorkers(Stage):
 
     # --- asked by the pipeline and the supervisor ---
     def release_queued(self) -> list[ChatJob]:
-        jobs = [job for job, _ in self.queue]
+        """At a stop: what no thread runs now, those waiting out a backoff included."""
+        jobs = [job for job, _ in self.queue] + list(self.waiting.values())
         self.queue.clear()
+        self.waiting.clear()
         return jobs
 
     def orphans(self) -> list:
-        return [job for job, _ in self.queue]
+        return [job for job, _ in self.queue] + list(self.waiting.values())
 
     def status(self) -> dict:
-        return {"queued": len(self.queue), "active": len(self.running), "finished": self.finished}
+        return {"queued": len(self.queue), "active": len(self.running), "waiting": len(self.waiting),
+                "finished": self.finished}

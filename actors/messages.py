@@ -111,9 +111,16 @@ class RunChatTasks(msgspec.Struct, frozen=True):
 
 
 class ChatTaskDone(msgspec.Struct, frozen=True):
-    """An LlmWorkers thread to its stage: a task's run ended (its slot is free)."""
+    """An LlmWorkers thread to its stage: a task's run ended (its slot is free); with `retry_in`,
+    it is to run again (`job`, as try `attempt`) after that many seconds, an outage's backoff."""
 
     task_id: str
+    retry_in: float | None = None
+    job: Any = None
+    attempt: int = 0
+
+    def carried(self) -> list[str]:
+        return [self.task_id] if self.retry_in is not None else []
 
 
 class ProviderHungry(msgspec.Struct, frozen=True):

@@ -12,12 +12,14 @@ from typing import Callable
 
 from aitp.config import Settings
 from aitp.observability.metrics import Metrics
+from aitp.tasks.answers import ANSWERS_KEPT_SECONDS
 from aitp.timers import Scheduler
 from actors.parts import Parts
 
 log = logging.getLogger("aitp.pipeline")
 
 _REFRESH_SECONDS = 1.0
+_PURGE_SECONDS = 3600.0
 _MOCK_WARNING_SECONDS = 600.0     # how often the mock provider's warning is repeated
 
 
@@ -28,6 +30,7 @@ class Watch:
         self.running, self.poller_status = running, poller_status
         self.decided_before: Counter = Counter()
         self.next_heartbeat = time.monotonic() + settings.monitoring.heartbeat_seconds
+        self.next_purge = time.monotonic() + _PURGE_SECONDS
 
     def start(self) -> None:
         self._refresh()
@@ -38,6 +41,9 @@ class Watch:
         if not self.running():
             return
         self.parts.refresh_dependencies()
+        if time.monotonic() >= self.next_purge:     # chat answers of tasks another service finished
+            self.next_purge = time.monotonic() + _PURGE_SECONDS
+            self.parts.journal.purge_answers(ANSWERS_KEPT_SECONDS)
         every = self.settings.monitoring.heartbeat_seconds
         if every and time.monotonic() >= self.next_heartbeat:
             self.next_heartbeat = time.monotonic() + every

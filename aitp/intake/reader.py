@@ -65,6 +65,8 @@ class TaskReader:
                     self.held_back += 1
                     return None
                 job = msgspec.structs.replace(job, enrich=False)
+            elif self._held_since:
+                self._held_since.pop(task.id, None)    # taken as it is: a later hold waits in full
             return TakenTask(job=msgspec.structs.replace(job, taken_at=now), raw=task.raw)
         except TaskRejected as exc:
             return Rejection(task.id, str(exc))

@@ -165,6 +165,10 @@ class Journal:
                                    (task_id, key)).fetchone()
         return bytes(row[0]) if row else None
 
+    def has_answer(self, task_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM answers WHERE task_id = ?", (task_id,)).fetchone() is not None
+
     def drop_answers(self, task_ids: list[str]) -> None:
         self._write("DELETE FROM answers WHERE task_id = ?", [(task_id,) for task_id in task_ids])
 

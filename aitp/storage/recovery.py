@@ -55,6 +55,7 @@ def still_ours(claims: list[Claim], journal: Journal, leases: LeaseBook | None) 
             log.info("claims of the last run another service finished meanwhile: dropped",
                      extra={"fields": {"claims": len(done)}})
             journal.drop_claims(sorted(done))
+            journal.drop_answers(sorted(done))
             claims = [claim for claim in claims if claim.task_id not in done]
         ours = leases.acquire([(claim.task_id, bytes(claim.task_json)) for claim in claims])
     except CoordinationError as exc:
@@ -66,6 +67,7 @@ def still_ours(claims: list[Claim], journal: Journal, leases: LeaseBook | None) 
         log.info("claims of the last run taken over by another service meanwhile: left to it",
                  extra={"fields": {"claims": len(theirs)}})
         journal.drop_claims(theirs)
+        journal.drop_answers(theirs)
     return [claim for claim in claims if claim.task_id in ours]
 
 

@@ -37,11 +37,13 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(KeptAnswer)
 
 
-def answer_key(model: str, schema_name: str, system: str, user: str, schema: dict) -> str:
-    """What an answer was asked with: a task whose question changed (its content, the prompt's
-    version, the Wikidata context) is asked again."""
+def answer_key(model: str, schema_name: str, system: str, text: str, content: bytes, schema: dict) -> str:
+    """What an answer was asked for: the task (its text and content), the model, the prompt's version
+    and the schema. Not the enrichment the question carries (the severity's Wikidata context): that
+    may change between two tries (a cache row expired, Wikidata away), and the answer paid stays good."""
     digest = hashlib.sha256()
-    for part in (model, schema_name, system, user, _encoder.encode(schema).decode()):
+    for part in (model, schema_name, system, text, content.decode("utf-8", "replace"),
+                 _encoder.encode(schema).decode()):
         digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
     return digest.hexdigest()
 
@@ -75,6 +77,13 @@ class AnswerBook:
             self._unpaid.move_to_end(task_id)
             while len(self._unpaid) > self._at_most:
                 self._unpaid.popitem(last=False)
+
+    def holds(self, task_id: str) -> bool:
+        """Is an answer kept for this task (for whatever question)?"""
+        with self._lock:
+            if task_id in self._unpaid:
+                return True
+        return self.journal is not None and self.journal.has_answer(task_id)
 
     def done(self, task_id: str) -> None:
         """The task's result exists now (a paid one is journaled with it, which drops the answer)."""

@@ -135,7 +135,7 @@ class LlmHandler(TaskHandler):
         kept in `answers` once it passes; an answer kept for the same question is used instead."""
         answer_type, schema = self.schema_for(job)
         system, user = prompt(self.prompt_name), self.question(job, wikidata)
-        key = answer_key(job.model, self.type_name, system, user, schema)
+        key = answer_key(job.model, self.type_name, system, job.text, job.content, schema)
         kept = answers.get(job.task_id, key) if answers is not None else None
         if kept is not None:
             return msgspec.json.decode(kept.content, type=answer_type), kept
