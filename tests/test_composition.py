@@ -176,17 +176,19 @@ def test_a_dependency_is_degraded_then_down_and_ok_again_with_one_log_line_per_c
     observe = api_observer(dependencies)
     with caplog.at_level("INFO", logger="aitp.dependencies"):
         observe("/api/ai-tasks/pending", "GET", "200", 0.01)
-        for status in ("503", "error", "429", "503"):
+        for status in ("503", "429", "503", "error", "502"):
             now[0] += 1
             observe("/api/ai-tasks/:id", "PATCH", status, 0.01)
         down = dependencies.snapshot()["task API"]
         now[0] += 5
         observe("/api/ai-tasks/:id", "PATCH", "404", 0.01)       # an answer: the API is up
-    assert (down["state"], down["last_error"]) == ("down", "PATCH /api/ai-tasks/:id: 503")
-    assert down["since"] == "1970-01-01T00:16:43+00:00" and down["last_success"] == "1970-01-01T00:16:40+00:00"
+    assert (down["state"], down["last_error"]) == ("down", "PATCH /api/ai-tasks/:id: 502")
+    assert down["since"] == "1970-01-01T00:16:45+00:00" and down["last_success"] == "1970-01-01T00:16:42+00:00"
     assert dependencies.snapshot()["task API"]["state"] == "ok" and dependencies.not_ok() == []
+    # degraded, ok at the 429 (an answer), degraded, down (the third in a row), ok
     assert [record.getMessage() for record in caplog.records] == [
-        "dependency failing", "dependency failing", "dependency answers again"]      # degraded, down, ok
+        "dependency failing", "dependency answers again", "dependency failing", "dependency failing",
+        "dependency answers again"]
     assert breaker_state({"state": "open", "failures": 5})[0] == "down"
     assert breaker_state({"state": "closed", "failures": 2})[0] == "degraded"
     assert breaker_state({"state": "closed", "failures": 0}) == ("ok", None)

@@ -9,8 +9,10 @@ Keys, under a prefix of the API's own (two APIs can share one Redis):
   result (`result`, `state`) that is written here before it is reported.
 - `settled:<id>`: set for `settled_seconds` when a task's final state was reported, so that a service
   whose pending list is older than that report does not take the task again.
-- `done:<id>`: set for `done_seconds` (days) by the same report, so that a service resuming its
-  journal's claims after a long stop leaves those another service finished meanwhile.
+- `done:<id>`: set for `done_seconds` (days) by the final report of a task taken over from another
+  service (the only way one service can finish another's claim), so that the other, resuming its
+  journal's claims after a long stop, leaves those finished meanwhile. One key per task taken over,
+  not per task: at 360 tasks a second, a mark for each would hold some 30 GB for a week.
 
 After Redis was away, no lease is taken over until this service has been answered for a whole
 lease period: the holders, back too, have had their renewals (issue 29: without it the other
@@ -119,7 +121,7 @@ for i = 6, #ARGV do
   end
   if final then
     redis.call('SET', prefix .. 'settled:' .. id, '1', 'PX', settled)
-    redis.call('SET', prefix .. 'done:' .. id, '1', 'PX', tonumber(ARGV[5]))
+    if tonumber(ARGV[5]) > 0 then redis.call('SET', prefix .. 'done:' .. id, '1', 'PX', tonumber(ARGV[5])) end
   end
 end
 return 0
@@ -200,6 +202,7 @@ class LeaseBook:
         self._clock = clock
         self._answered_since: float | None = clock()     # answered without a break since (None: away)
         self._unshared: dict[str, tuple[bytes, str]] = {}  # paid results Redis has not had yet
+        self._taken_over: set[str] = set()                 # held here after another service's lease ran out
         self._errors = redis_errors()
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
@@ -262,9 +265,7 @@ class LeaseBook:
                 self._unshared = {**unshared, **self._unshared}
             raise
         for final in (True, False):
-            ids = [task_id for task_id, is_final in unfinished.items() if is_final is final]
-            if ids:
-                self._call(self._finish, [self.settled_ms, "1" if final else "0", self.done_ms, *ids])
+            self._send_finish([task_id for task_id, is_final in unfinished.items() if is_final is final], final)
         with self._lock:
             for task_id in unfinished:
                 self._unfinished.pop(task_id, None)
@@ -297,6 +298,8 @@ class LeaseBook:
                 self.held[task_id] = task_json
             if mine:
                 continue        # this service's own, run out while it stalled: it still has the task
+            with self._lock:
+                self._taken_over.add(task_id)
             adopted.append(Adopted(task_id, previous.decode(), task_json, result or None, state.decode()))
         return adopted
 
@@ -313,11 +316,22 @@ class LeaseBook:
                     self._unfinished[task_id] = final
                 return
         try:
-            self._call(self._finish, [self.settled_ms, "1" if final else "0", self.done_ms, *task_ids])
+            self._send_finish(task_ids, final)
         except CoordinationError:
             with self._lock:
                 for task_id in task_ids:
                     self._unfinished[task_id] = final
+
+    def _send_finish(self, task_ids: list[str], final: bool) -> None:
+        """The finish script, with a done mark for the final reports of tasks taken over."""
+        with self._lock:
+            taken_over = [task_id for task_id in task_ids if task_id in self._taken_over] if final else []
+        others = [task_id for task_id in task_ids if task_id not in set(taken_over)]
+        for ids, done_ms in ((taken_over, self.done_ms), (others, 0)):
+            if ids:
+                self._call(self._finish, [self.settled_ms, "1" if final else "0", done_ms, *ids])
+        with self._lock:
+            self._taken_over.difference_update(task_ids)
 
     def keep_results(self, results: list[tuple[str, bytes, str]]) -> None:
         """Write paid results (task id, body, state) to their tasks' leases before they are reported,

@@ -107,9 +107,10 @@ def breaker_state(status: dict) -> tuple[str, str | None]:
 
 
 def api_observer(dependencies: Dependencies) -> Callable[[str, str, str, float], None]:
-    """TaskApiClient's observer feeding `dependencies`: no answer, a 5xx or a 429 is a failure."""
+    """TaskApiClient's observer feeding `dependencies`: no answer or a 5xx is a failure (a 429 is an
+    API that answers: the backoff it asks for is honoured, and it is not named down for it)."""
     def observe(endpoint: str, method: str, status: str, seconds: float) -> None:
-        if status == "error" or status == "429" or status.startswith("5"):
+        if status == "error" or status.startswith("5"):
             dependencies.failed(TASK_API, f"{method} {endpoint}: {'no answer' if status == 'error' else status}")
         else:
             dependencies.succeeded(TASK_API)
