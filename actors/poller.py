@@ -205,7 +205,7 @@ class Poller(Stage):
     # --- fetching the pending list, in the Poller's own thread so that takes go on meanwhile ---
     def _fetch(self) -> None:
         """Fetch the pending list in the background (one fetch at a time); ListFetched brings it."""
-        begun = None if self.stopped else self.cursor.begin_fetch(self.window.size)
+        begun = None if self.stopped else self.cursor.begin_fetch(self.window.size, self.reader.types_held())
         if begun is None:
             return
         (poll_number, splitter), api, directory, name = begun, self.task_api, self.ctx.directory, self.name

@@ -250,6 +250,28 @@ def test_with_unenriched_an_llm_task_held_for_wikidata_past_the_bounded_wait_goe
     assert reader.held_back == 5
 
 
+def listed_holding(cursor: PendingCursor, reader: TaskReader, entries: list[bytes], capacity: int):
+    poll_number, splitter = cursor.begin_fetch(capacity, reader.types_held())
+    splitter.feed(b"[" + b",".join(entries) + b"]")
+    return splitter.finish(), poll_number
+
+
+@pytest.mark.parametrize("wikidata_up", [False, True], ids=["wikidata-down", "share-full"])
+def test_llm_tasks_that_cannot_be_taken_use_up_none_of_what_a_list_keeps(wikidata_up):
+    """A review found that 40 LLM tasks held back ahead of 5 embeddings (a window of 4: a list keeps
+    32 entries) hid the embeddings for good: every poll kept only LLM tasks."""
+    cursor = PendingCursor(handlers(), reuse_seconds=5.0)
+    reader = TaskReader(handlers(), Router(), Router(), Wikidata(wikidata_up))
+    cursor.in_flight.update(ids("busy1", "busy2"))
+    if wikidata_up:                                               # LLM tasks, the share of a window of 4
+        cursor.chat_in_flight.update(ids("busy1", "busy2"))
+    entries = [llm_json(f"l{number}") for number in range(40)] + [task_json(f"e{number}") for number in range(5)]
+    pending, poll = listed_holding(cursor, reader, entries, capacity=4)
+    cursor.fetched(pending, poll, fetched_at=0.0, seconds=0.01)
+    take = cursor.take(cursor.fresh(0.0), 10, 4, reader, 0.0)
+    assert [task.job.task_id for task in take.taken] == ids("e0", "e1")        # the credit left: 2
+
+
 def test_llm_tasks_hold_at_most_half_the_window():
     cursor = PendingCursor(handlers(), reuse_seconds=5.0)
     reader = TaskReader(handlers(), Router(), Router(), Wikidata(True))

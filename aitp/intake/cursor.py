@@ -63,6 +63,7 @@ class PendingCursor:
         # had in flight) start here.
         self.in_flight: set[str] = set(in_flight or ())
         self.chat_in_flight: set[str] = set()     # the LLM tasks among them (taken by this instance)
+        self.screen_out: frozenset[str] = frozenset()   # types the fetch under way leaves out (begin_fetch)
         self.settled_at: dict[str, int] = {}      # id -> number of the last poll begun before it settled
         self._pruned_before = 0                   # settled_at holds nothing older than this poll
         self.polls_begun = 0
@@ -76,10 +77,16 @@ class PendingCursor:
         self._seen_left_alone: set[str] = set()
 
     # --- fetching ---
-    def begin_fetch(self, capacity: int) -> tuple[int, PendingSplitter] | None:
-        """A fetch may start (one at a time): its poll number and the splitter that screens it."""
+    def begin_fetch(self, capacity: int,
+                    held_types: frozenset[str] = frozenset()) -> tuple[int, PendingSplitter] | None:
+        """A fetch may start (one at a time): its poll number and the splitter that screens it. Types
+        that cannot be taken now (`held_types`: what they need is down; LLM tasks, once they hold
+        their share of the window) are screened out as the list arrives, so that they use up none
+        of what a list may keep and the tasks behind them are seen."""
         if self.fetching:
             return None
+        full = len(self.chat_in_flight) >= max(1, capacity // 2)
+        self.screen_out = held_types | CHAT_TYPES if full else held_types
         self.fetching = True
         self.polls_begun += 1
         return self.polls_begun, PendingSplitter(self.screen, max_entries=KEEP_PER_CREDIT * capacity,
@@ -233,7 +240,7 @@ class PendingCursor:
         if isinstance(entry, Unusable):
             self._note_unusable(entry)
             return None
-        if entry.id in self.in_flight:
+        if entry.id in self.in_flight or entry.type in self.screen_out:
             return None
         if entry.type not in self.handlers:
             self._leave_alone(entry.id, entry.type)

@@ -10,7 +10,7 @@ from collections import OrderedDict
 import msgspec
 
 from aitp.contract import Task
-from aitp.tasks import ChatJob, EmbeddingJob, TaskHandler, TaskRejected
+from aitp.tasks import CHAT_TYPES, ChatJob, EmbeddingJob, TaskHandler, TaskRejected
 
 log = logging.getLogger("aitp.poller")
 
@@ -73,6 +73,15 @@ class TaskReader:
         except Exception as exc:  # noqa: BLE001 - a handler's bug fails its task, not the Poller
             log.exception("handler failed on a task", extra={"fields": {"task_id": task.id}})
             return Rejection(task.id, f"could not read the task: {exc!r}"[:300])
+
+    def types_held(self) -> frozenset[str]:
+        """The task types none of which can be taken now: the LLM types while every chat provider is
+        down, or Wikidata is and they are held for it (not when they may go without it)."""
+        if self.chat_router is not None and self.chat_router.seconds_until_available() > 0:
+            return CHAT_TYPES
+        if self.wikidata is not None and self.unenriched_after is None and not self.wikidata.available():
+            return CHAT_TYPES
+        return frozenset()
 
     def _goes_unenriched(self, job: EmbeddingJob | ChatJob, now: float) -> bool:
         """Held for Wikidata alone past `unenriched_after`, and its type means something without it."""
