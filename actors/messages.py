@@ -13,13 +13,11 @@ One embedding batch of 15 tasks, from the poll to its PATCHes, counted by type o
   PollDue, TasksTaken, TasksComputed (the slow start only), LingerOver, ListFetched (a fraction each);
 - before issue 27: 7.5 to 7.6 a batch, with a core kept busy or not: every chunk's answer caused
   one TasksClaimed or TasksSettled of its own, every finished call one ProviderHungry.
-- now: 5.6 to 5.9 (6.4 to 6.5 with another process keeping a core busy; 7 to 8 in a drain of 300,
-  which is all slow start). What several waiting messages cause goes out as one once the stage's
-  inbox is empty (Stage.tell_soon, Stage.when_idle): the RateLimiter's TasksClaimed, the Reporter's
-  sends, TasksSettled and TasksComputed, ProviderWorkers' ProviderHungry. What stands between
-  that and fewer is one answer per chunk of PATCHes (chunked for the API's pace,
-  aitp/transport/chunking.py) and a CallFinished beside each BatchEmbedded (the slot a call frees
-  is the provider stage's to give).
+- now: 5.6 to 5.9 (6.4 to 6.5 with a core kept busy; 7 to 8 in a drain of 300, all slow start).
+  What several waiting messages cause goes out as one once the inbox is empty (Stage.tell_soon,
+  when_idle): TasksClaimed, the Reporter's sends, TasksSettled, TasksComputed, ProviderHungry.
+  Between that and fewer: one answer per chunk of PATCHes (aitp/transport/chunking.py) and a
+  CallFinished beside each BatchEmbedded (the slot a call frees is the provider stage's to give).
 """
 
 from __future__ import annotations

@@ -64,3 +64,19 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     with ThreadPoolExecutor(4) as pool:
         failed = {module: error for module, error in pool.map(imports, modules) if error}
     assert not failed, failed
+
+
+def test_no_actor_module_is_over_250_lines_and_no_function_over_50():
+    """Issue 27's shape: thin stages over plain objects (aitp/sandbox/ and benchmarks/ aside)."""
+    import ast
+    long_modules = {path.name: n for path in (ROOT / "actors").glob("*.py")
+                    if (n := len(path.read_text().splitlines())) > 250}
+    long_functions = []
+    for folder in ("aitp", "actors"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if "sandbox" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 50:
+                    long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not long_modules and not long_functions, (long_modules, long_functions)
