@@ -21,7 +21,10 @@ def test_a_task_api_outage_is_probed_every_few_seconds_however_many_patches_it_p
     wait_until(lambda: sum(server.store.requests.values()) >= seen + 10, timeout=30,
                message=f"ten more probes with {parked} results parked")
     code, health = pipeline.health()
-    assert (code, health["status"], health["dependencies"]["task API"]["state"]) == (200, "degraded", "down")
+    # Named not ok; "down" or "degraded" by whether an answer from before the outage was observed
+    # last (the client's threads report in any order).
+    assert (code, health["status"]) == (200, "degraded")
+    assert health["dependencies"]["task API"]["state"] in ("degraded", "down")
     server.end_outage()
     wait_until(lambda: drained(server), timeout=60, message="the drain to end once the API answers")
     assert server.counts() == {"succeeded": 1500}
