@@ -69,8 +69,8 @@ def test_prometheus_scrapes_the_processor_where_it_listens():
     assert mount.startswith("./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml")
 
 
-def exposed_names() -> set[str]:
-    """Every sample name the service can expose, from a real registry and a status with every part."""
+def exposed() -> Metrics:
+    """A real registry that has seen every kind of event, and a status with every part."""
     metrics = Metrics()
     metrics.task_decided("text_embedding", "succeeded", 0.1)
     metrics.api_request("/api/ai-tasks/pending", "GET", "200", 0.01)
@@ -86,7 +86,27 @@ def exposed_names() -> set[str]:
               "rate_limits": {"tiers": [{"period": "minute", "limit": 5, "used": 1, "remaining": 4}],
                               "exceeded": {"minute": 0}}}
     metrics.registry.register(StatusCollector(lambda: status))
-    return {sample.name for family in metrics.registry.collect() for sample in family.samples}
+    return metrics
+
+
+def exposed_names() -> set[str]:
+    return {sample.name for family in exposed().registry.collect() for sample in family.samples}
+
+
+def test_each_legend_names_labels_its_metrics_have():
+    """The "Tasks left alone" legend read {{task_type}}, a label that metric does not have (issue 31)."""
+    labels: dict[str, set[str]] = {}
+    for family in exposed().registry.collect():
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/aitp.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names = [name for name in re.findall(r"\b[a-z_]+\b", target["expr"]) if name in labels]
+            grouped = {label.strip() for by in re.findall(r"by \(([^)]*)\)", target["expr"]) for label in by.split(",")}
+            have = (grouped or set().union(*(labels[name] for name in names))) | {"instance", "job"}   # Prometheus adds
+            wanted = set(re.findall(r"{{(\w+)}}", target.get("legendFormat", "")))
+            assert wanted <= have, (panel["title"], target["expr"], wanted - have)
 
 
 def test_the_dashboard_asks_only_for_exposed_metrics_and_covers_the_original_names():

@@ -108,3 +108,23 @@ def test_every_ollama_hosts_password_is_blanked_in_config_show_and_known_to_the_
     assert "http://a:***@gpu-1:11434,http://b:***@gpu-2:11434" in shown.stdout
     settings = load_config(environ={"OLLAMA_BASE_URL": urls}, dotenv_dir=tmp_path).settings
     assert {"host-one-pw", "host-two-pw"} <= set(secret_values(settings))
+
+
+REQUEST_LINE = 'HTTP Request: POST https://api.openai.com/v1/embeddings "HTTP/1.1 200 OK"'
+
+
+@pytest.mark.parametrize("level, shown", [("INFO", False), ("DEBUG", True)])
+def test_the_libraries_request_lines_are_shown_only_at_debug(level, shown):
+    """Issue 31: in openai mode httpx logged a line per request at INFO: 150 of a drain's 309 lines."""
+    stream = io.StringIO()
+    try:
+        logs.configure(level, "json", [], stream=stream)
+        logging.getLogger("httpx").info(REQUEST_LINE)
+        logging.getLogger("openai._base_client").info("Retrying request")
+        logging.getLogger("httpx").warning("a library's warning")
+    finally:
+        logs.configure("INFO", "json", [], stream=sys.stderr)
+    lines = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert (REQUEST_LINE in lines) is shown
+    assert ("Retrying request" in lines) is shown
+    assert "a library's warning" in lines

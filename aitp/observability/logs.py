@@ -142,6 +142,9 @@ def _escaped(text: str) -> str:
 _redactor = _Redactor([])
 
 
+QUIET_LIBRARIES = ("httpx", "httpcore", "openai", "urllib3")
+
+
 def configure(level: str = "INFO", fmt: str = "json", secrets: list[str] | None = None, stream=None) -> None:
     """Install one handler on the root logger (replacing earlier ones from this function)."""
     for secret in secrets or []:
@@ -154,8 +157,10 @@ def configure(level: str = "INFO", fmt: str = "json", secrets: list[str] | None 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # urllib3 logs every new connection at DEBUG, with URLs: keep it to warnings.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # Libraries log every request at INFO (httpx under the OpenAI SDK: a line per call, half of a
+    # drain's log) or every connection at DEBUG (urllib3): their warnings only, unless DEBUG is asked.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if str(level).upper() == "DEBUG" else logging.WARNING)
 
 
 def add_secret(secret: str) -> None:
