@@ -136,8 +136,11 @@ class LlmWorkers(Stage):
         for an embedding batch (the chat router has tried every provider of the route already).
         The seconds until it is tried again, when it is to be."""
         action = decide(Attempt(1, attempt), error, self.settings.processing.max_retries)
-        if action == RELEASE and error.provider == "wikidata" and self.answers.holds(job.task_id):
-            action = BACK_OFF     # its answer is kept here: released, another service would pay again
+        if action == RELEASE and error.provider == "wikidata" and self.settings.coordination.redis_url \
+                and self.answers.holds(job.task_id):
+            # Several services: released, the task could go to one that would pay for it again (the
+            # answer is in this one's journal). Alone, it goes back to pending and, taken again, uses it.
+            action = BACK_OFF
         if action == BACK_OFF:
             delay = self.ctx.backoff(attempt, error.retry_after)
             # The first retry is a warning, the next ones debug: a dependency down says so once
