@@ -18,6 +18,7 @@ from aitp.config import PLACEHOLDER_OPENAI_KEY, load_config
 from aitp.sandbox import SandboxServer
 from aitp.sandbox.ollama_stub import OllamaStub
 from aitp.sandbox.openai_stub import OpenAIStub
+from aitp.sandbox.wikidata_stub import WikidataStub
 from aitp.vectors.checks import checked_unit_vectors
 from oauth2_peer import OAuth2Peer
 from redis_peer import RedisPeer
@@ -67,6 +68,12 @@ def ollama():
 def openai_stub():
     """`openai_stub(**options)`: the OpenAI-compatible stub; its `url` goes in OPENAI_BASE_URL."""
     yield from _peers(OpenAIStub)
+
+
+@pytest.fixture
+def wikidata_stub():
+    """`wikidata_stub()`: the Wikidata stand-in; `settings_env()` points aitp at it."""
+    yield from _peers(WikidataStub)
 
 
 @pytest.fixture

@@ -31,65 +31,55 @@ def test_a_task_api_outage_is_probed_every_few_seconds_however_many_patches_it_p
     assert pipeline.health()[1]["dependencies"]["task API"]["state"] == "ok"
 
 
-def test_a_chat_endpoint_that_fails_leaves_embeddings_through_the_same_base_url_alone(sandbox, openai_stub,
-                                                                                      run_pipeline, tmp_path):
+def test_a_chat_endpoint_that_fails_leaves_embeddings_through_the_same_base_url_alone(
+        sandbox, openai_stub, run_pipeline, tmp_path, wikidata_stub):
     """OpenAI chat answering 503 for the whole run (issue 28: its failures opened the breaker the
     embeddings shared, and 56 of 200 embeddings succeeded in 40 s): every embedding succeeds, the
     LLM tasks go back to pending, and the chat breaker alone is open."""
     from aitp.sandbox.openai_stub import STUB_KEY, Injected
-    from aitp.sandbox.wikidata_stub import WikidataStub
     stub = openai_stub(models={"text-embedding-3-small": 8})
     stub.chat_outage = Injected(503)
-    wikidata = WikidataStub()
-    wikidata.start()
-    try:
-        llm = llm_tasks(10)
-        embeddings = generated_tasks(200, models=("text-embedding-3-small",))
-        server = sandbox(llm + embeddings)
-        settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
-                                AITP_MODELS__DIMENSIONS='{"text-embedding-3-small": 8}', **wikidata.settings_env())
-        pipeline = run_pipeline(settings)
-        wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in embeddings), timeout=60,
-                   message="every embedding to succeed")
-        wait_until(lambda: stub.chat_requests, message="a chat call")
-        breakers = pipeline.status()["breakers"]
-    finally:
-        wikidata.stop()
+    wikidata = wikidata_stub()
+    llm = llm_tasks(10)
+    embeddings = generated_tasks(200, models=("text-embedding-3-small",))
+    server = sandbox(llm + embeddings)
+    settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
+                            AITP_MODELS__DIMENSIONS='{"text-embedding-3-small": 8}', **wikidata.settings_env())
+    pipeline = run_pipeline(settings)
+    wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in embeddings), timeout=60,
+               message="every embedding to succeed")
+    wait_until(lambda: stub.chat_requests, message="a chat call")
+    breakers = pipeline.status()["breakers"]
     assert breakers["openai"]["state"] == "closed"
     assert not any(server.state_of(t["_id"]) == "succeeded" for t in llm)
     assert all(server.state_of(t["_id"]) in ("pending", "in_progress") for t in llm)
 
 
-def test_while_wikidata_is_down_a_paid_chat_answer_is_kept_and_never_asked_for_again(sandbox, openai_stub,
-                                                                                    run_pipeline, tmp_path):
+def test_while_wikidata_is_down_a_paid_chat_answer_is_kept_and_never_asked_for_again(
+        sandbox, openai_stub, run_pipeline, tmp_path, wikidata_stub):
     """Issue 28: at every retry each LLM task asked the chat model again, then failed on the look-up
     (2,632 paid answers for 160 tasks in 40 s). Now the answer is kept until its task is reported:
     every embedding succeeds, the LLM tasks stay pending, and the chat model is asked at most once
     per task (an answer that fails the schema is asked once more), however often they are tried."""
     from aitp.sandbox.openai_stub import STUB_KEY
-    from aitp.sandbox.wikidata_stub import WikidataStub
     stub = openai_stub(models={"text-embedding-3-small": 8})
-    wikidata = WikidataStub()
+    wikidata = wikidata_stub()
     wikidata.outage = 503
-    wikidata.start()
-    try:
-        llm = llm_tasks(5)
-        embeddings = generated_tasks(100, models=("text-embedding-3-small",))
-        server = sandbox(llm + embeddings)
-        settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
-                                AITP_MODELS__DIMENSIONS='{"text-embedding-3-small": 8}',
-                                AITP_RESILIENCE__CIRCUIT_BREAKER_RESET_SECONDS="0.2",
-                                AITP_PROCESSING__RETRY_BACKOFF_MAX_SECONDS="0.3",
-                                AITP_WIKIDATA__MAX_ATTEMPTS="1",
-                                **wikidata.settings_env())
-        pipeline = run_pipeline(settings)
-        wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in embeddings), timeout=60,
-                   message="every embedding to succeed")
-        # Tried again and again: each trial of Wikidata's breaker is a call the stub sees.
-        wait_until(lambda: len(wikidata.calls()) >= 3 * len(llm), timeout=60, message="many tries of the LLM tasks")
-        kept = pipeline.parts.journal.answers_kept()
-    finally:
-        wikidata.stop()
+    llm = llm_tasks(5)
+    embeddings = generated_tasks(100, models=("text-embedding-3-small",))
+    server = sandbox(llm + embeddings)
+    settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
+                            AITP_MODELS__DIMENSIONS='{"text-embedding-3-small": 8}',
+                            AITP_RESILIENCE__CIRCUIT_BREAKER_RESET_SECONDS="0.2",
+                            AITP_PROCESSING__RETRY_BACKOFF_MAX_SECONDS="0.3",
+                            AITP_WIKIDATA__MAX_ATTEMPTS="1",
+                            **wikidata.settings_env())
+    pipeline = run_pipeline(settings)
+    wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in embeddings), timeout=60,
+               message="every embedding to succeed")
+    # Tried again and again: each trial of Wikidata's breaker is a call the stub sees.
+    wait_until(lambda: len(wikidata.calls()) >= 3 * len(llm), timeout=60, message="many tries of the LLM tasks")
+    kept = pipeline.parts.journal.answers_kept()
     assert not any(server.state_of(t["_id"]) == "succeeded" for t in llm)
     assert len(stub.chat_requests) <= 2 * len(llm)
     assert kept > 0       # the paid answers wait in the journal for Wikidata
@@ -115,28 +105,23 @@ def test_a_refused_success_report_fails_the_task_with_the_reason_and_never_leave
 
 
 def test_with_wikidata_down_and_when_down_unenriched_the_tasks_that_can_go_without_it_are_reported(
-        sandbox, openai_stub, run_pipeline, tmp_path):
+        sandbox, openai_stub, run_pipeline, tmp_path, wikidata_stub):
     """wikidata.when_down = "unenriched": after hold_seconds, topics, impact areas and severities are
     reported with null ids (the severity asked with the names alone); identifying_data, whose people
     are kept only when Wikidata knows them, stays pending."""
     from aitp.sandbox.openai_stub import STUB_KEY
-    from aitp.sandbox.wikidata_stub import WikidataStub
     stub = openai_stub()
-    wikidata = WikidataStub()
+    wikidata = wikidata_stub()
     wikidata.outage = 503
-    wikidata.start()
-    try:
-        llm = llm_tasks(2)
-        server = sandbox(llm)
-        settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
-                                AITP_WIKIDATA__WHEN_DOWN="unenriched", AITP_WIKIDATA__HOLD_SECONDS="0.5",
-                                AITP_WIKIDATA__MAX_ATTEMPTS="1", **wikidata.settings_env())
-        run_pipeline(settings)
-        others = [t for t in llm if t["type"] != "identifying_data"]
-        wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in others), timeout=60,
-                   message="the tasks that can go without Wikidata reported")
-    finally:
-        wikidata.stop()
+    llm = llm_tasks(2)
+    server = sandbox(llm)
+    settings = settings_for(server, tmp_path, OPENAI_API_KEY=STUB_KEY, OPENAI_BASE_URL=stub.url, MAX_RETRIES="1",
+                            AITP_WIKIDATA__WHEN_DOWN="unenriched", AITP_WIKIDATA__HOLD_SECONDS="0.5",
+                            AITP_WIKIDATA__MAX_ATTEMPTS="1", **wikidata.settings_env())
+    run_pipeline(settings)
+    others = [t for t in llm if t["type"] != "identifying_data"]
+    wait_until(lambda: all(server.state_of(t["_id"]) == "succeeded" for t in others), timeout=60,
+               message="the tasks that can go without Wikidata reported")
     for task in others:
         result = server.result(task["_id"])
         if task["type"] == "defining_topics":

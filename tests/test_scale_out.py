@@ -354,32 +354,27 @@ def test_a_restarted_poller_keeps_one_chain_of_lease_ticks(sandbox, redis_server
     assert min(gaps) >= lease_seconds / 3 - 0.001, gaps
 
 
-def test_with_wikidata_down_a_paid_answer_is_never_paid_for_again_by_another_service(sandbox, openai_stub, service,
-                                                                                   redis_server, tmp_path):
+def test_with_wikidata_down_a_paid_answer_is_never_paid_for_again_by_another_service(
+        sandbox, openai_stub, service, redis_server, tmp_path, wikidata_stub):
     """Issue 28 with two services: a task whose answer one service paid for stays claimed by it while
     Wikidata is down (released, the other service would take it and pay again)."""
     from aitp.sandbox.openai_stub import STUB_KEY
     from aitp.sandbox.seed import llm_tasks
-    from aitp.sandbox.wikidata_stub import WikidataStub
     stub, redis = openai_stub(), redis_server()
-    wikidata = WikidataStub()
+    wikidata = wikidata_stub()
     wikidata.outage = 503
-    wikidata.start()
-    try:
-        llm = llm_tasks(5)
-        server = sandbox(llm)
-        env = {"API_BASE_URL": server.url, "OPENAI_API_KEY": STUB_KEY, "OPENAI_BASE_URL": stub.url,
-               "REDIS_URL": redis.url, "MAX_RETRIES": "1", "RETRY_BACKOFF_FACTOR": "0.05",
-               "AITP_PROCESSING__RETRY_BACKOFF_MAX_SECONDS": "0.3", "AITP_WIKIDATA__MAX_ATTEMPTS": "1",
-               "AITP_RESILIENCE__CIRCUIT_BREAKER_RESET_SECONDS": "0.2", "POLLING_INTERVAL_SECONDS": "0.2",
-               **wikidata.settings_env()}
-        processes = [service({**env, "AITP_DATA_DIR": str(tmp_path / f"service-{n}")}) for n in range(2)]
-        wait_until(lambda: len(wikidata.calls()) >= 6 * len(llm), timeout=90, message="many tries of the LLM tasks")
-        for process in processes:
-            process.signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0
-    finally:
-        wikidata.stop()
+    llm = llm_tasks(5)
+    server = sandbox(llm)
+    env = {"API_BASE_URL": server.url, "OPENAI_API_KEY": STUB_KEY, "OPENAI_BASE_URL": stub.url,
+           "REDIS_URL": redis.url, "MAX_RETRIES": "1", "RETRY_BACKOFF_FACTOR": "0.05",
+           "AITP_PROCESSING__RETRY_BACKOFF_MAX_SECONDS": "0.3", "AITP_WIKIDATA__MAX_ATTEMPTS": "1",
+           "AITP_RESILIENCE__CIRCUIT_BREAKER_RESET_SECONDS": "0.2", "POLLING_INTERVAL_SECONDS": "0.2",
+           **wikidata.settings_env()}
+    processes = [service({**env, "AITP_DATA_DIR": str(tmp_path / f"service-{n}")}) for n in range(2)]
+    wait_until(lambda: len(wikidata.calls()) >= 6 * len(llm), timeout=90, message="many tries of the LLM tasks")
+    for process in processes:
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
     assert not any(server.state_of(t["_id"]) == "succeeded" for t in llm)
     # Each question (a prompt and a text: several task types share a text) asked once: the stub's
     # answers pass their schema at the first try.
